@@ -1,0 +1,194 @@
+"""The ``authproxy`` command: run, check, token. Exit 0 ok, 2 usage/config, 1 anything else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__, accesslog
+from .config import Config, load, parse_listen
+from .errors import ProxyError
+from .hosts import HostError, is_loopback
+from .problems import ConfigError
+from .runtime import Runtime
+from .server import ProxyServer
+
+log = logging.getLogger("authproxy")
+
+# Commands a later release brings; asked for, they say so (exit 2).
+LATER_COMMANDS = ("ca", "env", "login", "status", "hash-password")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="authproxy",
+        description="A forward HTTP(S) proxy that adds credentials to outbound requests.",
+    )
+    p.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", default="routes.yaml", help="route table (default ./routes.yaml)")
+    run.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:8080)")
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+    check = sub.add_parser("check", help="validate the route table and print it")
+    check.add_argument("-c", "--config", default="routes.yaml")
+    check.add_argument("--strict", action="store_true", help="exit 2 on warnings too")
+
+    token = sub.add_parser("token", help="obtain a route's credential and print what would be injected")
+    token.add_argument("route")
+    token.add_argument("-c", "--config", default="routes.yaml")
+    token.add_argument("--show", action="store_true", help="print the value instead of masking it")
+
+    for name in LATER_COMMANDS:
+        later = sub.add_parser(name, help=f"(not supported yet) {name}")
+        later.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command in LATER_COMMANDS:
+        print(f"error: `authproxy {args.command}` is not supported yet.", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "check":
+            return cmd_check(args.config, args.strict)
+        if args.command == "token":
+            return cmd_token(args.config, args.route, args.show)
+        return cmd_run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 1
+    except Exception as exc:  # a bug of ours: one line, no traceback (it could hold request data)
+        print(f"error: authproxy failed unexpectedly ({type(exc).__name__}).", file=sys.stderr)
+        return 1
+
+
+def cmd_check(path: str, strict: bool) -> int:
+    cfg = load(path)
+    for w in cfg.warnings:
+        print(w, file=sys.stderr)
+    rows = [("NAME", "MODE", "MATCH", "TYPE", "SECRETS")]
+    for r in cfg.routes:
+        parts = [r.match.text] if r.match else []
+        if r.gateway:
+            parts.append(f"{r.gateway} -> {_upstream_text(r)}")
+        match = " ".join(parts)
+        secrets = " ".join(f"{k}={v}" for k, v in r.auth.sources()) or "-"
+        rows.append((r.name, r.mode, match, r.auth.type_name, secrets))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
+    return 2 if strict and cfg.warnings else 0
+
+
+def _upstream_text(route: object) -> str:
+    up = getattr(route, "upstream", None)
+    if up is None:
+        return "-"
+    return f"{up.scheme}://{up.host}:{up.port}{up.path}"
+
+
+def cmd_token(path: str, name: str, show: bool) -> int:
+    cfg = load(path)
+    route = next((r for r in cfg.routes if r.name == name), None)
+    if route is None:
+        known = ", ".join(r.name for r in cfg.routes) or "none"
+        raise UsageError(f"no route named `{name}` in {path} (routes: {known}).")
+
+    async def obtain() -> list[str]:
+        rt = Runtime(cfg)
+        try:
+            cred, _ = await rt.tokens.get(route)
+        finally:
+            await rt.close()
+        return cred.shown_lines() if show else cred.masked_lines()
+
+    try:
+        lines = asyncio.run(obtain())
+    except ProxyError as err:
+        print(f"error: route {name}: {err.detail}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    accesslog.setup(args.log_format, getattr(logging, args.log_level.upper()))
+    host, port = cfg.listen_host, cfg.listen_port
+    if args.listen:
+        try:
+            host, port = parse_listen(args.listen)
+        except HostError as exc:
+            raise UsageError(f"--listen: {exc}.") from None
+    if not is_loopback(host):
+        raise UsageError(
+            f"refusing to listen on {host}: anyone who reaches an open authproxy spends your "
+            "credentials, and proxy authentication is not supported yet; listen on 127.0.0.1."
+        )
+    for w in cfg.warnings:
+        log.warning("%s", w.located())
+    return _serve(cfg, host, port)
+
+
+def _serve(cfg: Config, host: str, port: int) -> int:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return int(runner(_main(cfg, host, port)))
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}.", file=sys.stderr)
+        return 1
+
+
+async def _main(cfg: Config, host: str, port: int) -> int:
+    rt = Runtime(cfg)
+    server = ProxyServer(rt)
+    try:
+        bound = await server.start(host, port)
+    except OSError:
+        await rt.close()
+        raise
+    log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining (up to %g s)", cfg.timeouts.drain)
+    await server.drain(cfg.timeouts.drain)
+    await rt.close()
+    log.info("stopped")
+    return 0

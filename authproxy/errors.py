@@ -1,0 +1,120 @@
+"""Errors a client of the proxy can see, each with one status and one code.
+
+The tree::
+
+    ProxyError                      (500 internal_error)
+    ├── BadRequest                  400 bad_request
+    ├── Denied                      403 denied
+    ├── MisdirectedRequest          421 misdirected_request
+    ├── RequestTimeout              408 client_timeout
+    ├── HeadersTooLarge             431 headers_too_large
+    ├── NotImplementedByProxy       501 not_implemented
+    ├── Unavailable                 503 unavailable
+    ├── CredentialUnavailable       502 credential_unavailable
+    ├── TokenEndpointError          502 token_endpoint_error
+    ├── TokenEndpointTimeout        504 token_endpoint_timeout
+    ├── UpstreamError               502 upstream_error
+    ├── UpstreamTLSError            502 upstream_tls_error
+    └── UpstreamTimeout             504 upstream_timeout
+
+Every one renders the same way (``render``): a JSON body
+``{"error", "route", "detail"}`` and an ``X-Authproxy-Error`` header, so a
+client can tell the proxy's answers from the upstream's. ``detail`` is one
+sentence built by our code from values we chose to show; no secret goes in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+
+class ProxyError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, detail: str, route: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.route = route
+
+    def with_route(self, route: str | None) -> ProxyError:
+        if self.route is None:
+            self.route = route
+        return self
+
+
+class BadRequest(ProxyError):
+    status, code = 400, "bad_request"
+
+
+class Denied(ProxyError):
+    status, code = 403, "denied"
+
+
+class RequestTimeout(ProxyError):
+    status, code = 408, "client_timeout"
+
+
+class MisdirectedRequest(ProxyError):
+    status, code = 421, "misdirected_request"
+
+
+class HeadersTooLarge(ProxyError):
+    status, code = 431, "headers_too_large"
+
+
+class NotImplementedByProxy(ProxyError):
+    status, code = 501, "not_implemented"
+
+
+class Unavailable(ProxyError):
+    status, code = 503, "unavailable"
+
+
+class CredentialUnavailable(ProxyError):
+    status, code = 502, "credential_unavailable"
+
+
+class TokenEndpointError(ProxyError):
+    status, code = 502, "token_endpoint_error"
+
+
+class TokenEndpointTimeout(ProxyError):
+    status, code = 504, "token_endpoint_timeout"
+
+
+class UpstreamError(ProxyError):
+    status, code = 502, "upstream_error"
+
+
+class UpstreamTLSError(ProxyError):
+    status, code = 502, "upstream_tls_error"
+
+
+class UpstreamTimeout(ProxyError):
+    status, code = 504, "upstream_timeout"
+
+
+_STATUS_FOR_HINT: dict[int, type[ProxyError]] = {
+    400: BadRequest,
+    408: RequestTimeout,
+    431: HeadersTooLarge,
+    501: NotImplementedByProxy,
+}
+
+
+def from_status_hint(status: int, detail: str) -> ProxyError:
+    """Map h11's ``error_status_hint`` onto our tree (unknown hints are 400s)."""
+    return _STATUS_FOR_HINT.get(status, BadRequest)(detail)
+
+
+def render(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of the JSON answer for ``err``."""
+    body = json.dumps({"error": err.code, "route": err.route, "detail": err.detail}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-authproxy-error", err.code.encode()),
+    ]
+    return err.status, headers, body

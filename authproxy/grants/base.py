@@ -1,0 +1,119 @@
+"""The one small interface every grant implements, and the registry by ``type``.
+
+A grant knows how to read its ``auth:`` block and how to produce a
+``Credential``. Caching, single flight, backoff and the 401 rule live in
+``tokens.py``, never here, so a new grant is one new file with one class.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..secrets import Secret
+    from ..yamlreader import Section
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Credential:
+    """What gets injected: headers and/or query parameters, and until when.
+
+    ``generation`` lets a burst of 401s for one token cause one refresh: only
+    a 401 for the current generation forces a fetch.
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    expires_at: float | None = None
+    generation: int = 0
+    # Grant-specific marker of where the value came from (a token file's stat).
+    origin: object = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        names = [h for h, _ in self.headers] + [f"?{q}" for q, _ in self.query]
+        return f"Credential({', '.join(names)}, expires_at={self.expires_at})"
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+    def masked_lines(self) -> list[str]:
+        """``Header: Scheme ****`` lines for the ``token`` command."""
+        out = []
+        for name, value in self.headers:
+            scheme, sep, _ = value.partition(" ")
+            shown = f"{scheme} ****" if sep and scheme.isalpha() and len(scheme) < 16 else "****"
+            out.append(f"{name}: {shown}")
+        out += [f"?{name}=****" for name, _ in self.query]
+        return out
+
+    def shown_lines(self) -> list[str]:
+        return [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantContext:
+    """What a grant may use while fetching."""
+
+    route: str
+    session: aiohttp.ClientSession
+    deadline: float  # seconds the whole fetch (with retries) may take
+
+
+class Grant(ABC):
+    """A credential source for one route."""
+
+    type_name: ClassVar[str]
+    # Fetches from somewhere that can hand out a new value: cached until expiry,
+    # refreshed ahead of it, and refreshed once more after a 401.
+    fetches: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, sec: Section) -> Grant:
+        """Read the ``auth:`` block; report problems on ``sec``."""
+
+    @abstractmethod
+    async def fetch(self, ctx: GrantContext) -> Credential:
+        """Obtain a credential now (``tokens.py`` decides when)."""
+
+    def secrets(self) -> list[Secret]:
+        """Every secret this grant holds, so errors can be scrubbed of them."""
+        return []
+
+    def sources(self) -> list[tuple[str, str]]:
+        """(key, how it is shown) pairs for ``check``: references, never values."""
+        return [(name, s.shown_source()) for name, s in self._named_secrets()]
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return []
+
+    def refresh_skew(self) -> float:
+        return 60.0
+
+    def is_current(self, cred: Credential) -> bool:
+        """False when the source changed under a cached credential (a token file)."""
+        return True
+
+    def may_retry(self) -> bool:
+        """Could any 401 be retried? If not, request bodies need not be buffered."""
+        return self.fetches
+
+    def can_retry(self, cred: Credential) -> bool:
+        """May a 401 for ``cred`` be answered by a new credential and a retry?"""
+        return self.fetches
+
+
+REGISTRY: dict[str, type[Grant]] = {}
+
+# Grant types that a later release brings; naming one is an error, not a no-op.
+LATER = ("refresh_token", "authorization_code", "bws", "command")
+
+
+def register(cls: type[Grant]) -> type[Grant]:
+    REGISTRY[cls.type_name] = cls
+    return cls

@@ -1,0 +1,36 @@
+"""OAuth 2.0 client credentials (RFC 6749 §4.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..secrets import Secret
+from ..yamlreader import Section
+from .base import Credential, Grant, GrantContext, register
+from .oauth import OAuthClient, request_token
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ClientCredentials(Grant):
+    type_name = "client_credentials"
+    fetches = True
+
+    client: OAuthClient
+
+    @classmethod
+    def parse(cls, sec: Section) -> ClientCredentials:
+        return cls(OAuthClient.parse(sec, secret_required=True))
+
+    async def fetch(self, ctx: GrantContext) -> Credential:
+        params = {"grant_type": "client_credentials", **self.client.base_params()}
+        return (await request_token(ctx, self.client, params, self.secrets())).credential
+
+    def secrets(self) -> list[Secret]:
+        return self.client.secrets()
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return self.client.named_secrets()
+
+    def refresh_skew(self) -> float:
+        return self.client.refresh_skew

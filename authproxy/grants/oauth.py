@@ -1,0 +1,255 @@
+"""Talking to an OAuth 2.0 token endpoint (RFC 6749 §3.2, §5), shared by the fetching grants.
+
+Retries 429/5xx and connection failures with jittered backoff inside one
+deadline, honouring ``Retry-After``; turns an OAuth error response into a
+``TokenEndpointError`` that names ``error``/``error_description`` and nothing
+the client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import jwt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from ..errors import TokenEndpointError, TokenEndpointTimeout
+from ..secrets import Secret, Value
+from ..yamlreader import Section
+from .base import Credential, GrantContext
+
+_MAX_DETAIL = 200
+_backoff = wait_random_exponential(multiplier=0.25, max=8)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """The client half of every OAuth grant's ``auth:`` block."""
+
+    token_url: Value
+    client_id: Value | None
+    client_secret: Secret | None
+    client_auth: str
+    body: str
+    scope: str | None
+    audience: str | None
+    extra: tuple[tuple[str, Value], ...]
+    refresh_skew: float
+    default_ttl: float
+
+    @classmethod
+    def parse(cls, sec: Section, *, secret_required: bool) -> OAuthClient:
+        token_url = sec.value("token_url", required=True) or Value("", "")
+        if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
+            sec.error("token_url", "must be an http:// or https:// URL")
+        client_id = sec.value("client_id", required=secret_required)
+        client_secret = sec.secret("client_secret", required=secret_required)
+        if client_secret is not None and client_id is None:
+            sec.error("client_secret", "`client_secret` needs a `client_id`")
+        extra = sec.str_map("extra") or {}
+        return cls(
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=sec.choice(
+                "client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"
+            ),
+            body=sec.choice("body", ("form", "json"), "form"),
+            scope=sec.text("scope"),
+            audience=sec.text("audience"),
+            extra=tuple(extra.items()),
+            refresh_skew=sec.number("refresh_skew", 60.0),
+            default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
+        )
+
+    def secrets(self) -> list[Secret]:
+        return [self.client_secret] if self.client_secret is not None else []
+
+    def named_secrets(self) -> list[tuple[str, Secret]]:
+        return [("client_secret", self.client_secret)] if self.client_secret is not None else []
+
+    def base_params(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self.scope:
+            params["scope"] = self.scope
+        if self.audience:
+            params["audience"] = self.audience
+        for k, v in self.extra:
+            params[k] = v.reveal()
+        return params
+
+
+class _Retryable(Exception):
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        return exc.retry_after
+    return float(_backoff(state))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """RFC 9110 §10.2.3: seconds, or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def scrub(text: str, secrets: list[Secret]) -> str:
+    """One printable line with no secret in it, short enough for an error body."""
+    for s in secrets:
+        t = s.reveal()
+        if len(t) >= 4:
+            text = text.replace(t, "****")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text[:_MAX_DETAIL]
+
+
+def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
+    """``expires_in``, else the JWT's ``exp``, else the configured default."""
+    now = time.time()
+    if isinstance(expires_in, (int, float)) or (isinstance(expires_in, str) and expires_in):
+        try:
+            secs = float(expires_in)
+            if math.isfinite(secs) and secs >= 0:
+                return now + secs
+        except ValueError:
+            pass
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and math.isfinite(exp):
+            return float(exp)
+    except jwt.PyJWTError:
+        pass
+    return now + default_ttl
+
+
+def authorization_value(token_type: Any, access_token: str) -> str:
+    """``token_type + ' ' + access_token``; ``bearer`` in any case is sent as ``Bearer``.
+
+    RFC 6750 names the scheme ``Bearer`` and RFC 6749 §5.1 makes token_type
+    case-insensitive; some resource servers compare it case-sensitively.
+    """
+    kind = token_type if isinstance(token_type, str) and token_type.strip() else "Bearer"
+    kind = kind.strip()
+    if kind.lower() == "bearer":
+        kind = "Bearer"
+    return f"{kind} {access_token}"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    credential: Credential
+    body: dict[str, Any]
+
+
+async def request_token(
+    ctx: GrantContext, client: OAuthClient, params: dict[str, str], secrets: list[Secret]
+) -> TokenResponse:
+    """POST to the token endpoint and turn the answer into a credential."""
+    headers = {"Accept": "application/json"}
+    params = dict(params)
+    cid = client.client_id.reveal() if client.client_id else None
+    csecret = client.client_secret.reveal() if client.client_secret else None
+    if cid is not None and csecret is not None and client.client_auth == "client_secret_basic":
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+        pair = f"{quote(cid, safe='')}:{quote(csecret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    elif cid is not None:
+        params["client_id"] = cid
+        if csecret is not None:
+            params["client_secret"] = csecret
+
+    url = client.token_url.reveal()
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(ctx.deadline):
+            async for attempt in AsyncRetrying(
+                stop=stop_before_delay(ctx.deadline),
+                wait=_wait,
+                retry=retry_if_exception_type(_Retryable),
+                reraise=True,
+            ):
+                with attempt:
+                    body = await _post(ctx, url, client.body, params, headers, secrets)
+    except TimeoutError:
+        raise TokenEndpointTimeout(
+            f"the token endpoint did not answer within {ctx.deadline:g} s.", ctx.route
+        ) from None
+    except _Retryable as exc:
+        waited = time.monotonic() - start
+        raise TokenEndpointError(
+            f"the token endpoint kept failing for {waited:.1f} s: {exc.detail}", ctx.route
+        ) from None
+
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
+    if "\r" in access or "\n" in access:
+        raise TokenEndpointError("the token endpoint's access_token holds a line break.", ctx.route)
+    value = authorization_value(body.get("token_type"), access)
+    expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
+    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+
+
+async def _post(
+    ctx: GrantContext,
+    url: str,
+    kind: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    secrets: list[Secret],
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
+    try:
+        async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
+            raw = await resp.read()
+            status = resp.status
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
+    except (aiohttp.ClientError, OSError) as exc:
+        raise _Retryable(f"cannot reach it ({type(exc).__name__}).") from None
+    if status == 429 or status >= 500:
+        raise _Retryable(f"it answered {status}.", retry_after)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if status != 200 or not isinstance(data, dict):
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            err = scrub(data["error"], secrets)
+            desc = data.get("error_description")
+            msg = f"the token endpoint answered {status} {err}"
+            if isinstance(desc, str) and desc:
+                msg += f": {scrub(desc, secrets)}"
+            raise TokenEndpointError(msg.rstrip(".") + ".", ctx.route)
+        raise TokenEndpointError(
+            f"the token endpoint answered {status} without an OAuth JSON body.", ctx.route
+        )
+    return data

@@ -1,0 +1,46 @@
+"""Resource-owner password credentials (RFC 6749 §4.3), for public or confidential clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..secrets import Secret, Value
+from ..yamlreader import Section
+from .base import Credential, Grant, GrantContext, register
+from .oauth import OAuthClient, request_token
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Password(Grant):
+    type_name = "password"
+    fetches = True
+
+    client: OAuthClient
+    username: Value
+    password: Secret
+
+    @classmethod
+    def parse(cls, sec: Section) -> Password:
+        client = OAuthClient.parse(sec, secret_required=False)
+        username = sec.value("username", required=True) or Value("", "")
+        password = sec.secret("password", required=True) or Secret("", "")
+        return cls(client, username, password)
+
+    async def fetch(self, ctx: GrantContext) -> Credential:
+        params = {
+            "grant_type": "password",
+            "username": self.username.reveal(),
+            "password": self.password.reveal(),
+            **self.client.base_params(),
+        }
+        return (await request_token(ctx, self.client, params, self.secrets())).credential
+
+    def secrets(self) -> list[Secret]:
+        return [*self.client.secrets(), self.password]
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return [*self.client.named_secrets(), ("password", self.password)]
+
+    def refresh_skew(self) -> float:
+        return self.client.refresh_skew

@@ -1,0 +1,103 @@
+"""Host, port and path normalization shared by the config and the matcher."""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+
+
+class HostError(ValueError):
+    pass
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case, IDNA-encoded, no trailing dot, IPv6 without brackets."""
+    h = host.strip()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if not h:
+        raise HostError("empty host")
+    try:
+        return ipaddress.ip_address(h).compressed
+    except ValueError:
+        pass
+    h = h.rstrip(".").lower()
+    if not h or any(c in h for c in " /\\@?#[]%"):
+        raise HostError(f"`{host}` is not a valid host name")
+    try:
+        h = h.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise HostError(f"`{host}` is not a valid host name") from exc
+    return h
+
+
+def split_hostport(authority: str) -> tuple[str, str | None]:
+    """``host:port`` → (host, port text or None); handles ``[v6]:port``."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise HostError(f"`{authority}` has an unclosed `[`")
+        host, rest = authority[1:end], authority[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise HostError(f"`{authority}` is not host:port")
+        return host, (rest[1:] if rest else None)
+    if authority.count(":") > 1:
+        return authority, None  # a bare IPv6 literal
+    host, sep, port = authority.partition(":")
+    return host, (port if sep else None)
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise HostError(f"`{text}` is not a port number (1-65535)")
+    return int(text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def format_authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_host(host: str, port: int, default_port: int) -> str:
+    """What goes in a Host header: the port only when it isn't the default."""
+    h = f"[{host}]" if ":" in host else host
+    return h if port == default_port else f"{h}:{port}"
+
+
+class PathError(ValueError):
+    pass
+
+
+def normalize_path(path: str) -> str:
+    """Remove dot segments (RFC 3986 §5.2.4) from the path part of a target.
+
+    Encoded slashes and dots, and backslashes, are refused: servers disagree on
+    what they mean, so a prefix check on them would be a guess.
+    """
+    low = path.lower()
+    if "%2f" in low or "%2e" in low or "\\" in path or "%5c" in low:
+        raise PathError("the path contains an encoded `/` or `.`, or a `\\`")
+    if not path.startswith("/"):
+        path = "/" + path
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if path.endswith("/") and norm != "/":
+        norm += "/"
+    return norm
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """``/v2`` matches ``/v2`` and ``/v2/x``, not ``/v2x``; ``/`` matches all."""
+    if prefix in ("", "/"):
+        return True
+    p = prefix.rstrip("/")
+    return path == p or path.startswith(p + "/")

@@ -1,0 +1,106 @@
+"""The request and reply as the pipeline sees them, independent of the HTTP parser."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .hosts import format_authority
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request goes (or came in for): scheme, host, port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def default_port(self) -> int:
+        return 443 if self.scheme == "https" else 80
+
+    @property
+    def authority(self) -> str:
+        return format_authority(self.host, self.port)
+
+
+class RequestBody:
+    """The client's body, read on demand: buffered when small, else streamed once.
+
+    Buffering up to ``limits.replay_body`` is what makes the 401 retry
+    possible; a larger body streams through with memory bounded by one chunk.
+    """
+
+    def __init__(self, receive: Callable[[], Awaitable[bytes | None]], length: int | None) -> None:
+        self._receive = receive
+        self.length = length  # Content-Length, or None when chunked
+        self.bytes_in = 0
+        self._prefix: list[bytes] = []
+        self._done = length == 0
+        self.buffered: bytes | None = b"" if length == 0 else None
+
+    @property
+    def empty(self) -> bool:
+        return self.length == 0
+
+    async def _next(self) -> bytes | None:
+        chunk = await self._receive()
+        if chunk is None:
+            self._done = True
+        else:
+            self.bytes_in += len(chunk)
+        return chunk
+
+    async def buffer(self, limit: int) -> bool:
+        """Read the whole body if it fits in ``limit`` bytes; True when it did."""
+        if self.buffered is not None:
+            return True
+        if self.length is not None and self.length > limit:
+            return False
+        size = sum(len(c) for c in self._prefix)
+        while not self._done and size <= limit:
+            chunk = await self._next()
+            if chunk:
+                self._prefix.append(chunk)
+                size += len(chunk)
+        if self._done and size <= limit:
+            self.buffered = b"".join(self._prefix)
+            self._prefix = []
+            return True
+        return False
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """What was read so far, then the rest as it arrives."""
+        while self._prefix:
+            yield self._prefix.pop(0)
+        while not self._done:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
+
+    async def drain(self) -> None:
+        """Read and drop what is left, so the connection can carry the next request."""
+        self._prefix = []
+        while not self._done:
+            await self._next()
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    method: str
+    target: str  # the request-target as sent, decoded as latin-1
+    headers: list[tuple[bytes, bytes]]  # as sent, original case
+    body: RequestBody
+    http_version: str = "1.1"
+    # Set for requests inside an intercepted CONNECT: where the tunnel goes.
+    tunnel: Origin | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncIterator[bytes] | None = None
+    release: Callable[[], None] = field(default=lambda: None)

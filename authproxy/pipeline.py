@@ -1,0 +1,263 @@
+"""The request pipeline, top to bottom, for every mode (plain, gateway, intercept).
+
+resolve the target → route (or pass through / deny)
+→ credential (never send without the one the route promises)
+→ headers filtered, credential injected
+→ send upstream
+→ on 401 with a replayable body: one forced refresh, one retry
+→ the reply streams back through the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote, unquote
+
+import aiohttp
+import yarl
+
+from .accesslog import AccessRecord
+from .config import Route
+from .errors import (
+    BadRequest,
+    Denied,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTLSError,
+)
+from .grants import Credential
+from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
+from .messages import Origin, ProxyRequest, Reply
+from .runtime import Runtime, Snapshot
+from .tokens import TokenState
+from .upstream import HOP_BY_HOP, connection_tokens, filter_response_headers
+
+# Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
+# is), Host is rebuilt for the destination, Expect was answered by us.
+_REBUILT = frozenset({b"host", b"content-length", b"expect"})
+_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    mode: str  # plain | gateway | intercept
+    route: Route | None
+    dest: Origin  # where the request is sent
+    path: str  # origin-form path and query sent upstream
+    host_header: str
+
+
+async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
+    target = resolve(req, rt, snap, rec)
+    route = target.route
+    if route is None:
+        # Unmatched and allowed through: forwarded untouched, no credential.
+        headers = outbound_headers(req.headers, target.host_header, None)
+        resp = await send(rt, target, req.method, headers, _payload(req, headers))
+        return _reply(resp)
+
+    cred, state = await rt.tokens.get(route)
+    rec.token = state.value
+    replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
+    headers = outbound_headers(req.headers, target.host_header, cred)
+    resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
+
+    if resp.status == 401 and route.auth.may_retry():
+        retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
+        if retry is None:
+            rt.tokens.mark_stale(route, cred)
+            rec.retry = "skipped"
+        else:
+            resp.release()
+            headers = outbound_headers(req.headers, target.host_header, retry)
+            resp = await send(rt, target, req.method, headers, _payload(req, headers), retry)
+            rec.token, rec.retry = TokenState.RETRIED.value, "done"
+    return _reply(resp)
+
+
+def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Target:
+    """Which route, which destination, which path: the only place that decides."""
+    cfg = snap.config
+    t = req.target
+    if t.startswith("/"):
+        return _gateway(req, snap, rec)
+    scheme, _, rest = t.partition("://")
+    scheme = scheme.lower()
+    if scheme not in ("http", "https") or not rest:
+        raise BadRequest("the request target must be an absolute http:// URL or a gateway path.")
+    authority, path = _split_authority(rest)
+    origin = _origin(scheme, authority)
+    rec.mode, rec.host, rec.path = "plain", origin.authority, path.partition("?")[0]
+    if (
+        rt.bound is not None
+        and origin.port == rt.bound[1]
+        and (origin.host == rt.bound[0] or (is_loopback(origin.host) and is_loopback(rt.bound[0])))
+    ):
+        raise BadRequest("the request is addressed to this proxy itself (a proxy loop).")
+    route = snap.table.match(origin.host, origin.port, origin.default_port, rec.path)
+    if route is None:
+        if cfg.unmatched == "deny":
+            raise Denied(f"{origin.authority} matches no route and `unmatched` is deny.")
+        return Target("plain", None, origin, path, _host_header(origin))
+    rec.route = route.name
+    dest = origin
+    if route.upstream is not None:
+        up = route.upstream
+        dest = Origin(up.scheme, up.host, up.port)
+    elif origin.scheme == "http" and not is_loopback(origin.host):
+        # Credentials never travel in clear text unless the route says so.
+        raise Denied(
+            f"route {route.name} would send its credential in clear text; set "
+            "`upstream: https://...` (or `upstream: http://...` to allow it).",
+            route.name,
+        )
+    if not route.verify:
+        rec.note = "unverified-tls"
+    return Target("plain", route, dest, path, _host_header(dest))
+
+
+def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
+    path, q, query = req.target.partition("?")
+    rec.mode, rec.host, rec.path = "gateway", "-", path
+    found = snap.table.gateway(path)
+    if found is None:
+        raise BadRequest(
+            f"no gateway route has a prefix for {path[:100]}; send absolute-form requests to use the proxy."
+        )
+    route, rest = found
+    up = route.upstream
+    assert up is not None
+    dest = Origin(up.scheme, up.host, up.port)
+    rec.route, rec.host = route.name, dest.authority
+    if not route.verify:
+        rec.note = "unverified-tls"
+    return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
+
+
+def _split_authority(rest: str) -> tuple[str, str]:
+    cut = len(rest)
+    for sep in "/?#":
+        i = rest.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:]
+    path = path.partition("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return authority, path
+
+
+@lru_cache(maxsize=4096)
+def _origin(scheme: str, authority: str) -> Origin:
+    if "@" in authority:
+        raise BadRequest("user info in the request target is not accepted.")
+    try:
+        host, port_text = split_hostport(authority)
+        port = parse_port(port_text) if port_text else (443 if scheme == "https" else 80)
+        return Origin(scheme, normalize_host(host), port)
+    except HostError as exc:
+        raise BadRequest(f"bad host in the request target: {exc}.") from None
+
+
+def _host_header(o: Origin) -> str:
+    return format_host(o.host, o.port, o.default_port)
+
+
+def outbound_headers(
+    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None
+) -> list[tuple[str, str]]:
+    """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
+    drop = HOP_BY_HOP | _REBUILT | connection_tokens(raw)
+    if cred is not None:
+        drop = drop | {n.lower().encode() for n, _ in cred.headers}
+    out = [("Host", host)]
+    out += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw if n.lower() not in drop]
+    if cred is not None:
+        out += cred.headers
+    return out
+
+
+def _with_query(path: str, cred: Credential | None) -> str:
+    if cred is None or not cred.query:
+        return path
+    base, _, query = path.partition("?")
+    names = {n for n, _ in cred.query}
+    kept = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) not in names]
+    kept += [f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in cred.query]
+    return base + "?" + "&".join(kept)
+
+
+def _payload(req: ProxyRequest, headers: list[tuple[str, str]]) -> bytes | AsyncIterator[bytes] | None:
+    """The body to send; a streamed body of known length keeps its Content-Length."""
+    body = req.body
+    if body.buffered is not None:
+        if (not body.buffered and body.length is None) or (body.empty and req.method in _NO_BODY):
+            return None
+        return body.buffered
+    if body.length is not None:
+        headers.append(("Content-Length", str(body.length)))
+    return body.stream()
+
+
+async def send(
+    rt: Runtime,
+    target: Target,
+    method: str,
+    headers: list[tuple[str, str]],
+    data: bytes | AsyncIterator[bytes] | None,
+    cred: Credential | None = None,
+) -> aiohttp.ClientResponse:
+    dest = target.dest
+    path = _with_query(target.path, cred)
+    url = yarl.URL(f"{dest.scheme}://{_host_header(dest)}{path}", encoded=True)
+    sslctx: ssl.SSLContext | bool = (
+        rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else False
+    )
+    timeouts = rt.snapshot.config.timeouts
+    try:
+        async with asyncio.timeout(timeouts.upstream_headers):
+            return await rt.upstreams.session.request(
+                method, url, headers=headers, data=data, allow_redirects=False, ssl=sslctx
+            )
+    except ProxyError:
+        raise
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"{dest.authority} did not answer within {timeouts.upstream_headers:g} s."
+        ) from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise UpstreamTLSError(
+            f"the certificate of {dest.authority} failed verification: {_ssl_reason(exc.certificate_error)}."
+        ) from None
+    except aiohttp.ClientSSLError as exc:
+        raise UpstreamTLSError(f"TLS with {dest.authority} failed: {_ssl_reason(exc)}.") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}."
+        ) from None
+    except aiohttp.ServerDisconnectedError:
+        raise UpstreamError(f"{dest.authority} closed the connection without answering.") from None
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamError(f"{dest.authority} sent a malformed response ({exc.message}).") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"the request to {dest.authority} failed ({type(exc).__name__}).") from None
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    return str(reason).splitlines()[0][:200]
+
+
+def _reply(resp: aiohttp.ClientResponse) -> Reply:
+    return Reply(
+        status=resp.status,
+        reason=(resp.reason or "").encode("latin-1", "replace"),
+        headers=filter_response_headers(resp.raw_headers),
+        body=resp.content.iter_any(),
+        release=resp.release,
+    )

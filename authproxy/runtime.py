@@ -1,0 +1,33 @@
+"""What a running proxy holds: the config snapshot, route table, sessions and tokens.
+
+A request takes the ``Snapshot`` in force when it starts and keeps it to the
+end, so a later reload can swap the table without touching requests in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config
+from .routes import RouteTable
+from .tokens import TokenManager
+from .upstream import Upstreams, token_session
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: Config
+    table: RouteTable
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.snapshot = Snapshot(config, RouteTable(config.routes))
+        self.upstreams = Upstreams(config.limits, config.timeouts)
+        self._token_session = token_session(config.timeouts)
+        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch)
+        self.bound: tuple[str, int] | None = None  # the address actually listened on
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+        await self._token_session.close()

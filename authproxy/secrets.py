@@ -1,0 +1,98 @@
+"""Values that may come from the environment or a file, and secrets that never print.
+
+A ``Value`` remembers the text the user wrote (``${BILLING_CLIENT_SECRET}``) so
+that ``check`` and error messages can name a secret by its source. ``Secret``
+is a ``Value`` whose ``str``/``repr`` are masked: an accidental f-string or a
+traceback's locals show ``****``, never the credential.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_REF = re.compile(r"\$(\$|\{([^}]*)\})")
+
+
+class UnsupportedReference(ValueError):
+    """A reference whose kind a later release handles (``${bws:...}``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """An interpolated configuration string.
+
+    ``missing`` lists the references that could not be resolved (unset
+    variables, unreadable files); ``text`` then holds empty strings in their
+    place and must not be used to talk to anyone.
+    """
+
+    text: str
+    source: str
+    missing: tuple[str, ...] = ()
+
+    @property
+    def is_literal(self) -> bool:
+        return self.source == self.text and "${" not in self.source
+
+    def reveal(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Secret(Value):
+    """A ``Value`` that is a credential: masked wherever it might be printed."""
+
+    def __str__(self) -> str:
+        return "****"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.shown_source()})"
+
+    def shown_source(self) -> str:
+        """How ``check`` shows it: the reference, or ``****`` for a literal."""
+        return "****" if self.is_literal else self.source
+
+
+def interpolate(raw: str, base_dir: Path | None = None) -> tuple[str, tuple[str, ...]]:
+    """Resolve ``${VAR}``, ``${file:PATH}`` and ``$$`` in ``raw``.
+
+    Returns the text and the references that could not be resolved. Raises
+    ``ValueError`` for a malformed reference and ``UnsupportedReference`` for
+    kinds that are not supported yet.
+    """
+    missing: list[str] = []
+
+    def resolve(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        ref = m.group(2).strip()
+        if not ref:
+            raise ValueError("empty reference `${}`")
+        kind, sep, arg = ref.partition(":")
+        if not sep:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
+                raise ValueError(f"`${{{ref}}}` is not a valid environment variable name")
+            val = os.environ.get(ref)
+            if val is None:
+                missing.append(f"environment variable {ref}")
+                return ""
+            return val
+        if kind == "file":
+            path = Path(arg).expanduser()
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            try:
+                # A trailing newline is an editor's habit, not part of the secret.
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                missing.append(f"file {path} ({exc.strerror or 'unreadable'})")
+                return ""
+        if kind == "bws":
+            raise UnsupportedReference("`${bws:...}` is not supported yet")
+        raise ValueError(f"unknown reference kind `{kind}:` (use ${{VAR}} or ${{file:PATH}})")
+
+    text = _REF.sub(resolve, raw)
+    return text, tuple(missing)

@@ -1,0 +1,394 @@
+"""The client-facing HTTP/1.1 server: accept loop, one h11 connection per client.
+
+h11 is strict and sans-IO; this module owns the sockets, the timeouts, the
+request framing checks that h11 leaves to us, and the choice between the
+three request forms (absolute → plain, origin → gateway, CONNECT → tunnel or
+interception). Everything about credentials happens in ``pipeline.handle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import h11
+
+from . import accesslog, pipeline
+from .accesslog import AccessRecord
+from .errors import (
+    BadRequest,
+    Denied,
+    NotImplementedByProxy,
+    ProxyError,
+    RequestTimeout,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    from_status_hint,
+    render,
+)
+from .hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
+from .messages import ProxyRequest, Reply, RequestBody
+from .runtime import Runtime, Snapshot
+from .tunnel import pump_both
+
+log = logging.getLogger("authproxy.server")
+
+_READ = 256 * 1024
+
+
+class ClientGone(Exception):
+    """The client closed or stalled; nothing more can be said to it."""
+
+
+class Connection:
+    """One client connection: a loop of requests over h11 (keep-alive, pipelining)."""
+
+    def __init__(
+        self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.rt = server.rt
+        self.reader = reader
+        self.writer = writer
+        self.busy = False
+        limits = self.rt.snapshot.config.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+
+    # -- reading ---------------------------------------------------------
+
+    async def _fill(self, wait: float) -> None:
+        try:
+            data = await asyncio.wait_for(self.reader.read(_READ), wait)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise ClientGone() from exc
+        self.h11.receive_data(data)
+
+    async def _next_request(self) -> h11.Request | None:
+        """The next request's head, or None when the client is done."""
+        t = self.rt.snapshot.config.timeouts
+        deadline = None
+        if self.h11.trailing_data[0]:
+            deadline = time.monotonic() + t.client_header
+        while True:
+            event = self.h11.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if event is h11.NEED_DATA:
+                if self.server.draining and deadline is None:
+                    return None
+                wait = t.idle if deadline is None else deadline - time.monotonic()
+                try:
+                    await self._fill(max(wait, 0.0))
+                except TimeoutError:
+                    if deadline is None:
+                        return None  # an idle keep-alive connection: close quietly
+                    raise RequestTimeout(
+                        f"the request headers did not arrive within {t.client_header:g} s."
+                    ) from None
+                if deadline is None:
+                    deadline = time.monotonic() + t.client_header
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            # Anything else between requests is a protocol error h11 has flagged.
+            return None
+
+    async def _receive_body(self) -> bytes | None:
+        """One chunk of the request body, None at its end."""
+        if self.h11.they_are_waiting_for_100_continue:
+            # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
+            self._write(h11.InformationalResponse(status_code=100, headers=[]))
+        idle = self.rt.snapshot.config.timeouts.idle
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ClientGone(f"bad request body: {exc}") from None
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                return None
+            if event is h11.NEED_DATA:
+                try:
+                    await self._fill(idle)
+                except TimeoutError:
+                    raise ClientGone("the client stopped sending its body") from None
+                continue
+            raise ClientGone("the client closed while sending its body")
+
+    # -- writing ---------------------------------------------------------
+
+    def _write(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.writer.write(data)
+
+    async def _send_reply(self, reply: Reply, rec: AccessRecord, head: bool) -> None:
+        headers = reply.headers
+        if self.server.draining:
+            headers = [*headers, (b"connection", b"close")]
+        self._write(h11.Response(status_code=reply.status, headers=headers, reason=reply.reason))
+        if reply.body is not None and not head:
+            async for chunk in reply.body:
+                if chunk:
+                    rec.bytes_out += len(chunk)
+                    self._write(h11.Data(data=chunk))
+                    await self.writer.drain()
+        self._write(h11.EndOfMessage())
+        await self.writer.drain()
+
+    async def _send_error(self, err: ProxyError, rec: AccessRecord, head: bool) -> None:
+        status, headers, body = render(err)
+        rec.status, rec.error = status, err.code
+        if self.h11.their_state is not h11.DONE or err.status in (400, 408, 431, 501, 503):
+            headers.append((b"connection", b"close"))
+        if self.h11.our_state is h11.SEND_RESPONSE:
+            self._write(h11.Response(status_code=status, headers=headers))
+            if not head:
+                rec.bytes_out += len(body)
+                self._write(h11.Data(data=body))
+            self._write(h11.EndOfMessage())
+        elif self.h11.our_state in (h11.IDLE, h11.ERROR) or self.h11.their_state is h11.ERROR:
+            # h11 refuses to speak after a protocol error: write the answer by hand.
+            self.writer.write(_raw_response(status, headers, b"" if head else body))
+        else:
+            raise ClientGone("the response had already started")
+        with contextlib.suppress(OSError):
+            await self.writer.drain()
+
+    # -- the loop --------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    event = await self._next_request()
+                except h11.RemoteProtocolError as exc:
+                    hint = exc.error_status_hint
+                    await self._send_error(
+                        from_status_hint(hint, _protocol_detail(hint, str(exc))), _blank(), False
+                    )
+                    return
+                except RequestTimeout as err:
+                    await self._send_error(err, _blank(), False)
+                    return
+                if event is None:
+                    return
+                keep = await self._one(event)
+                if not keep or self.server.draining:
+                    return
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                else:
+                    return
+        except (ClientGone, OSError, h11.LocalProtocolError, h11.RemoteProtocolError):
+            pass
+        finally:
+            self.busy = False
+            if not self.writer.is_closing():
+                self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _one(self, event: h11.Request) -> bool:
+        """Serve one request; False when the connection must close after it."""
+        self.busy = True
+        started = time.perf_counter()
+        snap = self.rt.snapshot  # kept to the end, whatever a reload does
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("latin-1")
+        rec = AccessRecord(method=method, mode="plain", host="-", path=target.partition("?")[0][:200])
+        head = method == "HEAD"
+        try:
+            _check_framing(event)
+            if method == "CONNECT":
+                return await self._connect(target, snap, rec, started)
+            body = RequestBody(self._receive_body, _content_length(event))
+            req = ProxyRequest(
+                method, target, list(event.headers.raw_items()), body, event.http_version.decode("ascii")
+            )
+            reply = await pipeline.handle(req, self.rt, snap, rec)
+            rec.status = reply.status
+            rec.bytes_in = body.bytes_in
+            try:
+                await self._send_reply(reply, rec, head)
+            finally:
+                reply.release()
+        except ProxyError as err:
+            err.with_route(rec.route)
+            await self._send_error(err, rec, head)
+        except ClientGone:
+            rec.error = "client_gone"
+            self.writer.transport.abort()
+            return False
+        except (h11.LocalProtocolError, OSError) as exc:
+            # The upstream's body broke off mid-way (or lied about its length):
+            # the only honest signal left is to cut the client connection.
+            log.debug("aborting a response: %s", type(exc).__name__)
+            rec.error = "upstream_broke_off"
+            self.writer.transport.abort()
+            return False
+        except Exception as exc:
+            if not _is_upstream_body_error(exc):
+                log.exception("internal error while serving a request")
+            rec.error = "upstream_broke_off" if _is_upstream_body_error(exc) else "internal_error"
+            self.writer.transport.abort()
+            return False
+        finally:
+            rec.ms = (time.perf_counter() - started) * 1000
+            if rec.bytes_in == 0:
+                rec.bytes_in = 0
+            accesslog.emit(rec)
+            self.busy = False
+        return True
+
+    async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord, started: float) -> bool:
+        """CONNECT: a blind tunnel for unmatched hosts (interception is the HTTPS issue)."""
+        host, port = _connect_target(target)
+        rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
+        if snap.table.host_matched(host, port, 443):
+            raise NotImplementedByProxy(
+                f"{rec.host} matches a route, and intercepting CONNECT is not supported yet; "
+                "use absolute-form http:// requests or a gateway route."
+            )
+        if snap.config.unmatched == "deny":
+            raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
+        t = snap.config.timeouts
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), t.connect)
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
+        except OSError as exc:
+            raise UpstreamError(
+                f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}."
+            ) from None
+        self._write(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        rec.status = 200
+        early = self.h11.trailing_data[0]
+        if early:
+            up_writer.write(early)
+        bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up_reader, up_writer), t.idle)
+        rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
+        return False
+
+
+def _blank() -> AccessRecord:
+    return AccessRecord(method="-", mode="plain", host="-", path="-")
+
+
+def _protocol_detail(hint: int, text: str) -> str:
+    if hint == 431:
+        return "the request headers are larger than the proxy accepts."
+    if hint == 501:
+        return "the request uses a Transfer-Encoding the proxy does not support."
+    return f"malformed request ({text[:120]})."
+
+
+def _check_framing(event: h11.Request) -> None:
+    """Reject what request smuggling is made of (RFC 9112 §6.1, §6.3)."""
+    names = [n for n, _ in event.headers]
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            raise BadRequest("the request has both Content-Length and Transfer-Encoding.")
+        if event.http_version == b"1.0":
+            raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
+        if names.count(b"transfer-encoding") > 1:
+            raise BadRequest("the request repeats Transfer-Encoding.")
+
+
+def _content_length(event: h11.Request) -> int | None:
+    for name, value in event.headers:
+        if name == b"content-length":
+            return int(value)
+        if name == b"transfer-encoding":
+            return None
+    return 0
+
+
+def _connect_target(target: str) -> tuple[str, int]:
+    try:
+        host, port = split_hostport(target)
+        if port is None:
+            raise HostError("a CONNECT target needs a port")
+        return normalize_host(host), parse_port(port)
+    except HostError as exc:
+        raise BadRequest(f"bad CONNECT target `{target[:100]}`: {exc}.") from None
+
+
+def _raw_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    from http import HTTPStatus
+
+    try:
+        reason = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        reason = b"Error"
+    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+    lines += [n + b": " + v for n, v in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _is_upstream_body_error(exc: BaseException) -> bool:
+    import aiohttp
+
+    return isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError))
+
+
+class ProxyServer:
+    """The accept loop, the connection limit, and the drain on shutdown."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.draining = False
+        self.connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._accept, host, port, limit=_READ, backlog=1024)
+        sock = self._server.sockets[0].getsockname()
+        self.rt.bound = (normalize_host(str(sock[0])), int(sock[1]))
+        return self.rt.bound
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self.rt.snapshot.config.limits
+        if self.draining or len(self.connections) >= limits.max_connections:
+            why = "the proxy is shutting down." if self.draining else "the proxy is at its connection limit."
+            status, headers, body = render(Unavailable(why))
+            headers.append((b"connection", b"close"))
+            writer.write(_raw_response(status, headers, body))
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
+        conn = Connection(self, reader, writer)
+        self.connections.add(conn)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; let requests in flight finish within ``grace``; close the rest."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.writer.close()
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)

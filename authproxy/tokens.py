@@ -1,0 +1,161 @@
+"""Credential cache, single flight, refresh ahead of expiry, one forced refresh per 401 burst.
+
+Fast path: a lock-free read of a cachetools ``TLRUCache`` whose per-item
+time-to-use is the token's expiry, so a known-expired token can never be
+handed out. Slow path: one ``asyncio.Task`` per route that every caller
+awaits through ``asyncio.shield`` (a client that goes away cannot cancel the
+fetch others wait for). After a failure the route backs off; callers in the
+backoff window get the cached token while it is valid, else the last error,
+so a dead token endpoint is not hammered by a storm of retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+import aiohttp
+from cachetools import TLRUCache
+
+from .config import Route
+from .errors import CredentialUnavailable, ProxyError
+from .grants import Credential, GrantContext
+
+log = logging.getLogger("authproxy.tokens")
+
+_BACKOFF_FIRST = 1.0
+_BACKOFF_MAX = 60.0
+
+
+class TokenState(StrEnum):
+    """How the credential of a request was had, for the log line."""
+
+    NONE = "none"
+    CACHED = "cached"
+    FETCHED = "fetched"
+    REFRESHED = "refreshed"
+    RETRIED = "retried"
+
+
+def _ttu(_key: object, cred: Credential, now: float) -> float:
+    return cred.expires_at if cred.expires_at is not None else float("inf")
+
+
+@dataclass(slots=True)
+class _RouteState:
+    generation: int = 0
+    task: asyncio.Task[Credential] | None = None
+    retry_at: float = 0.0
+    backoff: float = 0.0
+    last_error: ProxyError | None = None
+    fetches: int = 0
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class TokenManager:
+    """Credentials for every route, keyed by route name."""
+
+    def __init__(self, session: aiohttp.ClientSession, fetch_deadline: float) -> None:
+        self._session = session
+        self._deadline = fetch_deadline
+        self._cache: TLRUCache[str, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
+        self._states: dict[str, _RouteState] = {}
+
+    def _state(self, route: Route) -> _RouteState:
+        st = self._states.get(route.name)
+        if st is None:
+            st = self._states[route.name] = _RouteState()
+        return st
+
+    def fetch_count(self, route: str) -> int:
+        st = self._states.get(route)
+        return st.fetches if st else 0
+
+    async def get(self, route: Route) -> tuple[Credential, TokenState]:
+        """The credential to inject now; raises a ``ProxyError`` when there is none."""
+        if route.missing:
+            raise CredentialUnavailable(
+                f"{route.missing[0]} is not set, so this route has no credential.", route.name
+            )
+        cred = self._cache.get(route.name)
+        if cred is not None and route.auth.is_current(cred):
+            if cred.expires_at is not None and time.time() >= cred.expires_at - route.auth.refresh_skew():
+                # Due for refresh but still valid: refresh in the background
+                # and keep serving, rather than make this request wait.
+                self._refresh_in_background(route)
+            return cred, TokenState.CACHED
+        fresh = await self._single_flight(route)
+        return fresh, TokenState.FETCHED if cred is None else TokenState.REFRESHED
+
+    async def after_unauthorized(self, route: Route, used: Credential) -> Credential | None:
+        """A 401 came back for ``used``: a new credential to retry with, or None.
+
+        Only the first 401 for a generation forces a fetch; the rest of a
+        burst join that fetch or take its result.
+        """
+        if not route.auth.can_retry(used):
+            self.mark_stale(route, used)
+            return None
+        st = self._state(route)
+        current = self._cache.get(route.name)
+        if current is not None and current.generation != used.generation:
+            return current
+        if st.task is None:
+            self._cache.pop(route.name, None)  # the upstream said it is no good
+            st.retry_at = 0.0  # a 401 is news: don't wait out an old backoff
+        return await self._single_flight(route)
+
+    def mark_stale(self, route: Route, used: Credential) -> None:
+        """Drop ``used`` so the next request refreshes it (a 401 we could not retry)."""
+        if not route.auth.fetches:
+            return
+        current = self._cache.get(route.name)
+        if current is not None and current.generation == used.generation:
+            self._cache.pop(route.name, None)
+
+    def _refresh_in_background(self, route: Route) -> None:
+        st = self._state(route)
+        if st.task is not None or time.monotonic() < st.retry_at:
+            return
+
+        async def run() -> None:
+            try:
+                await self._single_flight(route)
+            except ProxyError as exc:
+                log.warning("route %s: refresh ahead of expiry failed: %s", route.name, exc.detail)
+
+        t = asyncio.create_task(run())
+        st.background.add(t)
+        t.add_done_callback(st.background.discard)
+
+    async def _single_flight(self, route: Route) -> Credential:
+        st = self._state(route)
+        if st.task is None:
+            if time.monotonic() < st.retry_at and st.last_error is not None:
+                raise st.last_error
+            st.task = asyncio.create_task(self._fetch(route, st))
+        return await asyncio.shield(st.task)
+
+    async def _fetch(self, route: Route, st: _RouteState) -> Credential:
+        ctx = GrantContext(route.name, self._session, self._deadline)
+        st.fetches += 1
+        try:
+            cred = await route.auth.fetch(ctx)
+        except ProxyError as exc:
+            exc.with_route(route.name)
+            st.last_error = exc
+            st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
+            st.retry_at = time.monotonic() + st.backoff * random.uniform(0.5, 1.0)
+            raise
+        finally:
+            st.task = None
+        st.generation += 1
+        st.backoff, st.retry_at, st.last_error = 0.0, 0.0, None
+        cred = replace(cred, generation=st.generation)
+        if not cred.expired():
+            self._cache[route.name] = cred
+        return cred

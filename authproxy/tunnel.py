@@ -1,0 +1,63 @@
+"""Blind byte tunnels: both directions pumped, half-close honoured.
+
+When one side sends EOF we pass it on with ``write_eof`` and keep pumping the
+other way (a client that shuts down its sending side may still be reading a
+long download), closing when both directions are done or idle too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+_CHUNK = 256 * 1024
+
+
+class _Activity:
+    """Idle means idle in both directions: a long download sends nothing upward."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.counts = [0, 0]
+
+
+async def _pump(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: float, act: _Activity, i: int
+) -> None:
+    try:
+        while True:
+            try:
+                data = await asyncio.wait_for(src.read(_CHUNK), idle)
+            except TimeoutError:
+                if time.monotonic() - act.last < idle:
+                    continue
+                raise
+            if not data:
+                break
+            act.last = time.monotonic()
+            act.counts[i] += len(data)
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof() and not dst.is_closing():
+            dst.write_eof()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        dst.close()
+
+
+async def pump_both(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    idle: float,
+) -> tuple[int, int]:
+    """Pump until both directions end; returns (bytes from client, bytes to client)."""
+    act = _Activity()
+    creader, cwriter = client
+    ureader, uwriter = upstream
+    try:
+        await asyncio.gather(
+            _pump(creader, uwriter, idle, act, 0),
+            _pump(ureader, cwriter, idle, act, 1),
+        )
+    finally:
+        uwriter.close()
+    return act.counts[0], act.counts[1]

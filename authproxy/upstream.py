@@ -1,0 +1,93 @@
+"""The upstream side: one pooled aiohttp session, TLS contexts, and header filtering."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+
+import aiohttp
+
+from .config import Limits, Route, Timeouts
+
+# RFC 9110 §7.6.1, plus headers only a proxy hop uses.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# aiohttp adds these unless told not to; the client's own (or none) must go through.
+SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    out: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            out.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return out
+
+
+def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    raw = list(raw)
+    drop = HOP_BY_HOP | connection_tokens(raw)
+    return [(n, v) for n, v in raw if n.lower() not in drop]
+
+
+class Upstreams:
+    """The shared client session and one SSL context per (ca_file, verify)."""
+
+    def __init__(self, limits: Limits, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+        connector = aiohttp.TCPConnector(
+            limit=0,  # the proxy's own max_connections bounds the load
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
+            keepalive_timeout=timeouts.idle,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            # authproxy env points HTTPS_PROXY at us: trusting it would loop.
+            trust_env=False,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle),
+            skip_auto_headers=SKIP_AUTO,
+        )
+
+    def ssl_context(self, route: Route | None) -> ssl.SSLContext:
+        """Contexts are built once: creating one reads the CA store from disk."""
+        key = (route.ca_file, route.verify) if route is not None else (None, True)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=str(key[0]) if key[0] else None)
+            if not key[1]:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._contexts[key] = ctx
+        return ctx
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def token_session(timeouts: Timeouts) -> aiohttp.ClientSession:
+    """A separate session for token endpoints: no proxy, its own pool."""
+    return aiohttp.ClientSession(
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+    )
