@@ -139,7 +139,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or "not valid YAML"
-        problems.error("", line, f"not valid YAML: {reason}.")
+        hint = ""
+        if "alphabetic or numeric" in str(reason) or "alias" in str(reason):
+            hint = " (a value that starts with `*` must be quoted: '*.example.com')"
+        problems.error("", line, f"not valid YAML: {reason}{hint}.")
         raise ConfigError(problems.items) from None
     if node is None:
         problems.error("", None, "the file is empty; it needs at least `routes:`.")
@@ -285,31 +288,34 @@ def _gateway(sec: Section) -> str | None:
     text = sec.text("gateway")
     if text is None:
         return None
-    if not text.startswith("/") or text.rstrip("/") == "":
-        sec.error("gateway", "must be a path prefix such as `/reports` (not `/`)")
-        return None
     try:
-        return normalize_path(text).rstrip("/")
+        prefix = normalize_path(text).rstrip("/") if text.startswith("/") else ""
     except ValueError as exc:
         sec.error("gateway", str(exc))
         return None
+    if not prefix:
+        sec.error("gateway", "must be a path prefix such as `/reports` (not `/`)")
+        return None
+    return prefix
 
 
 def _upstream(sec: Section, gateway: bool) -> Upstream | None:
     text = sec.text("upstream")
     if text is None:
         return None
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        sec.error("upstream", "must be an http:// or https:// URL")
-        return None
-    if parts.query or parts.fragment or parts.username or parts.password:
-        sec.error("upstream", "must not carry a query, fragment or user info")
-        return None
     try:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise HostError("must be an http:// or https:// URL")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise HostError("must not carry a query, fragment or user info")
         host = normalize_host(parts.hostname)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except (HostError, ValueError) as exc:
+        port = parts.port
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        elif not 0 < port < 65536:
+            raise HostError(f"`{port}` is not a port number (1-65535)")
+    except ValueError as exc:  # HostError, and urlsplit's own complaints
         sec.error("upstream", str(exc))
         return None
     path = parts.path.rstrip("/")
@@ -324,8 +330,7 @@ def _auth(sec: Section) -> Grant | None:
         return None
     kind = auth.text("type", required=True)
     if kind is None:
-        auth.finish()
-        return None
+        return None  # without a type, no key can be judged known or unknown
     cls = REGISTRY.get(kind)
     if cls is None:
         if kind in LATER:

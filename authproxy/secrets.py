@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _REF = re.compile(r"\$(\$|\{([^}]*)\})")
+# A reference proper, skipping `$$` escapes.
+_REF_ONLY = re.compile(r"(?<!\$)(?:\$\$)*\$\{")
 
 
 class UnsupportedReference(ValueError):
@@ -35,7 +37,8 @@ class Value:
 
     @property
     def is_literal(self) -> bool:
-        return self.source == self.text and "${" not in self.source
+        """Written in the file as is: no reference to resolve (``$$`` is still literal)."""
+        return _REF_ONLY.search(self.source) is None
 
     def reveal(self) -> str:
         return self.text

@@ -20,6 +20,7 @@ from .accesslog import AccessRecord
 from .errors import (
     BadRequest,
     Denied,
+    HeadersTooLarge,
     NotImplementedByProxy,
     ProxyError,
     RequestTimeout,
@@ -206,6 +207,7 @@ class Connection:
         head = method == "HEAD"
         try:
             _check_framing(event)
+            _check_size(event, snap.config.limits.max_header_bytes)
             if method == "CONNECT":
                 return await self._connect(target, snap, rec, started)
             body = RequestBody(self._receive_body, _content_length(event))
@@ -219,6 +221,8 @@ class Connection:
                 await self._send_reply(reply, rec, head)
             finally:
                 reply.release()
+            if self.h11.their_state is h11.SEND_BODY:
+                return await self._finish_body(body)
         except ProxyError as err:
             err.with_route(rec.route)
             await self._send_error(err, rec, head)
@@ -246,6 +250,20 @@ class Connection:
             accesslog.emit(rec)
             self.busy = False
         return True
+
+    async def _finish_body(self, body: RequestBody) -> bool:
+        """Read what is left of a request body the upstream did not want, if it is small.
+
+        Keep-alive needs the whole request off the wire; a large unread body
+        is cheaper to drop with the connection than to read and discard.
+        """
+        left = None if body.length is None else body.length - body.bytes_in
+        if left is None or left > 65536 or self.h11.they_are_waiting_for_100_continue:
+            return False
+        while self.h11.their_state is h11.SEND_BODY:
+            if await self._receive_body() is None:
+                break
+        return self.h11.their_state is h11.DONE
 
     async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord, started: float) -> bool:
         """CONNECT: a blind tunnel for unmatched hosts (interception is the HTTPS issue)."""
@@ -299,6 +317,13 @@ def _check_framing(event: h11.Request) -> None:
             raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
         if names.count(b"transfer-encoding") > 1:
             raise BadRequest("the request repeats Transfer-Encoding.")
+
+
+def _check_size(event: h11.Request, limit: int) -> None:
+    """h11 bounds only a head still incomplete; one arriving whole is measured here."""
+    size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+    if size > limit:
+        raise HeadersTooLarge("the request headers are larger than the proxy accepts.")
 
 
 def _content_length(event: h11.Request) -> int | None:
@@ -358,6 +383,10 @@ class ProxyServer:
         limits = self.rt.snapshot.config.limits
         if self.draining or len(self.connections) >= limits.max_connections:
             why = "the proxy is shutting down." if self.draining else "the proxy is at its connection limit."
+            # Take the request off the wire first: closing a socket with unread
+            # data sends a reset, which would destroy the 503 before it is read.
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(reader.read(65536), 0.5)
             status, headers, body = render(Unavailable(why))
             headers.append((b"connection", b"close"))
             writer.write(_raw_response(status, headers, body))

@@ -119,9 +119,7 @@ def _upstream_app(up: Upstream) -> web.Application:
         import gzip
 
         body = gzip.compress(b"hello compressed world" * 10)
-        return web.Response(
-            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
-        )
+        return web.Response(body=body, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://elsewhere.invalid/next")

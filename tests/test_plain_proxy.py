@@ -66,7 +66,9 @@ async def test_api_key_query_parameter(make_proxy, upstream: Upstream, secret_en
     assert "query-secret" not in "\n".join(p.lines())
 
 
-async def test_basic_auth_and_existing_authorization_replaced(make_proxy, upstream: Upstream, secret_env) -> None:
+async def test_basic_auth_and_existing_authorization_replaced(
+    make_proxy, upstream: Upstream, secret_env
+) -> None:
     pw = secret_env("BASIC_PW", "b4sic-pa55word!")
     p = await make_proxy(
         f"""
@@ -112,7 +114,9 @@ async def test_bearer_token_file_reread_when_it_changes(make_proxy, upstream: Up
     assert _header(upstream.seen[-1], "Authorization") == ["Bearer second-token-ghijkl"]
 
 
-async def test_bearer_retries_once_when_file_changed_between(make_proxy, upstream: Upstream, tmp_path) -> None:
+async def test_bearer_retries_once_when_file_changed_between(
+    make_proxy, upstream: Upstream, tmp_path
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("old-token-1111111")
     p = await make_proxy(
@@ -147,8 +151,15 @@ async def test_curl_through_http_proxy(make_proxy, upstream: Upstream, secret_en
     assert curl, "curl is installed by the test command (apt) and must be on PATH"
     p = await _api_key_proxy(make_proxy, upstream, secret_env)
     proc = await asyncio.create_subprocess_exec(
-        curl, "-sS", "-x", p.url, f"{upstream.url}/curl", "-d", "hello=1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        curl,
+        "-sS",
+        "-x",
+        p.url,
+        f"{upstream.url}/curl",
+        "-d",
+        "hello=1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={"PATH": "/usr/bin:/bin", "HTTP_PROXY": p.url},
     )
     out, err = await proc.communicate()

@@ -24,9 +24,11 @@ class ApiKey(Grant):
     def parse(cls, sec: Section) -> ApiKey:
         value = sec.secret("value", required=True) or Secret("", "")
         query = sec.text("query")
-        if query is not None and sec.has("header"):
-            sec.error("query", "give `header` or `query`, not both")
-        header = None if query is not None else header_name(sec, "header", "Authorization")
+        header: str | None = header_name(sec, "header", "Authorization")
+        if query is not None:
+            if sec.has("header"):
+                sec.error("query", "give `header` or `query`, not both")
+            header = None
         prefix = sec.text("prefix", default="") or ""
         if query is not None and prefix:
             sec.error("prefix", "`prefix` applies to a header, not to `query`")

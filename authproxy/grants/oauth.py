@@ -55,7 +55,7 @@ class OAuthClient:
 
     @classmethod
     def parse(cls, sec: Section, *, secret_required: bool) -> OAuthClient:
-        token_url = sec.value("token_url", required=True) or Value("", "")
+        token_url = sec.value("token_url", required=True) or Value("", "", ("token_url",))
         if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
             sec.error("token_url", "must be an http:// or https:// URL")
         client_id = sec.value("client_id", required=secret_required)

@@ -343,9 +343,7 @@ class OAuthServer:
     _users: dict[str, _User] = field(default_factory=dict, init=False, repr=False)
     _tokens: dict[str, _Token] = field(default_factory=dict, init=False, repr=False)
     _issued: list[str] = field(default_factory=list, init=False, repr=False)
-    _pending_expiry: dict[str, tuple[float, int]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    _pending_expiry: dict[str, tuple[float, int]] = field(default_factory=dict, init=False, repr=False)
     _requests: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _httpd: BaseWSGIServer | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -655,9 +653,7 @@ def start_oauth_server() -> OAuthServer:
     def dispatch(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
         return app_ref[0](environ, start_response)
 
-    httpd = make_server(
-        "127.0.0.1", 0, dispatch, threaded=True, request_handler=_QuietRequestHandler
-    )
+    httpd = make_server("127.0.0.1", 0, dispatch, threaded=True, request_handler=_QuietRequestHandler)
     port = httpd.server_address[1]
     base_url = f"http://127.0.0.1:{port}"
     server = OAuthServer(

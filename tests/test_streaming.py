@@ -1,0 +1,103 @@
+"""Bodies stream both ways with bounded memory, measured on a real proxy process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import textwrap
+from pathlib import Path
+
+import httpx
+
+from tests.support.proc import ProxyProcess, start_proxy
+
+from .conftest import Upstream, assert_no_secrets
+
+KEY = "stream-key-0a9b8c7d6e"
+
+
+def _proxy(tmp_path: Path, upstream: Upstream) -> ProxyProcess:
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+            routes:
+              - name: files
+                match: {upstream.authority}
+                auth: {{type: api_key, header: X-API-Key, value: "${{STREAM_KEY}}"}}
+            """
+        )
+    )
+    return start_proxy(cfg, env={"STREAM_KEY": KEY})
+
+
+async def _sample_peak(p: ProxyProcess, stop: asyncio.Event) -> int:
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, p.rss_kib())
+        await asyncio.sleep(0.05)
+    return peak
+
+
+async def test_200mb_download_streams_with_bounded_rss(tmp_path: Path, upstream: Upstream) -> None:
+    p = _proxy(tmp_path, upstream)
+    try:
+        size = 200 * 1024 * 1024
+        async with httpx.AsyncClient(proxy=p.url, timeout=120) as client:
+            assert (await client.get(f"{upstream.url}/big?size=1024")).status_code == 200  # warm up
+            base = p.rss_kib()
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(_sample_peak(p, stop))
+            got = 0
+            async with client.stream("GET", f"{upstream.url}/big?size={size}") as r:
+                assert r.status_code == 200
+                assert r.headers["content-length"] == str(size)
+                async for chunk in r.aiter_raw():
+                    got += len(chunk)
+            stop.set()
+            peak = await sampler
+        assert got == size
+        assert peak - base < 32 * 1024, f"RSS grew by {(peak - base) // 1024} MiB"
+    finally:
+        assert p.stop() == 0
+    assert "status=200" in p.stderr_text()
+    assert_no_secrets([p.stderr_text()], [KEY])
+
+
+async def test_chunked_download_without_length(tmp_path: Path, upstream: Upstream) -> None:
+    p = _proxy(tmp_path, upstream)
+    try:
+        async with httpx.AsyncClient(proxy=p.url, timeout=60) as client:
+            r = await client.get(f"{upstream.url}/big?size=3000000&chunked=1")
+        assert r.status_code == 200 and len(r.content) == 3000000
+        assert "content-length" not in r.headers
+    finally:
+        p.stop()
+
+
+async def test_20mb_post_streamed_with_and_without_length(tmp_path: Path, upstream: Upstream) -> None:
+    p = _proxy(tmp_path, upstream)
+    size = 20 * 1024 * 1024
+    block = bytes(range(256)) * 4096  # 1 MiB
+    expected = hashlib.sha256(block * 20).hexdigest()
+
+    async def gen():
+        for _ in range(20):
+            yield block
+
+    try:
+        async with httpx.AsyncClient(proxy=p.url, timeout=120) as client:
+            base = p.rss_kib()
+            r = await client.post(f"{upstream.url}/upload", content=block * 20)
+            assert r.status_code == 200
+            info = r.json()
+            assert info["body_size"] == size and info["body_sha256"] == expected
+            assert not info["chunked"]
+            r = await client.post(f"{upstream.url}/upload-chunked", content=gen())
+            info = r.json()
+            assert info["body_size"] == size and info["body_sha256"] == expected
+            assert info["chunked"]
+            assert p.rss_kib() - base < 32 * 1024
+    finally:
+        p.stop()
+    assert_no_secrets([p.stderr_text()], [KEY])
