@@ -124,6 +124,10 @@ def _upstream_app(up: Upstream) -> web.Application:
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://elsewhere.invalid/next")
 
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.Response(text="slow done")
+
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response(text="late")
@@ -143,6 +147,7 @@ def _upstream_app(up: Upstream) -> web.Application:
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/hang", hang)
+    app.router.add_get("/slow", slow)
     app.router.add_get("/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
