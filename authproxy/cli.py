@@ -9,19 +9,23 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, accesslog
+from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, load, parse_listen
+from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
-from .hosts import HostError, is_loopback
+from .hosts import HostError, format_authority, is_loopback
 from .problems import ConfigError
 from .runtime import Runtime
 from .server import ProxyServer
+from .state import ensure_dir
 
 log = logging.getLogger("authproxy")
 
 # Commands a later release brings; asked for, they say so (exit 2).
-LATER_COMMANDS = ("ca", "env", "login", "status", "hash-password")
+LATER_COMMANDS = ("login", "status", "hash-password")
 
 
 class UsageError(Exception):
@@ -51,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("-c", "--config", default="routes.yaml")
     token.add_argument("--show", action="store_true", help="print the value instead of masking it")
 
+    ca = sub.add_parser("ca", help="print the local CA certificate's path, then how to trust it")
+    ca.add_argument("-c", "--config", default="routes.yaml")
+
+    env = sub.add_parser("env", help="print shell lines that point common tools at the proxy and its CA")
+    env.add_argument("-c", "--config", default="routes.yaml")
+    env.add_argument("--shell", choices=("sh", "bash", "zsh", "fish", "powershell"), default="sh")
+    env.add_argument(
+        "--no-proxy", default=DEFAULT_NO_PROXY, help=f"NO_PROXY value (default {DEFAULT_NO_PROXY}; '' for none)"
+    )
+    env.add_argument("--listen", help="the proxy address to use, if not the file's `listen`")
+
     for name in LATER_COMMANDS:
         later = sub.add_parser(name, help=f"(not supported yet) {name}")
         later.add_argument("rest", nargs=argparse.REMAINDER)
@@ -74,12 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args.config, args.strict)
         if args.command == "token":
             return cmd_token(args.config, args.route, args.show)
+        if args.command == "ca":
+            return cmd_ca(args.config)
+        if args.command == "env":
+            return cmd_env(args.config, args.shell, args.no_proxy, args.listen)
         return cmd_run(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, CAError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -139,6 +158,61 @@ def cmd_token(path: str, name: str, show: bool) -> int:
     return 0
 
 
+def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:
+    files = ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key)
+    ca = LocalCA(files)
+    try:
+        bundle = ensure_dir(cfg.state_dir) / BUNDLE_NAME
+        roots = ca.write_bundle(bundle)
+    finally:
+        ca.close()
+    return files, bundle, roots
+
+
+def cmd_ca(path: str) -> int:
+    cfg = load(path)
+    files, bundle, roots = _bundle(cfg)
+    cert = files.cert
+    print(cert)
+    print(
+        f"""
+This CA signs the certificates authproxy presents for the hosts your routes match.
+Trust it in one of these ways:
+
+  In this shell, for curl, git, pip, requests, httpx, Node, npm, cargo, the AWS CLI:
+    eval "$(authproxy env -c {path})"
+  (points each tool at {bundle},
+   which holds the system roots{f" from {roots}" if roots else ""} plus this CA)
+
+  System-wide on Debian/Ubuntu:
+    sudo cp {cert} /usr/local/share/ca-certificates/authproxy.crt && sudo update-ca-certificates
+  On Fedora/RHEL:
+    sudo cp {cert} /etc/pki/ca-trust/source/anchors/authproxy.pem && sudo update-ca-trust
+  On macOS (Go programs and Safari read only the keychain):
+    sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {cert}
+  For Java (it ignores all of the above):
+    keytool -importcert -noprompt -alias authproxy -file {cert} -cacerts -storepass changeit
+
+The key ({files.key}) can sign a certificate for any site: keep it private."""
+    )
+    return 0
+
+
+def cmd_env(path: str, shell: str, no_proxy: str, listen: str | None) -> int:
+    cfg = load(path)
+    host, port = cfg.listen_host, cfg.listen_port
+    if listen:
+        try:
+            host, port = parse_listen(listen)
+        except HostError as exc:
+            raise UsageError(f"--listen: {exc}.") from None
+    _, bundle, _ = _bundle(cfg)
+    url = f"http://{format_authority(host, port)}"
+    pairs = variables(url, bundle, no_proxy)
+    sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     accesslog.setup(args.log_format, getattr(logging, args.log_level.upper()))
@@ -174,6 +248,11 @@ def _serve(cfg: Config, host: str, port: int) -> int:
 
 async def _main(cfg: Config, host: str, port: int) -> int:
     rt = Runtime(cfg)
+    try:
+        rt.enable_interception()
+    except CAError as exc:
+        await rt.close()
+        raise UsageError(str(exc)) from None
     server = ProxyServer(rt)
     try:
         bound = await server.start(host, port)

@@ -24,7 +24,7 @@ DEFAULT_STATE_DIR = "~/.local/state/authproxy"
 
 # Keys that a later release owns: refused by name, never accepted and ignored
 # (an ignored `allow` would look read-only and grant everything).
-_LATER_TOP = {k: "later" for k in ("ca_cert", "ca_key", "extra_ca_file", "admin", "proxy_auth", "bws")}
+_LATER_TOP = {k: "later" for k in ("admin", "proxy_auth", "bws")}
 _LATER_ROUTE = {"allow": "later"}
 
 
@@ -108,6 +108,9 @@ class Config:
     limits: Limits
     timeouts: Timeouts
     routes: tuple[Route, ...]
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    extra_ca_file: Path | None = None
     warnings: tuple[Problem, ...] = field(default=())
 
     @property
@@ -165,6 +168,11 @@ def _parse(top: Section, file: Path) -> Config:
         lhost, lport = "127.0.0.1", 8080
     state_dir = Path(top.text("state_dir", default=DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR)
     unmatched = top.choice("unmatched", ("tunnel", "deny"), "tunnel")
+    ca_cert = _file(top, "ca_cert")
+    ca_key = _file(top, "ca_key")
+    if top.has("ca_cert") != top.has("ca_key"):
+        top.error("ca_key" if top.has("ca_cert") else "ca_cert", "give both `ca_cert` and `ca_key`, or neither")
+    extra_ca_file = _file(top, "extra_ca_file")
     limits = _limits(top.section("limits"))
     timeouts = _timeouts(top.section("timeouts"))
     routes: list[Route] = []
@@ -194,6 +202,9 @@ def _parse(top: Section, file: Path) -> Config:
         limits=limits,
         timeouts=timeouts,
         routes=tuple(routes),
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        extra_ca_file=extra_ca_file,
         warnings=tuple(top.problems.warnings),
     )
 
@@ -232,14 +243,7 @@ def _route(sec: Section, index: int) -> Route | None:
         sec.error(None, "a route needs `match`, `gateway`, or both")
     if gateway is not None and upstream is None and not sec.has("upstream"):
         sec.error("gateway", "a gateway route needs `upstream` (where to send its requests)")
-    ca_text = sec.text("ca_file")
-    ca_file = None
-    if ca_text is not None:
-        ca_file = Path(ca_text).expanduser()
-        if not ca_file.is_absolute():
-            ca_file = sec.base_dir / ca_file
-        if not ca_file.is_file():
-            sec.error("ca_file", f"{ca_file} is not a readable file")
+    ca_file = _file(sec, "ca_file")
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
@@ -259,6 +263,20 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
     )
+
+
+def _file(sec: Section, key: str) -> Path | None:
+    """A path to an existing file, relative to the config file's folder."""
+    text = sec.text(key)
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = sec.base_dir / path
+    if not path.is_file():
+        sec.error(key, f"{path} is not a readable file")
+        return None
+    return path
 
 
 def _match(sec: Section) -> Match | None:

@@ -25,6 +25,7 @@ from .config import Route
 from .errors import (
     BadRequest,
     Denied,
+    MisdirectedRequest,
     ProxyError,
     UpstreamError,
     UpstreamTimeout,
@@ -84,6 +85,8 @@ def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -
     """Which route, which destination, which path: the only place that decides."""
     cfg = snap.config
     t = req.target
+    if req.tunnel is not None:
+        return _intercept(req, snap, rec)
     if t.startswith("/"):
         return _gateway(req, snap, rec)
     scheme, _, rest = t.partition("://")
@@ -119,6 +122,51 @@ def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -
     if not route.verify:
         rec.note = "unverified-tls"
     return Target("plain", route, dest, path, _host_header(dest))
+
+
+def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
+    """A request inside an intercepted CONNECT: the tunnel's authority decides."""
+    tun = req.tunnel
+    assert tun is not None
+    t = req.target
+    rec.mode, rec.host = "intercept", tun.authority
+    if t.startswith("/"):
+        path = t
+    elif t[:8].lower() == "https://":
+        authority, path = _split_authority(t[8:])
+        if _origin("https", authority).host != tun.host:
+            raise MisdirectedRequest(f"the request names {authority[:100]}, but the tunnel goes to {tun.host}.")
+    else:
+        raise BadRequest("a request inside an intercepted connection must be origin-form (`GET /path`).")
+    rec.path = path.partition("?")[0]
+    host = _host_of(req.headers)
+    if host is not None and host != tun.host:
+        # RFC 9110 §15.5.20: the connection is bound to the CONNECT authority.
+        raise MisdirectedRequest(f"the Host header names {host[:100]}, but the tunnel goes to {tun.host}.")
+    route = snap.table.match(tun.host, tun.port, 443, rec.path)
+    if route is None:
+        if snap.config.unmatched == "deny":
+            raise Denied(f"{tun.authority}{rec.path[:100]} matches no route and `unmatched` is deny.")
+        return Target("intercept", None, tun, path, _host_header(tun))
+    rec.route = route.name
+    dest = tun
+    if route.upstream is not None:
+        up = route.upstream
+        dest = Origin(up.scheme, up.host, up.port)
+    if not route.verify:
+        rec.note = "unverified-tls"
+    return Target("intercept", route, dest, path, _host_header(dest))
+
+
+def _host_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name.lower() == b"host":
+            try:
+                host, _ = split_hostport(value.decode("latin-1").strip())
+                return normalize_host(host)
+            except HostError:
+                raise BadRequest("the Host header is not a valid host.") from None
+    return None
 
 
 def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
@@ -168,9 +216,7 @@ def _host_header(o: Origin) -> str:
     return format_host(o.host, o.port, o.default_port)
 
 
-def outbound_headers(
-    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None
-) -> list[tuple[str, str]]:
+def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[str, str]]:
     """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
     drop = HOP_BY_HOP | _REBUILT | connection_tokens(raw)
     if cred is not None:
@@ -215,9 +261,7 @@ async def send(
     dest = target.dest
     path = _with_query(target.path, cred)
     url = yarl.URL(f"{dest.scheme}://{_host_header(dest)}{path}", encoded=True)
-    sslctx: ssl.SSLContext | bool = (
-        rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else False
-    )
+    sslctx: ssl.SSLContext | bool = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else False
     timeouts = rt.snapshot.config.timeouts
     try:
         async with asyncio.timeout(timeouts.upstream_headers):
@@ -227,9 +271,7 @@ async def send(
     except ProxyError:
         raise
     except TimeoutError:
-        raise UpstreamTimeout(
-            f"{dest.authority} did not answer within {timeouts.upstream_headers:g} s."
-        ) from None
+        raise UpstreamTimeout(f"{dest.authority} did not answer within {timeouts.upstream_headers:g} s.") from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise UpstreamTLSError(
             f"the certificate of {dest.authority} failed verification: {_ssl_reason(exc.certificate_error)}."
@@ -237,9 +279,7 @@ async def send(
     except aiohttp.ClientSSLError as exc:
         raise UpstreamTLSError(f"TLS with {dest.authority} failed: {_ssl_reason(exc)}.") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
-            f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}."
-        ) from None
+        raise UpstreamError(f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}.") from None
     except aiohttp.ServerDisconnectedError:
         raise UpstreamError(f"{dest.authority} closed the connection without answering.") from None
     except aiohttp.ClientResponseError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .ca import LocalCA, ensure_ca
 from .config import Config
 from .routes import RouteTable
 from .tokens import TokenManager
@@ -23,11 +24,21 @@ class Snapshot:
 class Runtime:
     def __init__(self, config: Config) -> None:
         self.snapshot = Snapshot(config, RouteTable(config.routes))
-        self.upstreams = Upstreams(config.limits, config.timeouts)
+        self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = token_session(config.timeouts)
         self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch)
         self.bound: tuple[str, int] | None = None  # the address actually listened on
+        self.ca: LocalCA | None = None  # set by enable_interception()
+
+    def enable_interception(self) -> LocalCA:
+        """Load (or make, on first use) the CA that signs intercepted hosts' leaves."""
+        if self.ca is None:
+            cfg = self.snapshot.config
+            self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
+        return self.ca
 
     async def close(self) -> None:
+        if self.ca is not None:
+            self.ca.close()
         await self.upstreams.close()
         await self._token_session.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 import h11
@@ -31,7 +32,7 @@ from .errors import (
     render,
 )
 from .hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
-from .messages import ProxyRequest, Reply, RequestBody
+from .messages import Origin, ProxyRequest, Reply, RequestBody
 from .runtime import Runtime, Snapshot
 from .tunnel import pump_both
 
@@ -47,16 +48,19 @@ class ClientGone(Exception):
 class Connection:
     """One client connection: a loop of requests over h11 (keep-alive, pipelining)."""
 
-    def __init__(
-        self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.rt = server.rt
         self.reader = reader
         self.writer = writer
         self.busy = False
+        self.h11 = self._new_h11()
+        # Inside an intercepted CONNECT: where the tunnel goes.
+        self.tunnel: Origin | None = None
+
+    def _new_h11(self) -> h11.Connection:
         limits = self.rt.snapshot.config.limits
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
 
     # -- reading ---------------------------------------------------------
 
@@ -88,9 +92,7 @@ class Connection:
                 except TimeoutError:
                     if deadline is None:
                         return None  # an idle keep-alive connection: close quietly
-                    raise RequestTimeout(
-                        f"the request headers did not arrive within {t.client_header:g} s."
-                    ) from None
+                    raise RequestTimeout(f"the request headers did not arrive within {t.client_header:g} s.") from None
                 if deadline is None:
                     deadline = time.monotonic() + t.client_header
                 continue
@@ -166,27 +168,7 @@ class Connection:
 
     async def run(self) -> None:
         try:
-            while True:
-                try:
-                    event = await self._next_request()
-                except h11.RemoteProtocolError as exc:
-                    hint = exc.error_status_hint
-                    await self._send_error(
-                        from_status_hint(hint, _protocol_detail(hint, str(exc))), _blank(), False
-                    )
-                    return
-                except RequestTimeout as err:
-                    await self._send_error(err, _blank(), False)
-                    return
-                if event is None:
-                    return
-                keep = await self._one(event)
-                if not keep or self.server.draining:
-                    return
-                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-                    self.h11.start_next_cycle()
-                else:
-                    return
+            await self._serve_requests()
         except (ClientGone, OSError, h11.LocalProtocolError, h11.RemoteProtocolError):
             pass
         finally:
@@ -195,6 +177,31 @@ class Connection:
                 self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
+
+    async def _serve_requests(self) -> None:
+        """Requests one after another on this connection (or TLS layer) until it ends."""
+        while True:
+            try:
+                event = await self._next_request()
+            except h11.RemoteProtocolError as exc:
+                hint = exc.error_status_hint
+                detail = _protocol_detail(hint, str(exc))
+                if self.tunnel is not None and hint == 400:
+                    detail = f"the bytes inside the intercepted connection are not HTTP/1.1 ({exc})."
+                await self._send_error(from_status_hint(hint, detail), _blank(), False)
+                return
+            except RequestTimeout as err:
+                await self._send_error(err, _blank(), False)
+                return
+            if event is None:
+                return
+            keep = await self._one(event)
+            if not keep or self.server.draining:
+                return
+            if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                self.h11.start_next_cycle()
+            else:
+                return
 
     async def _one(self, event: h11.Request) -> bool:
         """Serve one request; False when the connection must close after it."""
@@ -209,10 +216,17 @@ class Connection:
             _check_framing(event)
             _check_size(event, snap.config.limits.max_header_bytes)
             if method == "CONNECT":
-                return await self._connect(target, snap, rec, started)
+                if self.tunnel is not None:
+                    raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
+                return await self._connect(target, snap, rec)
             body = RequestBody(self._receive_body, _content_length(event))
             req = ProxyRequest(
-                method, target, list(event.headers.raw_items()), body, event.http_version.decode("ascii")
+                method,
+                target,
+                list(event.headers.raw_items()),
+                body,
+                event.http_version.decode("ascii"),
+                self.tunnel,
             )
             reply = await pipeline.handle(req, self.rt, snap, rec)
             rec.status = reply.status
@@ -245,8 +259,6 @@ class Connection:
             return False
         finally:
             rec.ms = (time.perf_counter() - started) * 1000
-            if rec.bytes_in == 0:
-                rec.bytes_in = 0
             accesslog.emit(rec)
             self.busy = False
         return True
@@ -265,15 +277,12 @@ class Connection:
                 break
         return self.h11.their_state is h11.DONE
 
-    async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord, started: float) -> bool:
-        """CONNECT: a blind tunnel for unmatched hosts (interception is the HTTPS issue)."""
+    async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord) -> bool:
+        """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
         host, port = _connect_target(target)
         rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
         if snap.table.host_matched(host, port, 443):
-            raise NotImplementedByProxy(
-                f"{rec.host} matches a route, and intercepting CONNECT is not supported yet; "
-                "use absolute-form http:// requests or a gateway route."
-            )
+            return await self._intercept(host, port, rec)
         if snap.config.unmatched == "deny":
             raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
         t = snap.config.timeouts
@@ -282,9 +291,7 @@ class Connection:
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
         except OSError as exc:
-            raise UpstreamError(
-                f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}."
-            ) from None
+            raise UpstreamError(f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}.") from None
         self._write(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         rec.status = 200
         early = self.h11.trailing_data[0]
@@ -292,6 +299,32 @@ class Connection:
             up_writer.write(early)
         bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up_reader, up_writer), t.idle)
         rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
+        return False
+
+    async def _intercept(self, host: str, port: int, rec: AccessRecord) -> bool:
+        """Answer 200, be ``host`` over TLS with a leaf from our CA, then serve the requests inside."""
+        rec.mode = "intercept"
+        ca = self.rt.ca
+        if ca is None:
+            raise NotImplementedByProxy(f"{rec.host} matches a route, but interception is not enabled.")
+        ctx = await ca.context_for(host)
+        if self.h11.trailing_data[0]:
+            # Bytes sent before our 200 would be lost by start_tls
+            # (python/cpython#142352); a conforming client waits for the 200.
+            raise BadRequest("the client sent data before the CONNECT was answered.")
+        self._write(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        rec.status = 200
+        # No await between the 200 and start_tls: nothing may sit in the reader.
+        try:
+            await self.writer.start_tls(ctx, ssl_handshake_timeout=self.rt.snapshot.config.timeouts.client_header)
+        except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
+            rec.error = "client_tls_failed"
+            log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
+            return False
+        self.h11 = self._new_h11()  # a fresh HTTP/1.1 connection on the TLS layer
+        self.tunnel = Origin("https", host, port)
+        self.busy = False
+        await self._serve_requests()
         return False
 
 

@@ -21,9 +21,7 @@ class _Activity:
         self.counts = [0, 0]
 
 
-async def _pump(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: float, act: _Activity, i: int
-) -> None:
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: float, act: _Activity, i: int) -> None:
     try:
         while True:
             try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
+from .ca import system_roots
 from .config import Limits, Route, Timeouts
 
 # RFC 9110 §7.6.1, plus headers only a proxy hop uses.
@@ -47,8 +48,9 @@ def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[by
 class Upstreams:
     """The shared client session and one SSL context per (ca_file, verify)."""
 
-    def __init__(self, limits: Limits, timeouts: Timeouts) -> None:
+    def __init__(self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None) -> None:
         self._timeouts = timeouts
+        self._extra_ca = extra_ca_file
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
         connector = aiohttp.TCPConnector(
             limit=0,  # the proxy's own max_connections bounds the load
@@ -72,7 +74,16 @@ class Upstreams:
         key = (route.ca_file, route.verify) if route is not None else (None, True)
         ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = ssl.create_default_context(cafile=str(key[0]) if key[0] else None)
+            if key[0] is not None:
+                # A route's ca_file is the only trust for that upstream (pinning).
+                ctx = ssl.create_default_context(cafile=str(key[0]))
+            else:
+                # The platform's roots, read from its bundle rather than through
+                # SSL_CERT_FILE, which `authproxy env` points at our own CA.
+                roots = system_roots()
+                ctx = ssl.create_default_context(cafile=str(roots) if roots else None)
+                if self._extra_ca is not None:
+                    ctx.load_verify_locations(cafile=str(self._extra_ca))
             if not key[1]:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
+import trustme
 from aiohttp import web
 
 from authproxy import accesslog
@@ -168,6 +170,57 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
+@pytest.fixture
+async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[Upstream, Path]]:
+    """An HTTPS aiohttp upstream with its own test CA; yields it and the CA's PEM path."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ca_path = tmp_path / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    up = Upstream(url="", port=0)
+    runner = web.AppRunner(_upstream_app(up), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    up.port, up.url = port, f"https://127.0.0.1:{port}"
+    yield up, ca_path
+    await runner.cleanup()
+
+
+def tool_env(p: Proxy, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `authproxy env` prints for this proxy (NO_PROXY emptied: upstreams are on loopback)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "authproxy",
+            "env",
+            "-c",
+            str(p.config_path),
+            "--listen",
+            f"127.0.0.1:{p.port}",
+            "--no-proxy",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    for line in out.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value.strip("'")
+    env.update(extra or {})
+    return env
+
+
 @dataclass
 class Proxy:
     url: str
@@ -198,9 +251,13 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
 
     async def start(text: str) -> Proxy:
         path = tmp_path / f"routes{len(started)}.yaml"
-        path.write_text(textwrap.dedent(text))
+        text = textwrap.dedent(text)
+        if "state_dir:" not in text:
+            text = f"state_dir: {tmp_path / 'state'}\n" + text
+        path.write_text(text)
         cfg = load(path)
         rt = Runtime(cfg)
+        rt.enable_interception()
         server = ProxyServer(rt)
         _, port = await server.start("127.0.0.1", 0)
         p = Proxy(f"http://127.0.0.1:{port}", port, rt, server, path, capture)

@@ -21,9 +21,7 @@ CC_SECRET = "cli-client-secret-4242"
 API_KEY = "cli-api-key-abcdef12"
 
 
-def cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "authproxy", *args],
         capture_output=True,
@@ -103,9 +101,7 @@ def test_check_warnings_and_strict(tmp_path: Path) -> None:
     assert warn[0] == (
         f"warning: {path}:5: routes[0].auth.value: a literal secret in the file; prefer ${{VAR}} or ${{file:PATH}}"
     )
-    assert warn[1].startswith(
-        f"warning: {path}:8: routes[1].auth.value: environment variable CLI_TEST_UNSET_VAR"
-    )
+    assert warn[1].startswith(f"warning: {path}:8: routes[1].auth.value: environment variable CLI_TEST_UNSET_VAR")
     assert "literal-key-value-1" not in r.stdout + r.stderr
     assert cli("check", "--strict", "-c", str(path)).returncode == 2
 

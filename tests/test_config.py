@@ -124,9 +124,7 @@ def test_top_level_keys_are_read(tmp_path: Path, key_env: str) -> None:
     assert cfg.limits.max_header_bytes == 32 * 1024
     assert cfg.limits.max_connections == 10
     assert cfg.limits.replay_body == 2 * 1024 * 1024
-    assert cfg.timeouts == Timeouts(
-        connect=1.5, client_header=2, idle=3, upstream_headers=4, token_fetch=5, drain=6
-    )
+    assert cfg.timeouts == Timeouts(connect=1.5, client_header=2, idle=3, upstream_headers=4, token_fetch=5, drain=6)
 
 
 def test_bad_top_level_values_each_name_their_key(tmp_path: Path) -> None:
@@ -603,13 +601,7 @@ def test_unset_variable_in_routing_keys_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_env: str, key: str, line_text: str, extra: str
 ) -> None:
     monkeypatch.delenv("AP_UNSET_HOST", raising=False)
-    text = (
-        "routes:\n"
-        "  - name: a\n"
-        f"    {line_text}\n"
-        f"{extra}"
-        '    auth: {type: api_key, value: "${AP_TEST_KEY}"}\n'
-    )
+    text = f'routes:\n  - name: a\n    {line_text}\n{extra}    auth: {{type: api_key, value: "${{AP_TEST_KEY}}"}}\n'
     errs = errors_of(tmp_path, text)
     err = at(errs, f"routes[0].{key}")
     assert err.line == 3
@@ -1015,9 +1007,7 @@ def test_client_credentials_defaults(tmp_path: Path, cc_env: None) -> None:
     assert cfg.warnings == ()
 
 
-def test_client_credentials_all_options(
-    tmp_path: Path, cc_env: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_client_credentials_all_options(tmp_path: Path, cc_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AP_TENANT", "t-1")
     cfg = load_text(
         tmp_path,
@@ -1087,9 +1077,7 @@ def test_client_credentials_required_keys(tmp_path: Path) -> None:
         ("default_ttl", "0", ">= 1"),
     ],
 )
-def test_client_credentials_bad_choices(
-    tmp_path: Path, cc_env: None, key: str, value: str, words: str
-) -> None:
+def test_client_credentials_bad_choices(tmp_path: Path, cc_env: None, key: str, value: str, words: str) -> None:
     err = only_error(
         tmp_path,
         f"""\
@@ -1224,9 +1212,7 @@ def test_masked_lines() -> None:
 
 
 def test_masked_basic_line() -> None:
-    assert Credential(headers=(("Authorization", "Basic dTpw"),)).masked_lines() == [
-        "Authorization: Basic ****"
-    ]
+    assert Credential(headers=(("Authorization", "Basic dTpw"),)).masked_lines() == ["Authorization: Basic ****"]
 
 
 def test_credential_expiry() -> None:

@@ -2,36 +2,9 @@
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
-import pytest
-import trustme
-from aiohttp import web
 
-from .conftest import Upstream, _upstream_app
-
-
-@pytest.fixture
-async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[Upstream, Path]]:
-    """An HTTPS aiohttp upstream with its own test CA; yields it and the CA's PEM path."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(ctx)
-    ca_path = tmp_path / "upstream-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    up = Upstream(url="", port=0)
-    runner = web.AppRunner(_upstream_app(up), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    up.port, up.url = port, f"https://127.0.0.1:{port}"
-    yield up, ca_path
-    await runner.cleanup()
+from .conftest import Upstream
 
 
 def _header(info: dict, name: str) -> list[str]:
@@ -108,9 +81,7 @@ async def test_plain_request_sent_on_over_tls(make_proxy, tls_upstream, secret_e
     assert _header(r.json(), "X-Key") == ["tls-upgrade-key-1234"]
 
 
-async def test_untrusted_upstream_certificate_is_502_with_reason(
-    make_proxy, tls_upstream, secret_env
-) -> None:
+async def test_untrusted_upstream_certificate_is_502_with_reason(make_proxy, tls_upstream, secret_env) -> None:
     up, _ = tls_upstream
     secret_env("K", "never-sent-key-9876")
     p = await make_proxy(

@@ -31,9 +31,7 @@ def _guard(upstream: Upstream, server: OAuthServer, scheme: str = "Bearer") -> N
     upstream.check_auth = check
 
 
-async def _cc_proxy(
-    make_proxy, upstream, oauth_server, secret_env, client_auth="client_secret_basic", extra=""
-):
+async def _cc_proxy(make_proxy, upstream, oauth_server, secret_env, client_auth="client_secret_basic", extra=""):
     secret_env("CC_SECRET", CLIENT_SECRET)
     oauth_server.add_client("svc", CLIENT_SECRET, auth_method=client_auth)
     _guard(upstream, oauth_server)
@@ -71,9 +69,7 @@ async def test_client_credentials_basic(make_proxy, upstream, oauth_server, secr
     p.secrets.update(oauth_server.issued())
 
 
-async def test_client_credentials_post_with_audience_and_extra(
-    make_proxy, upstream, oauth_server, secret_env
-) -> None:
+async def test_client_credentials_post_with_audience_and_extra(make_proxy, upstream, oauth_server, secret_env) -> None:
     p = await _cc_proxy(
         make_proxy,
         upstream,
@@ -92,9 +88,7 @@ async def test_client_credentials_post_with_audience_and_extra(
     p.secrets.update(oauth_server.issued())
 
 
-async def test_wrong_client_auth_method_is_an_oauth_error_502(
-    make_proxy, upstream, oauth_server, secret_env
-) -> None:
+async def test_wrong_client_auth_method_is_an_oauth_error_502(make_proxy, upstream, oauth_server, secret_env) -> None:
     secret_env("CC_SECRET", CLIENT_SECRET)
     oauth_server.add_client("svc", CLIENT_SECRET, auth_method="client_secret_post")
     p = await make_proxy(
@@ -118,9 +112,7 @@ async def test_wrong_client_auth_method_is_an_oauth_error_502(
     assert upstream.seen == []
 
 
-async def test_single_flight_50_concurrent_first_requests(
-    make_proxy, upstream, oauth_server, secret_env
-) -> None:
+async def test_single_flight_50_concurrent_first_requests(make_proxy, upstream, oauth_server, secret_env) -> None:
     p = await _cc_proxy(make_proxy, upstream, oauth_server, secret_env)
     async with httpx.AsyncClient(proxy=p.url, limits=httpx.Limits(max_connections=50)) as client:
         rs = await asyncio.gather(*(client.get(f"{upstream.url}/c{i}") for i in range(50)))
@@ -355,9 +347,7 @@ async def test_token_endpoint_timeout_is_504(make_proxy, upstream, secret_env) -
         await runner.cleanup()
 
 
-async def test_endpoint_down_cached_token_keeps_serving_expired_never_used(
-    make_proxy, upstream, secret_env
-) -> None:
+async def test_endpoint_down_cached_token_keeps_serving_expired_never_used(make_proxy, upstream, secret_env) -> None:
     ep, runner = await _flaky(upstream)
     try:
         ep.expires_in = 2

@@ -66,9 +66,7 @@ async def test_api_key_query_parameter(make_proxy, upstream: Upstream, secret_en
     assert "query-secret" not in "\n".join(p.lines())
 
 
-async def test_basic_auth_and_existing_authorization_replaced(
-    make_proxy, upstream: Upstream, secret_env
-) -> None:
+async def test_basic_auth_and_existing_authorization_replaced(make_proxy, upstream: Upstream, secret_env) -> None:
     pw = secret_env("BASIC_PW", "b4sic-pa55word!")
     p = await make_proxy(
         f"""
@@ -114,9 +112,7 @@ async def test_bearer_token_file_reread_when_it_changes(make_proxy, upstream: Up
     assert _header(upstream.seen[-1], "Authorization") == ["Bearer second-token-ghijkl"]
 
 
-async def test_bearer_retries_once_when_file_changed_between(
-    make_proxy, upstream: Upstream, tmp_path
-) -> None:
+async def test_bearer_retries_once_when_file_changed_between(make_proxy, upstream: Upstream, tmp_path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("old-token-1111111")
     p = await make_proxy(

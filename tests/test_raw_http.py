@@ -66,17 +66,13 @@ async def test_cl_and_te_together_is_400_and_close(make_proxy, upstream) -> None
 
 async def test_te_on_http10_is_400(make_proxy, upstream) -> None:
     p = await _proxy(make_proxy, upstream)
-    resp = await _exchange(
-        p, f"POST {upstream.url}/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode()
-    )
+    resp = await _exchange(p, f"POST {upstream.url}/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode())
     assert _status(resp) == 400
 
 
 async def test_unknown_transfer_encoding_is_501(make_proxy, upstream) -> None:
     p = await _proxy(make_proxy, upstream)
-    resp = await _exchange(
-        p, f"POST {upstream.url}/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".encode()
-    )
+    resp = await _exchange(p, f"POST {upstream.url}/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n".encode())
     assert _status(resp) == 501
     assert _json(resp)["error"] == "not_implemented"
 
@@ -199,26 +195,13 @@ async def test_connect_under_deny_is_403(make_proxy, upstream) -> None:
             auth: {type: api_key, value: "tunnel-test-key"}
         """
     )
-    resp = await _exchange(
-        p, f"CONNECT {upstream.authority} HTTP/1.1\r\nHost: {upstream.authority}\r\n\r\n".encode()
-    )
+    resp = await _exchange(p, f"CONNECT {upstream.authority} HTTP/1.1\r\nHost: {upstream.authority}\r\n\r\n".encode())
     assert _status(resp) == 403
-
-
-async def test_connect_to_matched_host_says_not_supported_yet(make_proxy, upstream) -> None:
-    p = await _proxy(make_proxy, upstream)
-    resp = await _exchange(
-        p, f"CONNECT {upstream.authority} HTTP/1.1\r\nHost: {upstream.authority}\r\n\r\n".encode()
-    )
-    assert _status(resp) == 501
-    assert "not supported yet" in _json(resp)["detail"]
 
 
 async def test_upstream_timeout_is_504(make_proxy, upstream) -> None:
     p = await _proxy(make_proxy, upstream, "timeouts: {upstream_headers: 0.5}")
-    resp = await _exchange(
-        p, f"GET {upstream.url}/hang HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
-    )
+    resp = await _exchange(p, f"GET {upstream.url}/hang HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
     assert _status(resp) == 504
     assert _json(resp) == {
         "error": "upstream_timeout",
@@ -248,24 +231,18 @@ async def test_upstream_reset_mid_body_aborts_only_that_client(make_proxy, upstr
     resp = await _exchange(p, f"GET {upstream.url}/reset HTTP/1.1\r\nHost: a\r\n\r\n".encode())
     assert resp.startswith(b"HTTP/1.1 200")
     assert len(resp.split(b"\r\n\r\n", 1)[1]) < 1000  # cut short, never padded
-    ok = await _exchange(
-        p, f"GET {upstream.url}/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
-    )
+    ok = await _exchange(p, f"GET {upstream.url}/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
     assert _status(ok) == 200
 
 
 async def test_client_vanishing_mid_body_leaves_proxy_serving(make_proxy, upstream) -> None:
     p = await _proxy(make_proxy, upstream)
     _reader, writer = await _open(p)
-    writer.write(
-        f"POST {upstream.url}/u HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 500
-    )
+    writer.write(f"POST {upstream.url}/u HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 500)
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.transport.abort()
-    ok = await _exchange(
-        p, f"GET {upstream.url}/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
-    )
+    ok = await _exchange(p, f"GET {upstream.url}/after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
     assert _status(ok) == 200
 
 

@@ -30,9 +30,7 @@ SECRETS = {
 }
 
 
-async def test_no_secret_anywhere_at_debug(
-    tmp_path: Path, upstream: Upstream, oauth_server: OAuthServer
-) -> None:
+async def test_no_secret_anywhere_at_debug(tmp_path: Path, upstream: Upstream, oauth_server: OAuthServer) -> None:
     oauth_server.add_client("good", SECRETS["LEAK_CC_SECRET"])
     oauth_server.add_client("pwc", None, auth_method="none", grant_types=("password",))
     oauth_server.add_user("carol", SECRETS["LEAK_USER_PW"])

@@ -57,9 +57,7 @@ class Bearer(Grant):
         try:
             text = self.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise CredentialUnavailable(
-                f"the token file {self.token_file} cannot be read ({exc.strerror})."
-            ) from None
+            raise CredentialUnavailable(f"the token file {self.token_file} cannot be read ({exc.strerror}).") from None
         if not text:
             raise CredentialUnavailable(f"the token file {self.token_file} is empty.")
         if "\r" in text or "\n" in text:

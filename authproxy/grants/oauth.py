@@ -67,9 +67,7 @@ class OAuthClient:
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
-            client_auth=sec.choice(
-                "client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"
-            ),
+            client_auth=sec.choice("client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
             body=sec.choice("body", ("form", "json"), "form"),
             scope=sec.text("scope"),
             audience=sec.text("audience"),
@@ -200,9 +198,7 @@ async def request_token(
                 with attempt:
                     body = await _post(ctx, url, client.body, params, headers, secrets)
     except TimeoutError:
-        raise TokenEndpointTimeout(
-            f"the token endpoint did not answer within {ctx.deadline:g} s.", ctx.route
-        ) from None
+        raise TokenEndpointTimeout(f"the token endpoint did not answer within {ctx.deadline:g} s.", ctx.route) from None
     except _Retryable as exc:
         waited = time.monotonic() - start
         raise TokenEndpointError(
@@ -249,7 +245,5 @@ async def _post(
             if isinstance(desc, str) and desc:
                 msg += f": {scrub(desc, secrets)}"
             raise TokenEndpointError(msg.rstrip(".") + ".", ctx.route)
-        raise TokenEndpointError(
-            f"the token endpoint answered {status} without an OAuth JSON body.", ctx.route
-        )
+        raise TokenEndpointError(f"the token endpoint answered {status} without an OAuth JSON body.", ctx.route)
     return data

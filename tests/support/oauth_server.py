@@ -524,9 +524,7 @@ class OAuthServer:
     def _build_app(self) -> Flask:
         app = Flask(__name__)
         app.config["OAUTH2_SCOPES_SUPPORTED"] = None
-        authorization = _AuthorizationServer(
-            app, query_client=self._query_client, save_token=self._save_token
-        )
+        authorization = _AuthorizationServer(app, query_client=self._query_client, save_token=self._save_token)
         authorization.oauth_test_server = self
         authorization.register_token_generator("default", self._generate_token)
         authorization.register_grant(_ClientCredentialsGrant)
@@ -617,9 +615,7 @@ class OAuthServer:
             with self._lock:
                 self._requests.append(record)
 
-            def recording_start_response(
-                status: str, headers: list[tuple[str, str]], exc_info: Any = None
-            ) -> Any:
+            def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 with self._lock:
                     record["status"] = int(status.split()[0])
                 if exc_info is not None:
