@@ -171,7 +171,7 @@ def test_token_errors(good_config: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "CLI_CC_SECRET" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["ca", "env", "login", "status", "hash-password"])
+@pytest.mark.parametrize("command", ["login", "status", "hash-password"])
 def test_later_commands_say_not_supported_yet(command: str) -> None:
     r = cli(command)
     assert r.returncode == 2
@@ -247,3 +247,63 @@ async def test_run_serves_logs_and_drains_on_sigterm(tmp_path: Path, upstream: U
     }
     assert any("CLI_TEST_UNSET_VAR is not set" in x.get("message", "") for x in records)
     assert_no_secrets(p.err_lines, [API_KEY])
+
+
+def test_ca_prints_path_first_then_how_to_trust(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"state_dir: {tmp_path / 'st'}\nroutes: []\n")
+    r = cli("ca", "-c", str(path))
+    assert r.returncode == 0, r.stderr
+    first, *_rest = r.stdout.splitlines()
+    assert first == str(tmp_path / "st" / "ca.pem")
+    assert Path(first).read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert "update-ca-certificates" in r.stdout and 'eval "$(authproxy env' in r.stdout
+    key = tmp_path / "st" / "ca-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "st").stat().st_mode & 0o777 == 0o700
+    assert key.read_text().strip() not in r.stdout
+    # A second run reuses the same CA.
+    before = Path(first).read_bytes()
+    assert cli("ca", "-c", str(path)).returncode == 0
+    assert Path(first).read_bytes() == before
+
+
+def test_env_for_each_shell(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"listen: 127.0.0.1:18181\nstate_dir: {tmp_path / 'st'}\nroutes: []\n")
+    r = cli("env", "-c", str(path))
+    assert r.returncode == 0, r.stderr
+    env = dict(line.removeprefix("export ").split("=", 1) for line in r.stdout.splitlines())
+    names = {"HTTP_PROXY", "HTTPS_PROXY", "WS_PROXY", "WSS_PROXY", "NO_PROXY"}
+    for n in names:
+        assert n in env and n.lower() in env
+    assert env["HTTPS_PROXY"] == "'http://127.0.0.1:18181'"
+    assert env["NO_PROXY"] == "'localhost,127.0.0.1,::1'"
+    assert env["NODE_USE_ENV_PROXY"] == "'1'"
+    bundle = str(tmp_path / "st" / "ca-bundle.pem")
+    for n in (
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+        "CARGO_HTTP_CAINFO",
+        "AWS_CA_BUNDLE",
+        "DENO_CERT",
+        "npm_config_cafile",
+    ):
+        assert env[n] == f"'{bundle}'"
+    text = Path(bundle).read_text()
+    ca = (tmp_path / "st" / "ca.pem").read_text()
+    assert ca in text and text.count("BEGIN CERTIFICATE") > 10  # system roots plus ours
+    fish = cli("env", "-c", str(path), "--shell", "fish", "--no-proxy", "").stdout.splitlines()
+    assert "set -gx NO_PROXY ''" in fish and "set -gx HTTP_PROXY 'http://127.0.0.1:18181'" in fish
+    ps = cli("env", "-c", str(path), "--shell", "powershell").stdout.splitlines()
+    assert "$env:HTTPS_PROXY = 'http://127.0.0.1:18181'" in ps
+    # What `authproxy env` prints is valid sh: eval it and read a variable back.
+    out = subprocess.run(
+        ["sh", "-c", f'eval "$({sys.executable} -m authproxy env -c {path})"; echo "$PIP_CERT"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == bundle

@@ -235,7 +235,7 @@ def test_unknown_keys_everywhere(tmp_path: Path, key_env: str) -> None:
     assert len(errs) == 3
 
 
-@pytest.mark.parametrize("key", ["ca_cert", "ca_key", "extra_ca_file", "admin", "proxy_auth", "bws"])
+@pytest.mark.parametrize("key", ["admin", "proxy_auth", "bws"])
 def test_later_top_level_keys_are_refused(tmp_path: Path, key_env: str, key: str) -> None:
     err = only_error(
         tmp_path,
@@ -1481,3 +1481,48 @@ def test_config_objects_are_immutable(tmp_path: Path, key_env: str) -> None:
         cfg.routes[0].name = "b"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         cfg.unmatched = "deny"  # type: ignore[misc]
+
+
+def test_ca_files_and_extra_ca_file(tmp_path: Path, key_env: str) -> None:
+    (tmp_path / "ca.pem").write_text("cert")
+    (tmp_path / "ca-key.pem").write_text("key")
+    (tmp_path / "corp.pem").write_text("roots")
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            ca_cert: ca.pem
+            ca_key: ca-key.pem
+            extra_ca_file: corp.pem
+            routes:
+              - name: a
+                match: a.example
+                auth: {type: api_key, value: "${AP_TEST_KEY}"}
+            """
+        )
+    )
+    cfg = load(path)
+    assert cfg.ca_cert == tmp_path / "ca.pem" and cfg.ca_key == tmp_path / "ca-key.pem"
+    assert cfg.extra_ca_file == tmp_path / "corp.pem"
+
+
+def test_ca_cert_without_key_and_missing_files_are_errors(tmp_path: Path, key_env: str) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            ca_cert: nowhere.pem
+            extra_ca_file: also-nowhere.pem
+            routes:
+              - name: a
+                match: a.example
+                auth: {type: api_key, value: "${AP_TEST_KEY}"}
+            """
+        )
+    )
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    msgs = {(p.path, p.line): p.message for p in exc.value.problems if p.severity == "error"}
+    assert msgs[("ca_cert", 1)].endswith("nowhere.pem is not a readable file")
+    assert msgs[("extra_ca_file", 2)].endswith("also-nowhere.pem is not a readable file")
+    assert msgs[("ca_key", 1)] == "give both `ca_cert` and `ca_key`, or neither"
