@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -98,9 +99,19 @@ class ProxyRequest:
 
 
 @dataclass(slots=True)
+class Upgraded:
+    """The upstream side of a switched (101) connection, and bytes it sent past the 101."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    early: bytes
+
+
+@dataclass(slots=True)
 class Reply:
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
     body: AsyncIterator[bytes] | None = None
     release: Callable[[], None] = field(default=lambda: None)
+    upgraded: Upgraded | None = None

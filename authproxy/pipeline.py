@@ -36,11 +36,13 @@ from .hosts import HostError, format_host, is_loopback, normalize_host, parse_po
 from .messages import Origin, ProxyRequest, Reply
 from .runtime import Runtime, Snapshot
 from .tokens import TokenState
+from .upgrade import is_upgrade, open_upgrade
 from .upstream import HOP_BY_HOP, connection_tokens, filter_response_headers
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us.
 _REBUILT = frozenset({b"host", b"content-length", b"expect"})
+_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -58,26 +60,37 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     route = target.route
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
-        headers = outbound_headers(req.headers, target.host_header, None)
-        resp = await send(rt, target, req.method, headers, _payload(req, headers))
-        return _reply(resp)
+        return await exchange(rt, target, req, None)
 
     cred, state = await rt.tokens.get(route)
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
-    headers = outbound_headers(req.headers, target.host_header, cred)
-    resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
+    reply = await exchange(rt, target, req, cred)
 
-    if resp.status == 401 and route.auth.may_retry():
+    if reply.status == 401 and route.auth.may_retry():
         retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         if retry is None:
             rt.tokens.mark_stale(route, cred)
             rec.retry = "skipped"
         else:
-            resp.release()
-            headers = outbound_headers(req.headers, target.host_header, retry)
-            resp = await send(rt, target, req.method, headers, _payload(req, headers), retry)
+            reply.release()
+            reply = await exchange(rt, target, req, retry)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
+    return reply
+
+
+async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
+    """One round trip upstream: a pooled aiohttp request, or an upgrade on its own connection."""
+    headers = outbound_headers(req.headers, target.host_header, cred)
+    upgrade = is_upgrade(req.headers)
+    if upgrade is not None:
+        dest = target.dest
+        t = rt.snapshot.config.timeouts
+        sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
+        return await open_upgrade(
+            dest, req.method, _with_query(target.path, cred), headers, upgrade, sslctx, t.connect, t.upstream_headers
+        )
+    resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
     return _reply(resp)
 
 
@@ -90,8 +103,9 @@ def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -
     if t.startswith("/"):
         return _gateway(req, snap, rec)
     scheme, _, rest = t.partition("://")
-    scheme = scheme.lower()
-    if scheme not in ("http", "https") or not rest:
+    # Some WebSocket clients send `GET ws://host/path` to a proxy.
+    scheme = _SCHEMES.get(scheme.lower(), "")
+    if not scheme or not rest:
         raise BadRequest("the request target must be an absolute http:// URL or a gateway path.")
     authority, path = _split_authority(rest)
     origin = _origin(scheme, authority)

@@ -35,6 +35,7 @@ from .hosts import HostError, format_authority, normalize_host, parse_port, spli
 from .messages import Origin, ProxyRequest, Reply, RequestBody
 from .runtime import Runtime, Snapshot
 from .tunnel import pump_both
+from .upgrade import is_upgrade, switch_headers
 
 log = logging.getLogger("authproxy.server")
 
@@ -231,6 +232,8 @@ class Connection:
             reply = await pipeline.handle(req, self.rt, snap, rec)
             rec.status = reply.status
             rec.bytes_in = body.bytes_in
+            if reply.upgraded is not None:
+                return await self._switch(reply, req, rec)
             try:
                 await self._send_reply(reply, rec, head)
             finally:
@@ -262,6 +265,31 @@ class Connection:
             accesslog.emit(rec)
             self.busy = False
         return True
+
+    async def _switch(self, reply: Reply, req: ProxyRequest, rec: AccessRecord) -> bool:
+        """Relay the upstream's 101, then pump bytes both ways until either side closes."""
+        up = reply.upgraded
+        assert up is not None
+        try:
+            while self.h11.their_state is h11.SEND_BODY:  # h11 sends a 101 only after the request
+                if await self._receive_body() is None:
+                    break
+            value = is_upgrade(req.headers) or b"websocket"
+            self._write(
+                h11.InformationalResponse(status_code=101, headers=switch_headers(reply, value), reason=reply.reason)
+            )
+            if up.early:
+                self.writer.write(up.early)
+            client_early = self.h11.trailing_data[0]
+            if client_early:
+                up.writer.write(client_early)
+            idle = self.rt.snapshot.config.timeouts.idle
+            bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up.reader, up.writer), idle)
+            rec.bytes_in += bytes_in + len(client_early)
+            rec.bytes_out += bytes_out + len(up.early)
+        finally:
+            up.writer.close()
+        return False
 
     async def _finish_body(self, body: RequestBody) -> bool:
         """Read what is left of a request body the upstream did not want, if it is small.

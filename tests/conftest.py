@@ -143,7 +143,21 @@ def _upstream_app(up: Upstream) -> web.Application:
         request.transport.abort()
         return resp
 
+    async def ws(request: web.Request) -> web.StreamResponse:
+        up.seen.append({"method": "WS", "path": request.path_qs, "headers": list(request.headers.items())})
+        if up.check_auth is not None and not up.check_auth(request.headers.get("Authorization")):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type == web.WSMsgType.TEXT:
+                await sock.send_str("echo:" + msg.data)
+            elif msg.type == web.WSMsgType.BINARY:
+                await sock.send_bytes(msg.data)
+        return sock
+
     app = web.Application(client_max_size=1024**3)
+    app.router.add_get("/ws", ws)
     app.router.add_get("/big", big)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/gzip", gzipped)

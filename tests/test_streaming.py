@@ -101,3 +101,62 @@ async def test_20mb_post_streamed_with_and_without_length(tmp_path: Path, upstre
     finally:
         p.stop()
     assert_no_secrets([p.stderr_text()], [KEY])
+
+
+async def _download(p: ProxyProcess, url: str, size: int, verify: object) -> tuple[int, int]:
+    async with httpx.AsyncClient(proxy=p.url, timeout=120, verify=verify) as client:  # type: ignore[arg-type]
+        assert (await client.get(url.replace(f"size={size}", "size=1024"))).status_code == 200
+        base = p.rss_kib()
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample_peak(p, stop))
+        got = 0
+        async with client.stream("GET", url) as r:
+            assert r.status_code == 200
+            async for chunk in r.aiter_raw():
+                got += len(chunk)
+        stop.set()
+        return got, await sampler - base
+
+
+async def test_200mb_through_intercept_and_blind_tunnel(tmp_path: Path, tls_upstream) -> None:
+    import ssl
+
+    up, ca_path = tls_upstream
+    size = 200 * 1024 * 1024
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+            state_dir: {tmp_path / "state"}
+            timeouts: {{drain: 2}}  # a half-closed tunnel waits for its upstream: bound the wait
+            routes:
+              - name: files
+                match: {up.authority}/big
+                ca_file: {ca_path}
+                auth: {{type: api_key, header: X-API-Key, value: "${{STREAM_KEY}}"}}
+              - name: elsewhere
+                match: tunnel-only.example
+                auth: {{type: api_key, value: "${{STREAM_KEY}}"}}
+            """
+        )
+    )
+    p = start_proxy(cfg, env={"STREAM_KEY": KEY})
+    try:
+        proxy_ca = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca.pem"))
+        got, growth = await _download(p, f"{up.url}/big?size={size}", size, proxy_ca)
+        assert got == size
+        assert growth < 32 * 1024, f"intercepted: RSS grew by {growth // 1024} MiB"
+    finally:
+        p.stop()
+    # Now as a blind tunnel: a config where no route matches the upstream.
+    cfg.write_text(cfg.read_text().replace(f"match: {up.authority}/big", "match: not-this-one.example"))
+    p = start_proxy(cfg, env={"STREAM_KEY": KEY})
+    try:
+        upstream_ca = ssl.create_default_context(cafile=str(ca_path))
+        got, growth = await _download(p, f"{up.url}/big?size={size}", size, upstream_ca)
+        assert got == size
+        assert growth < 32 * 1024, f"tunnel: RSS grew by {growth // 1024} MiB"
+    finally:
+        assert p.stop() == 0
+    assert "CONNECT tunnel" in p.stderr_text()
+    assert_no_secrets([p.stderr_text()], [KEY])
