@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+from functools import lru_cache
 
 
 class HostError(ValueError):
@@ -53,6 +54,7 @@ def parse_port(text: str) -> int:
     return int(text)
 
 
+@lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True

@@ -136,14 +136,17 @@ class Connection:
         headers = reply.headers
         if self.server.draining:
             headers = [*headers, (b"connection", b"close")]
-        self._write(h11.Response(status_code=reply.status, headers=headers, reason=reply.reason))
+        # The head waits for the first chunk so that a small response leaves in
+        # one send: each transport.write() is a syscall when the buffer is empty.
+        pending = self.h11.send(h11.Response(status_code=reply.status, headers=headers, reason=reply.reason)) or b""
         if reply.body is not None and not head:
             async for chunk in reply.body:
                 if chunk:
                     rec.bytes_out += len(chunk)
-                    self._write(h11.Data(data=chunk))
+                    self.writer.write(pending + (self.h11.send(h11.Data(data=chunk)) or b""))
+                    pending = b""
                     await self.writer.drain()
-        self._write(h11.EndOfMessage())
+        self.writer.write(pending + (self.h11.send(h11.EndOfMessage()) or b""))
         await self.writer.drain()
 
     async def _send_error(self, err: ProxyError, rec: AccessRecord, head: bool) -> None:
@@ -309,7 +312,9 @@ class Connection:
         """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
         host, port = _connect_target(target)
         rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
-        if snap.table.host_matched(host, port, 443):
+        matched = snap.table.candidates(host, port, 443)
+        if matched:
+            rec.route = matched[0].name if len(matched) == 1 else "*"
             return await self._intercept(host, port, rec)
         if snap.config.unmatched == "deny":
             raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
