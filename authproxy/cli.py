@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,19 +14,21 @@ from pathlib import Path
 
 from . import __version__, accesslog
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
-from .config import Config, load, parse_listen
+from .config import Config, Route, load, parse_listen
 from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
+from .login import LoginError, login
 from .problems import ConfigError
 from .runtime import Runtime
 from .server import ProxyServer
 from .state import ensure_dir
+from .store import StateStore
 
 log = logging.getLogger("authproxy")
 
 # Commands a later release brings; asked for, they say so (exit 2).
-LATER_COMMANDS = ("login", "status", "hash-password")
+LATER_COMMANDS = ("status", "hash-password")
 
 
 class UsageError(Exception):
@@ -66,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     env.add_argument("--listen", help="the proxy address to use, if not the file's `listen`")
 
+    login = sub.add_parser("login", help="log in to an authorization_code route in a browser; store its refresh token")
+    login.add_argument("route")
+    login.add_argument("-c", "--config", default="routes.yaml")
+    login.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
+    login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the login (default 300)")
+
     for name in LATER_COMMANDS:
         later = sub.add_parser(name, help=f"(not supported yet) {name}")
         later.add_argument("rest", nargs=argparse.REMAINDER)
@@ -89,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args.config, args.strict)
         if args.command == "token":
             return cmd_token(args.config, args.route, args.show)
+        if args.command == "login":
+            return cmd_login(args.config, args.route, not args.no_browser, args.timeout)
         if args.command == "ca":
             return cmd_ca(args.config)
         if args.command == "env":
@@ -105,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # a bug of ours: one line, no traceback (it could hold request data)
         print(f"error: authproxy failed unexpectedly ({type(exc).__name__}).", file=sys.stderr)
+        if os.environ.get("AUTHPROXY_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exc()
         return 1
 
 
@@ -135,10 +150,7 @@ def _upstream_text(route: object) -> str:
 
 def cmd_token(path: str, name: str, show: bool) -> int:
     cfg = load(path)
-    route = next((r for r in cfg.routes if r.name == name), None)
-    if route is None:
-        known = ", ".join(r.name for r in cfg.routes) or "none"
-        raise UsageError(f"no route named `{name}` in {path} (routes: {known}).")
+    route = _route(cfg, name, path)
 
     async def obtain() -> list[str]:
         rt = Runtime(cfg)
@@ -156,6 +168,39 @@ def cmd_token(path: str, name: str, show: bool) -> int:
     for line in lines:
         print(line)
     return 0
+
+
+def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
+    cfg = load(path)
+    route = _route(cfg, name, path)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    try:
+        where = asyncio.run(
+            login(
+                route,
+                StateStore(cfg.state_dir),
+                cfg.timeouts.token_fetch,
+                wait=timeout,
+                open_browser=open_browser,
+                say=say,
+            )
+        )
+    except LoginError as exc:
+        print(f"error: route {name}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Logged in: route {name}'s refresh token is stored in {where}.")
+    return 0
+
+
+def _route(cfg: Config, name: str, path: str) -> Route:
+    route = next((r for r in cfg.routes if r.name == name), None)
+    if route is None:
+        known = ", ".join(r.name for r in cfg.routes) or "none"
+        raise UsageError(f"no route named `{name}` in {path} (routes: {known}).")
+    return route
 
 
 def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:

@@ -14,9 +14,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .bws import Resolver, SyncClient, parse_access_token
 from .grants import LATER, REGISTRY, Grant
+from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from .problems import ConfigError, Problem, Problems
+from .secrets import Secret
 from .yamlreader import Document, Section
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -24,7 +27,7 @@ DEFAULT_STATE_DIR = "~/.local/state/authproxy"
 
 # Keys that a later release owns: refused by name, never accepted and ignored
 # (an ignored `allow` would look read-only and grant everything).
-_LATER_TOP = {k: "later" for k in ("admin", "proxy_auth", "bws")}
+_LATER_TOP = {k: "later" for k in ("admin", "proxy_auth")}
 _LATER_ROUTE = {"allow": "later"}
 
 
@@ -44,6 +47,15 @@ class Timeouts:
     upstream_headers: float = 60.0
     token_fetch: float = 30.0
     drain: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BwsSettings:
+    """The top-level ``bws:`` block: the account ``${bws:SECRET_ID}`` values come from."""
+
+    access_token: Secret
+    identity_url: str
+    api_url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,7 @@ class Config:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     extra_ca_file: Path | None = None
+    bws: BwsSettings | None = None
     warnings: tuple[Problem, ...] = field(default=())
 
     @property
@@ -175,6 +188,7 @@ def _parse(top: Section, file: Path) -> Config:
     extra_ca_file = _file(top, "extra_ca_file")
     limits = _limits(top.section("limits"))
     timeouts = _timeouts(top.section("timeouts"))
+    bws = _bws(top, timeouts, extra_ca_file)
     routes: list[Route] = []
     names: dict[str, str] = {}
     gateways: dict[str, str] = {}
@@ -205,8 +219,30 @@ def _parse(top: Section, file: Path) -> Config:
         ca_cert=ca_cert,
         ca_key=ca_key,
         extra_ca_file=extra_ca_file,
+        bws=bws,
         warnings=tuple(top.problems.warnings),
     )
+
+
+def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSettings | None:
+    """Read the `bws:` block and let ``${bws:SECRET_ID}`` use it: one login per load, on first use."""
+    sec = top.section("bws")
+    if sec is None:
+        return None
+    token = sec.secret("access_token", required=True) or Secret("", "", ("bws.access_token",))
+    check_access_token(sec, "access_token", token)
+    endpoints = parse_endpoints(sec)
+    sec.finish()
+    if endpoints is None:
+        top.doc.bws = Resolver(None, "the top-level `bws:` block has errors")
+        return None
+    try:
+        client = SyncClient(parse_access_token(token.reveal()), *endpoints, timeouts.token_fetch, extra_ca_file)
+        top.doc.bws = Resolver(client)
+    except ValueError:
+        why = f"{token.missing[0]} is not set" if token.missing else "the `bws.access_token` is not valid"
+        top.doc.bws = Resolver(None, why)
+    return BwsSettings(token, *endpoints)
 
 
 def _limits(sec: Section | None) -> Limits:

@@ -79,6 +79,13 @@ class CredentialUnavailable(ProxyError):
 class TokenEndpointError(ProxyError):
     status, code = 502, "token_endpoint_error"
 
+    def __init__(
+        self, detail: str, route: str | None = None, oauth_error: str | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(detail, route)
+        self.oauth_error = oauth_error  # the OAuth `error` code, when the endpoint sent one
+        self.permanent = permanent  # retrying cannot help (a spent refresh token): back off fully
+
 
 class TokenEndpointTimeout(ProxyError):
     status, code = 504, "token_endpoint_timeout"

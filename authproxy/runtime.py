@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .ca import LocalCA, ensure_ca
 from .config import Config
 from .routes import RouteTable
+from .store import StateStore
 from .tokens import TokenManager
 from .upstream import Upstreams, token_session
 
@@ -26,7 +27,8 @@ class Runtime:
         self.snapshot = Snapshot(config, RouteTable(config.routes))
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = token_session(config.timeouts)
-        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch)
+        self.store = StateStore(config.state_dir)
+        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch, self.store)
         self.bound: tuple[str, int] | None = None  # the address actually listened on
         self.ca: LocalCA | None = None  # set by enable_interception()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,11 @@ _REF_ONLY = re.compile(r"(?<!\$)(?:\$\$)*\$\{")
 
 
 class UnsupportedReference(ValueError):
-    """A reference whose kind a later release handles (``${bws:...}``)."""
+    """A reference whose kind a later release handles."""
+
+
+class Unresolved(Exception):
+    """Raised by a ``${bws:...}`` resolver: the value cannot be had now; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +64,14 @@ class Secret(Value):
         return "****" if self.is_literal else self.source
 
 
-def interpolate(raw: str, base_dir: Path | None = None) -> tuple[str, tuple[str, ...]]:
-    """Resolve ``${VAR}``, ``${file:PATH}`` and ``$$`` in ``raw``.
+def interpolate(
+    raw: str, base_dir: Path | None = None, bws: Callable[[str], str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """Resolve ``${VAR}``, ``${file:PATH}``, ``${bws:SECRET_ID}`` and ``$$`` in ``raw``.
 
     Returns the text and the references that could not be resolved. Raises
-    ``ValueError`` for a malformed reference and ``UnsupportedReference`` for
-    kinds that are not supported yet.
+    ``ValueError`` for a malformed reference. ``bws`` fetches a Secrets
+    Manager secret (``bws.Resolver``), raising ``Unresolved`` when it cannot.
     """
     missing: list[str] = []
 
@@ -94,8 +101,17 @@ def interpolate(raw: str, base_dir: Path | None = None) -> tuple[str, tuple[str,
                 missing.append(f"file {path} ({exc.strerror or 'unreadable'})")
                 return ""
         if kind == "bws":
-            raise UnsupportedReference("`${bws:...}` is not supported yet")
-        raise ValueError(f"unknown reference kind `{kind}:` (use ${{VAR}} or ${{file:PATH}})")
+            if bws is None:
+                raise ValueError(
+                    "`${bws:...}` works in values under `routes:`, with a top-level `bws:` block "
+                    "(access_token, and region or identity_url + api_url)"
+                )
+            try:
+                return bws(arg)
+            except Unresolved as exc:
+                missing.append(str(exc))
+                return ""
+        raise ValueError(f"unknown reference kind `{kind}:` (use ${{VAR}}, ${{file:PATH}} or ${{bws:SECRET_ID}})")
 
     text = _REF.sub(resolve, raw)
     return text, tuple(missing)

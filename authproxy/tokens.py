@@ -22,8 +22,9 @@ import aiohttp
 from cachetools import TLRUCache
 
 from .config import Route
-from .errors import CredentialUnavailable, ProxyError
+from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
 from .grants import Credential, GrantContext
+from .store import StateStore
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -59,9 +60,10 @@ class _RouteState:
 class TokenManager:
     """Credentials for every route, keyed by route name."""
 
-    def __init__(self, session: aiohttp.ClientSession, fetch_deadline: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, fetch_deadline: float, store: StateStore) -> None:
         self._session = session
         self._deadline = fetch_deadline
+        self._store = store
         self._cache: TLRUCache[str, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
         self._states: dict[str, _RouteState] = {}
 
@@ -81,13 +83,14 @@ class TokenManager:
             raise CredentialUnavailable(f"{route.missing[0]} is not set, so this route has no credential.", route.name)
         cred = self._cache.get(route.name)
         if cred is not None and route.auth.is_current(cred):
-            if cred.expires_at is not None and time.time() >= cred.expires_at - route.auth.refresh_skew():
+            if cred.refresh_at is not None and time.time() >= cred.refresh_at:
                 # Due for refresh but still valid: refresh in the background
                 # and keep serving, rather than make this request wait.
                 self._refresh_in_background(route)
             return cred, TokenState.CACHED
+        first = self._state(route).generation == 0
         fresh = await self._single_flight(route)
-        return fresh, TokenState.FETCHED if cred is None else TokenState.REFRESHED
+        return fresh, TokenState.FETCHED if first else TokenState.REFRESHED
 
     async def after_unauthorized(self, route: Route, used: Credential) -> Credential | None:
         """A 401 came back for ``used``: a new credential to retry with, or None.
@@ -105,7 +108,7 @@ class TokenManager:
         if st.task is None:
             self._cache.pop(route.name, None)  # the upstream said it is no good
             st.retry_at = 0.0  # a 401 is news: don't wait out an old backoff
-        return await self._single_flight(route)
+        return await self._single_flight(route, rejected=used.headers)
 
     def mark_stale(self, route: Route, used: Credential) -> None:
         """Drop ``used`` so the next request refreshes it (a 401 we could not retry)."""
@@ -130,30 +133,39 @@ class TokenManager:
         st.background.add(t)
         t.add_done_callback(st.background.discard)
 
-    async def _single_flight(self, route: Route) -> Credential:
+    async def _single_flight(self, route: Route, rejected: tuple[tuple[str, str], ...] | None = None) -> Credential:
         st = self._state(route)
         if st.task is None:
             if time.monotonic() < st.retry_at and st.last_error is not None:
                 raise st.last_error
-            st.task = asyncio.create_task(self._fetch(route, st))
+            st.task = asyncio.create_task(self._fetch(route, st, rejected))
         return await asyncio.shield(st.task)
 
-    async def _fetch(self, route: Route, st: _RouteState) -> Credential:
-        ctx = GrantContext(route.name, self._session, self._deadline)
+    async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
+        ctx = GrantContext(route.name, self._session, self._deadline, self._store, rejected)
         st.fetches += 1
         try:
             cred = await route.auth.fetch(ctx)
         except ProxyError as exc:
             exc.with_route(route.name)
             st.last_error = exc
-            st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
+            if isinstance(exc, TokenEndpointError) and exc.permanent:
+                st.backoff = _BACKOFF_MAX  # e.g. a refused refresh token: only a new login helps
+            else:
+                st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
             st.retry_at = time.monotonic() + st.backoff * random.uniform(0.5, 1.0)
             raise
         finally:
             st.task = None
         st.generation += 1
         st.backoff, st.retry_at, st.last_error = 0.0, 0.0, None
-        cred = replace(cred, generation=st.generation)
+        refresh_at = None
+        if cred.expires_at is not None:
+            now = time.time()
+            refresh_at = cred.expires_at - route.auth.refresh_skew()
+            if refresh_at <= now:
+                refresh_at = now + (cred.expires_at - now) / 2
+        cred = replace(cred, generation=st.generation, refresh_at=refresh_at)
         if not cred.expired():
             self._cache[route.name] = cred
         return cred

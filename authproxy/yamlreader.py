@@ -9,7 +9,7 @@ nobody read: a typo must not silently drop a credential.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,8 @@ class Document:
     problems: Problems
     base_dir: Path
     refs: list[str] = field(default_factory=list)
+    # Resolves ``${bws:SECRET_ID}`` (a ``bws.Resolver``), once the top-level `bws:` block is read.
+    bws: Callable[[str], str] | None = None
 
     def protect(self, text: str) -> str:
         """Hide ``${...}`` from the YAML parser.
@@ -136,7 +138,7 @@ class Section:
 
     def _interpolate(self, key: str, raw: str) -> tuple[str, tuple[str, ...]] | None:
         try:
-            return interpolate(raw, self.base_dir)
+            return interpolate(raw, self.base_dir, self.doc.bws)
         except UnsupportedReference as exc:
             self.error(key, str(exc))
         except ValueError as exc:

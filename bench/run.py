@@ -947,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by nginx, proxy and wrk
-    need = {"curl", *(TOOLS[s] for s in args.scenario_list)} | ({"openssl"})
+    need = {"curl", "openssl", *(TOOLS[s] for s in args.scenario_list)}
     for tool in sorted(need):
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} not found; run: bash bench/setup.sh")

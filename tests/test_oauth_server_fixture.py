@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import secrets
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
@@ -104,8 +112,13 @@ def test_other_authlib_errors(oauth_server: OAuthServer) -> None:
     def post(data: dict[str, str]) -> requests.Response:
         return requests.post(oauth_server.token_url, data=data, auth=("svc", "s3cret"), timeout=5)
 
-    resp = post({"grant_type": "authorization_code", "code": "x"})
+    resp = post({"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": "x"})
     assert (resp.status_code, resp.json()["error"]) == (400, "unsupported_grant_type")
+    # Supported grant types the client is not registered for.
+    resp = post({"grant_type": "authorization_code", "code": "x"})
+    assert (resp.status_code, resp.json()["error"]) == (400, "unauthorized_client")
+    resp = post({"grant_type": "refresh_token", "refresh_token": "x"})
+    assert (resp.status_code, resp.json()["error"]) == (400, "unauthorized_client")
     resp = post({"grant_type": "password", "username": "alice", "password": "pw"})
     assert (resp.status_code, resp.json()["error"]) == (400, "unauthorized_client")
     resp = post({"grant_type": "client_credentials", "scope": "admin"})
@@ -280,3 +293,404 @@ def test_start_and_stop_without_fixture() -> None:
         pass
     else:
         raise AssertionError("server still answering after stop()")
+
+
+# --------------------------------------------------------------------------- refresh tokens
+
+
+def _refresh(
+    server: OAuthServer, rt: str, auth: tuple[str, str] | None = ("app", "s3cret"), **extra: str
+) -> requests.Response:
+    return requests.post(
+        server.token_url, data={"grant_type": "refresh_token", "refresh_token": rt, **extra}, auth=auth, timeout=5
+    )
+
+
+def test_refresh_rotation_and_reuse_detection(oauth_server: OAuthServer) -> None:
+    oauth_server.add_client("app", "s3cret", grant_types=("refresh_token",))
+    seed = oauth_server.issue_refresh_token("app", scope="read")
+    other = oauth_server.issue_refresh_token("app")  # a separate grant family
+    assert oauth_server.refresh_tokens_valid() == [seed, other]
+
+    resp = _refresh(oauth_server, seed)
+    assert resp.status_code == 200, resp.text
+    first = resp.json()
+    assert first["refresh_token"] not in (seed, other)
+    assert (first["scope"], first["expires_in"], first["token_type"]) == ("read", 3600, "Bearer")
+    resp = _refresh(oauth_server, first["refresh_token"])
+    assert resp.status_code == 200, resp.text
+    second = resp.json()
+    assert second["refresh_token"] not in (seed, first["refresh_token"])
+    assert oauth_server.refresh_tokens_valid() == [other, second["refresh_token"]]
+    assert oauth_server.is_valid(first["access_token"]) and oauth_server.is_valid(second["access_token"])
+    assert oauth_server.reuse_detected() == 0
+
+    # Replaying a spent refresh token: invalid_grant, and the whole family is revoked.
+    resp = _refresh(oauth_server, seed)
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    assert oauth_server.reuse_detected() == 1
+    assert not oauth_server.is_valid(first["access_token"])
+    assert not oauth_server.is_valid(second["access_token"])
+    assert oauth_server.refresh_tokens_valid() == [other]
+    resp = _refresh(oauth_server, second["refresh_token"])  # revoked, not spent: no new reuse
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    assert oauth_server.reuse_detected() == 1
+
+    # Other families are untouched.
+    resp = _refresh(oauth_server, other)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["scope"] == "read write"
+    assert oauth_server.token_requests("refresh_token") == 5
+    assert oauth_server.issued_refresh_tokens()[:4] == [seed, other, first["refresh_token"], second["refresh_token"]]
+    assert len(oauth_server.issued()) == 3
+
+
+def test_refresh_without_rotation_and_errors(oauth_server: OAuthServer) -> None:
+    oauth_server.add_client("app", "s3cret", grant_types=("refresh_token",))
+    oauth_server.add_client("other", "s3cret", grant_types=("refresh_token",))
+    oauth_server.add_client("public", None, auth_method="none", grant_types=("password", "refresh_token"))
+    oauth_server.add_user("alice", "pw")
+    oauth_server.rotate_refresh_tokens = False
+    oauth_server.expires_in = 42
+    seed = oauth_server.issue_refresh_token("app", scope="read write", user="bob")
+
+    for _ in range(2):
+        resp = _refresh(oauth_server, seed)
+        assert resp.status_code == 200, resp.text
+        assert "refresh_token" not in resp.json()
+        assert resp.json()["expires_in"] == 42
+    assert oauth_server.refresh_tokens_valid() == [seed]
+    assert oauth_server.reuse_detected() == 0
+
+    resp = _refresh(oauth_server, seed, scope="read")  # narrowing is allowed
+    assert resp.json()["scope"] == "read"
+    resp = _refresh(oauth_server, seed, scope="admin")
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_scope")
+    resp = _refresh(oauth_server, seed, auth=("other", "s3cret"))  # not this client's token
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    resp = _refresh(oauth_server, "never-issued")
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    oauth_server.revoke_refresh_token(seed)
+    resp = _refresh(oauth_server, seed)
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    assert oauth_server.reuse_detected() == 0
+    assert oauth_server.refresh_tokens_valid() == []
+
+    # The password grant issues a refresh token only to clients registered for it.
+    oauth_server.rotate_refresh_tokens = True
+    resp = requests.post(
+        oauth_server.token_url,
+        data={"grant_type": "password", "client_id": "public", "username": "alice", "password": "pw"},
+        timeout=5,
+    )
+    assert resp.status_code == 200, resp.text
+    rt = resp.json()["refresh_token"]
+    resp = _refresh(oauth_server, rt, auth=None, client_id="public")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["refresh_token"] != rt
+    oauth_server.add_client("plain", None, auth_method="none")
+    resp = requests.post(
+        oauth_server.token_url,
+        data={"grant_type": "password", "client_id": "plain", "username": "alice", "password": "pw"},
+        timeout=5,
+    )
+    assert "refresh_token" not in resp.json()
+
+    # revoke_all() leaves refresh tokens usable unless asked.
+    oauth_server.revoke_all()
+    assert len(oauth_server.refresh_tokens_valid()) == 1
+    oauth_server.revoke_all(refresh_tokens=True)
+    assert oauth_server.refresh_tokens_valid() == []
+
+
+# --------------------------------------------------------------------------- authorization code + PKCE
+
+REDIRECT_URI = "http://127.0.0.1/callback"
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+class _FormParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.action = ""
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.action = a.get("action", "")
+        elif tag == "input" and "name" in a:
+            self.fields[a["name"]] = a.get("value", "")
+
+
+@contextmanager
+def _callback_listener() -> Iterator[tuple[int, list[str]]]:
+    """A tiny HTTP server standing in for the client's loopback redirect URI."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = b"done"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _authorize_params(challenge: str, redirect_uri: str, **extra: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": "cli",
+        "redirect_uri": redirect_uri,
+        "scope": "read",
+        "state": "st-123",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **extra,
+    }
+
+
+def _exchange(server: OAuthServer, code: str, verifier: str, redirect_uri: str) -> requests.Response:
+    data = {
+        "grant_type": "authorization_code",
+        "client_id": "cli",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    return requests.post(server.token_url, data=data, timeout=5)
+
+
+def test_authorization_code_pkce_flow(oauth_server: OAuthServer) -> None:
+    oauth_server.add_user("alice", "pw")
+    oauth_server.add_client(
+        "cli",
+        None,
+        auth_method="none",
+        grant_types=("authorization_code", "refresh_token"),
+        redirect_uris=(REDIRECT_URI,),
+    )
+    verifier, challenge = _pkce()
+    browser = requests.Session()
+
+    with _callback_listener() as (port, hits):
+        redirect_uri = f"http://127.0.0.1:{port}/callback"
+        resp = browser.get(oauth_server.authorize_url, params=_authorize_params(challenge, redirect_uri), timeout=5)
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].startswith("text/html")
+        form = _FormParser()
+        form.feed(resp.text)
+        assert {"username", "password", "next"} <= set(form.fields)
+        # Log in; requests follows /login -> /oauth/authorize -> the loopback callback.
+        resp = browser.post(
+            urljoin(resp.url, form.action),
+            data={**form.fields, "username": "alice", "password": "pw"},
+            timeout=5,
+        )
+        assert resp.status_code == 200 and resp.text == "done"
+    assert len(hits) == 1
+    callback = urlsplit(hits[0])
+    assert callback.path == "/callback"
+    query = {k: v[0] for k, v in parse_qs(callback.query).items()}
+    assert query["state"] == "st-123"
+    assert query["iss"] == oauth_server.base_url == oauth_server.issuer
+    assert oauth_server.authorize_requests() == 2
+    assert oauth_server.last_authorize_params()["code_challenge"] == challenge
+    assert oauth_server.last_authorize_params()["redirect_uri"] == redirect_uri
+
+    # Wrong verifier: invalid_grant (the code is not burnt by that).
+    resp = _exchange(oauth_server, query["code"], _pkce()[0], redirect_uri)
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    resp = _exchange(oauth_server, query["code"], verifier, redirect_uri)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["token_type"], body["scope"], body["expires_in"]) == ("Bearer", "read", 3600)
+    assert oauth_server.is_valid(body["access_token"])
+    assert oauth_server.refresh_tokens_valid() == [body["refresh_token"]]
+    assert oauth_server.token_requests("authorization_code") == 2
+
+    # Already logged in: the next authorization redirects at once (read the Location).
+    verifier2, challenge2 = _pkce()
+    other_port_uri = "http://127.0.0.1:1/callback"
+    resp = browser.get(
+        oauth_server.authorize_url,
+        params=_authorize_params(challenge2, other_port_uri, state="s2"),
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert resp.status_code == 302
+    location = urlsplit(resp.headers["Location"])
+    assert (location.netloc, location.path) == ("127.0.0.1:1", "/callback")
+    query2 = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert (query2["state"], query2["iss"]) == ("s2", oauth_server.base_url)
+    resp = _exchange(oauth_server, query2["code"], verifier2, redirect_uri)  # redirect_uri mismatch
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    resp = _exchange(oauth_server, query2["code"], "x" * 10, other_port_uri)  # malformed verifier
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_request")
+
+    # Replaying the exchanged code: invalid_grant, and its tokens are revoked.
+    resp = _exchange(oauth_server, query["code"], verifier, redirect_uri)
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+    assert oauth_server.code_reuse_detected() == 1
+    assert not oauth_server.is_valid(body["access_token"])
+    assert oauth_server.refresh_tokens_valid() == []
+
+
+def test_authorize_errors_and_switches(oauth_server: OAuthServer) -> None:
+    oauth_server.add_user("alice", "pw")
+    oauth_server.add_client(
+        "cli", "s3cret", grant_types=("authorization_code",), redirect_uris=(REDIRECT_URI, "https://app.example/cb")
+    )
+    oauth_server.add_client("cc", "s3cret", redirect_uris=(REDIRECT_URI,))
+    verifier, challenge = _pkce()
+    browser = requests.Session()
+
+    def authorize(**params: str) -> requests.Response:
+        return browser.get(oauth_server.authorize_url, params=params, allow_redirects=False, timeout=5)
+
+    def redirected_error(resp: requests.Response) -> dict[str, str]:
+        assert resp.status_code == 302, resp.text
+        return {k: v[0] for k, v in parse_qs(urlsplit(resp.headers["Location"]).query).items()}
+
+    # Errors are checked before the login form; with a valid client + redirect_uri
+    # they are redirected with state and iss.
+    base = _authorize_params(challenge, "http://127.0.0.1:5000/callback")
+    no_challenge = {k: v for k, v in base.items() if not k.startswith("code_challenge")}
+    err = redirected_error(authorize(**no_challenge))
+    assert (err["error"], err["state"], err["iss"]) == ("invalid_request", "st-123", oauth_server.base_url)
+    assert redirected_error(authorize(**{**base, "code_challenge_method": "plain"}))["error"] == "invalid_request"
+    no_method = {k: v for k, v in base.items() if k != "code_challenge_method"}
+    assert redirected_error(authorize(**no_method))["error"] == "invalid_request"
+    assert redirected_error(authorize(**{**base, "client_id": "cc"}))["error"] == "unauthorized_client"
+    assert redirected_error(authorize(**{**base, "scope": "admin"}))["error"] == "invalid_scope"
+    assert oauth_server.authorize_requests() == 5
+
+    # Unregistered redirect URIs are never redirected to (RFC 8252: only the port may vary).
+    for uri in (
+        "http://127.0.0.1:5000/other",
+        "http://localhost:5000/callback",
+        "https://127.0.0.1/callback",
+        "https://app.example:8443/cb",
+    ):
+        resp = authorize(**{**base, "redirect_uri": uri})
+        assert (resp.status_code, resp.json()["error"]) == (400, "invalid_request"), uri
+    resp = authorize(**{**base, "client_id": "nobody"})
+    assert resp.status_code in (400, 401) and resp.json()["error"] == "invalid_client"
+
+    # Bad password: 401 and the form again, no session.
+    resp = browser.post(
+        oauth_server.base_url + "/login", data={"username": "alice", "password": "no", "next": "/"}, timeout=5
+    )
+    assert resp.status_code == 401 and "<form" in resp.text
+    assert authorize(**base).status_code == 200  # still the login form
+    resp = browser.post(
+        oauth_server.base_url + "/login",
+        data={"username": "alice", "password": "pw", "next": "/oauth/authorize"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert resp.status_code == 302
+
+    # send_iss off: no iss; the metadata follows unless advertise_iss is set.
+    oauth_server.send_iss = False
+    query = redirected_error(authorize(**base))
+    assert "iss" not in query and query["state"] == "st-123"
+    assert (
+        requests.get(oauth_server.base_url + "/.well-known/oauth-authorization-server", timeout=5).json()[
+            "authorization_response_iss_parameter_supported"
+        ]
+        is False
+    )
+    oauth_server.send_iss = True
+
+    # Confidential client: Basic auth + PKCE; an expired code is invalid_grant.
+    resp = requests.post(
+        oauth_server.token_url,
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"],
+            "redirect_uri": base["redirect_uri"],
+            "code_verifier": verifier,
+        },
+        auth=("cli", "s3cret"),
+        timeout=5,
+    )
+    assert resp.status_code == 200, resp.text
+    assert "refresh_token" not in resp.json()  # client not registered for refresh_token
+    oauth_server.code_expires_in = 0
+    code = redirected_error(authorize(**base))["code"]
+    resp = requests.post(
+        oauth_server.token_url,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": base["redirect_uri"],
+            "code_verifier": verifier,
+        },
+        auth=("cli", "s3cret"),
+        timeout=5,
+    )
+    assert (resp.status_code, resp.json()["error"]) == (400, "invalid_grant")
+
+
+def test_discovery(oauth_server: OAuthServer) -> None:
+    from authlib.oauth2 import rfc8414, rfc9207  # type: ignore[import-untyped]
+
+    docs = [
+        requests.get(oauth_server.base_url + path, timeout=5)
+        for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+    ]
+    assert all(d.status_code == 200 and d.headers["Content-Type"] == "application/json" for d in docs)
+    meta = docs[0].json()
+    assert docs[1].json() == meta == oauth_server.metadata()
+    assert meta["issuer"] == oauth_server.issuer == oauth_server.base_url
+    assert meta["authorization_endpoint"] == oauth_server.authorize_url == oauth_server.base_url + "/oauth/authorize"
+    assert meta["token_endpoint"] == oauth_server.token_url
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert {"authorization_code", "refresh_token", "client_credentials", "password"} <= set(
+        meta["grant_types_supported"]
+    )
+    assert meta["authorization_response_iss_parameter_supported"] is True
+    rfc8414.AuthorizationServerMetadata(meta).validate(metadata_classes=[rfc9207.AuthorizationServerMetadata])
+
+
+def test_concurrent_refresh_with_one_token_is_a_reuse(oauth_server: OAuthServer) -> None:
+    oauth_server.add_client("app", "s3cret", grant_types=("refresh_token",))
+    seed = oauth_server.issue_refresh_token("app")
+    barrier = threading.Barrier(4)
+    results: list[requests.Response] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(_refresh(oauth_server, seed))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Exactly one refresh wins; every other one is a reuse that revokes the family
+    # (including the winner's new tokens), like oidc-provider.
+    assert sorted(r.status_code for r in results) == [200, 400, 400, 400]
+    assert oauth_server.reuse_detected() == 3
+    winner = next(r.json() for r in results if r.status_code == 200)
+    assert not oauth_server.is_valid(winner["access_token"])
+    assert oauth_server.refresh_tokens_valid() == []

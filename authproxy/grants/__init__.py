@@ -1,6 +1,6 @@
 """Grant handlers, registered by their ``type`` name on import."""
 
-from . import api_key, basic, bearer, client_credentials, password
+from . import api_key, authorization_code, basic, bearer, bws, client_credentials, command, password, refresh_token
 from .base import LATER, REGISTRY, Credential, Grant, GrantContext
 
 __all__ = [
@@ -10,8 +10,12 @@ __all__ = [
     "Grant",
     "GrantContext",
     "api_key",
+    "authorization_code",
     "basic",
     "bearer",
+    "bws",
     "client_credentials",
+    "command",
     "password",
+    "refresh_token",
 ]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ..secrets import Secret
+    from ..store import StateStore
     from ..yamlreader import Section
 
 
@@ -30,6 +31,10 @@ class Credential:
     headers: tuple[tuple[str, str], ...] = ()
     query: tuple[tuple[str, str], ...] = ()
     expires_at: float | None = None
+    # When to start refreshing: `refresh_skew` ahead of expiry, or halfway
+    # through the token's life when the skew is longer than the whole life
+    # (which would otherwise refresh on every request).
+    refresh_at: float | None = None
     generation: int = 0
     # Grant-specific marker of where the value came from (a token file's stat).
     origin: object = field(default=None, compare=False)
@@ -62,6 +67,10 @@ class GrantContext:
     route: str
     session: aiohttp.ClientSession
     deadline: float  # seconds the whole fetch (with retries) may take
+    store: StateStore
+    # The headers of a credential the upstream just refused: a stored token
+    # equal to it must not be handed out again.
+    rejected: tuple[tuple[str, str], ...] | None = None
 
 
 class Grant(ABC):
@@ -111,7 +120,7 @@ class Grant(ABC):
 REGISTRY: dict[str, type[Grant]] = {}
 
 # Grant types that a later release brings; naming one is an error, not a no-op.
-LATER = ("refresh_token", "authorization_code", "bws", "command")
+LATER: tuple[str, ...] = ()
 
 
 def register(cls: type[Grant]) -> type[Grant]:

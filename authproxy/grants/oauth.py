@@ -54,8 +54,8 @@ class OAuthClient:
     default_ttl: float
 
     @classmethod
-    def parse(cls, sec: Section, *, secret_required: bool) -> OAuthClient:
-        token_url = sec.value("token_url", required=True) or Value("", "", ("token_url",))
+    def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
+        token_url = sec.value("token_url", required=token_url_required) or Value("", "", ("token_url",))
         if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
             sec.error("token_url", "must be an http:// or https:// URL")
         client_id = sec.value("client_id", required=secret_required)
@@ -244,6 +244,6 @@ async def _post(
             msg = f"the token endpoint answered {status} {err}"
             if isinstance(desc, str) and desc:
                 msg += f": {scrub(desc, secrets)}"
-            raise TokenEndpointError(msg.rstrip(".") + ".", ctx.route)
+            raise TokenEndpointError(msg.rstrip(".") + ".", ctx.route, oauth_error=data["error"])
         raise TokenEndpointError(f"the token endpoint answered {status} without an OAuth JSON body.", ctx.route)
     return data

@@ -2,11 +2,13 @@
 """A real OAuth 2.0 authorization server (Authlib + Flask) for tests.
 
 The server runs on ``127.0.0.1`` on a free port, in a background thread, using
-werkzeug's threaded development server.  Token requests are handled by Authlib's
-own grant classes (:class:`ClientCredentialsGrant` and
-:class:`ResourceOwnerPasswordCredentialsGrant`), so success responses and errors
-(``invalid_client`` 401, ``invalid_grant`` 400, ``unsupported_grant_type`` 400,
-``invalid_scope`` 400, ...) are Authlib's spec-conformant JSON.
+werkzeug's threaded development server.  Token and authorization requests are
+handled by Authlib's own grant classes (:class:`ClientCredentialsGrant`,
+:class:`ResourceOwnerPasswordCredentialsGrant`, :class:`RefreshTokenGrant` with
+rotation, and :class:`AuthorizationCodeGrant` with a mandatory S256
+:class:`CodeChallenge`), so success responses and errors (``invalid_client`` 401,
+``invalid_grant`` 400, ``unsupported_grant_type`` 400, ``invalid_scope`` 400, ...)
+are Authlib's spec-conformant JSON.
 
 Usage::
 
@@ -27,7 +29,24 @@ Endpoints:
 * ``POST /oauth/token-json``: the same Authlib endpoint behind a tiny WSGI
   middleware that turns an ``application/json`` object body into a form body
   before Authlib sees it (non-JSON bodies pass through unchanged).
+* ``GET /oauth/authorize``: authorization endpoint (``response_type=code`` with
+  PKCE S256 only).  The request is validated first (unknown client or
+  unregistered ``redirect_uri`` -> JSON 400; other errors are redirected to the
+  client with ``error=...``).  Without a login session cookie it answers 200 with
+  a tiny HTML login form; with one it auto-consents and redirects (302) to the
+  ``redirect_uri`` with ``code``, ``state`` and (``send_iss``) ``iss``.
+* ``GET|POST /login``: the login form / its target.  A good ``username`` +
+  ``password`` (see :meth:`OAuthServer.add_user`) sets the session cookie and
+  302-redirects to ``next`` (the authorize URL); bad ones give 401 + the form.
+* ``GET /.well-known/oauth-authorization-server`` and
+  ``GET /.well-known/openid-configuration``: RFC 8414 metadata (the same JSON).
 * ``GET /healthz``: liveness probe used by :func:`start_oauth_server`.
+
+Refresh tokens are rotated (``rotate_refresh_tokens``) with reuse detection in the
+style of oidc-provider: each refresh token and each access token belongs to a
+*grant family* (one per authorization code exchange, password grant that issued a
+refresh token, or :meth:`OAuthServer.issue_refresh_token` seed).  Presenting a
+spent refresh token answers ``invalid_grant`` AND revokes the whole family.
 
 Nothing here writes to stderr: werkzeug request logging is disabled and Authlib's
 debug logging (which would include issued tokens) is raised to WARNING, because
@@ -40,6 +59,7 @@ import base64
 import copy
 import hashlib
 import hmac
+import html
 import json
 import logging
 import secrets
@@ -49,19 +69,24 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import pytest
+from authlib.common.urls import add_params_to_uri
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import (
+    AuthorizationCodeGrant,
     ClientCredentialsGrant,
+    RefreshTokenGrant,
     ResourceOwnerPasswordCredentialsGrant,
 )
 from authlib.oauth2.rfc6749.util import scope_to_list
-from flask import Flask
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc9207 import IssuerParameter
+from flask import Flask, Response, redirect
 from flask import request as flask_request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -69,7 +94,16 @@ __all__ = ["OAuthServer", "oauth_server", "start_oauth_server"]
 
 TOKEN_PATH = "/oauth/token"
 JSON_TOKEN_PATH = "/oauth/token-json"
+AUTHORIZE_PATH = "/oauth/authorize"
+LOGIN_PATH = "/login"
 HEALTH_PATH = "/healthz"
+METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
+#: name of the login session cookie set by ``POST /login``
+SESSION_COOKIE = "oauth_test_session"
+#: every grant type this server implements (advertised in the metadata)
+GRANT_TYPES_SUPPORTED = ["authorization_code", "refresh_token", "client_credentials", "password"]
+# RFC 8252 7.3: a loopback IP redirect URI matches with any port.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
 
 _StartResponse = Callable[..., Any]
 _WSGIApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
@@ -93,18 +127,21 @@ class _Client(ClientMixin):
         auth_method: str,
         grant_types: tuple[str, ...],
         scope: str,
+        redirect_uris: tuple[str, ...] = (),
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_endpoint_auth_method = auth_method
         self.grant_types = tuple(grant_types)
         self.scope = scope
+        self.redirect_uris = tuple(redirect_uris)
 
     def get_client_id(self) -> str:
         return self.client_id
 
     def get_default_redirect_uri(self) -> str | None:
-        return None
+        # RFC 6749 3.1.2.3: redirect_uri may be omitted only if exactly one is registered.
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
 
     def get_allowed_scope(self, scope: str | None) -> str | None:
         # No scope requested -> no scope in the token (and none in the response).
@@ -121,7 +158,7 @@ class _Client(ClientMixin):
         return " ".join(requested)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return False
+        return any(_redirect_uri_matches(r, redirect_uri) for r in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
         if self.client_secret is None:
@@ -134,7 +171,7 @@ class _Client(ClientMixin):
         return True
 
     def check_response_type(self, response_type: str) -> bool:
-        return False
+        return response_type == "code" and "authorization_code" in self.grant_types
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.grant_types
@@ -161,6 +198,7 @@ class _Token(TokenMixin):
         scope: str,
         issued_at: float,
         expires_in: int,
+        family: str | None = None,
     ) -> None:
         self.access_token = access_token
         self.client = client
@@ -169,6 +207,8 @@ class _Token(TokenMixin):
         self.scope = scope
         self.issued_at = issued_at
         self.expires_in = expires_in
+        #: grant family (None for tokens issued without a refresh token)
+        self.family = family
         self.revoked = False
 
     def check_client(self, client: ClientMixin) -> bool:
@@ -191,6 +231,78 @@ class _Token(TokenMixin):
 
     def get_client(self) -> _Client:
         return self.client
+
+
+class _RefreshToken(TokenMixin):
+    """An issued refresh token.  ``spent`` = rotated away; ``revoked`` = revoked."""
+
+    def __init__(self, refresh_token: str, client: _Client, user: _User, scope: str, family: str) -> None:
+        self.refresh_token = refresh_token
+        self.client = client
+        self.user = user
+        self.scope = scope
+        self.family = family
+        self.spent = False
+        self.revoked = False
+
+    def check_client(self, client: ClientMixin) -> bool:
+        return bool(client.get_client_id() == self.client.client_id)
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_expires_in(self) -> int:
+        return 0
+
+    def is_expired(self) -> bool:
+        return False
+
+    def is_revoked(self) -> bool:
+        return self.revoked
+
+    def get_user(self) -> _User:
+        return self.user
+
+    def get_client(self) -> _Client:
+        return self.client
+
+
+class _AuthCode(AuthorizationCodeMixin):
+    """An authorization code; kept (``used``) after exchange for reuse detection."""
+
+    def __init__(
+        self,
+        code: str,
+        client: _Client,
+        user: _User,
+        redirect_uri: str | None,
+        scope: str,
+        code_challenge: str | None,
+        code_challenge_method: str | None,
+        issued_at: float,
+        expires_in: int,
+    ) -> None:
+        self.code = code
+        self.client = client
+        self.user = user
+        self.redirect_uri = redirect_uri
+        self.scope = scope
+        self.code_challenge = code_challenge
+        self.code_challenge_method = code_challenge_method
+        self.issued_at = issued_at
+        self.expires_in = expires_in
+        #: the grant family of the tokens this code is (or will be) exchanged for
+        self.family = secrets.token_hex(8)
+        self.used = False
+
+    def get_redirect_uri(self) -> str | None:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return time.time() >= self.issued_at + self.expires_in
 
 
 # --------------------------------------------------------------------------- grants
@@ -219,6 +331,102 @@ class _PasswordGrant(ResourceOwnerPasswordCredentialsGrant):
         return user
 
 
+class _RefreshTokenGrant(RefreshTokenGrant):
+    """Refresh with rotation and oidc-provider-style reuse detection."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = [*_CONFIDENTIAL_METHODS, "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> _RefreshToken | None:
+        # None -> Authlib answers invalid_grant.  A spent token also revokes its family.
+        server: OAuthServer = self.server.oauth_test_server
+        return server._active_refresh_token(refresh_token)
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        # Claim (spend) the token atomically, so that two concurrent refreshes with
+        # the same token cannot both succeed: the loser is a reuse.
+        server: OAuthServer = self.server.oauth_test_server
+        self._rotate = server.rotate_refresh_tokens
+        if self._rotate and not server._claim_refresh_token(self.request.refresh_token):
+            raise InvalidGrantError()
+
+    def issue_token(self, user: _User, refresh_token: _RefreshToken) -> dict[str, Any]:
+        scope = self.request.payload.scope or refresh_token.get_scope()
+        token: dict[str, Any] = self.generate_token(user=user, scope=scope, include_refresh_token=self._rotate)
+        return token
+
+    def authenticate_user(self, refresh_token: _RefreshToken) -> _User:
+        return refresh_token.user
+
+    def revoke_old_credential(self, refresh_token: _RefreshToken) -> None:
+        pass  # already spent in validate_token_request (or kept, without rotation)
+
+
+class _S256CodeChallenge(CodeChallenge):
+    """PKCE, S256 only, and a ``code_challenge`` is mandatory for every client."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    CODE_CHALLENGE_METHODS = {"S256": CodeChallenge.CODE_CHALLENGE_METHODS["S256"]}
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("Missing 'code_challenge'")
+        super().validate_code_challenge(grant, redirect_uri)
+        if not data.get("code_challenge_method"):
+            # RFC 7636 4.3: absent means "plain", which this server does not support.
+            raise InvalidRequestError("Missing 'code_challenge_method', only S256 is supported")
+
+
+class _AuthorizationCodeGrant(AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = [*_CONFIDENTIAL_METHODS, "none"]
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        server: OAuthServer = self.server.oauth_test_server
+        data = request.payload.data
+        server._save_code(
+            _AuthCode(
+                code=code,
+                client=request.client,
+                user=request.user,
+                redirect_uri=request.payload.redirect_uri,
+                scope=request.scope or "",
+                code_challenge=data.get("code_challenge"),
+                code_challenge_method=data.get("code_challenge_method"),
+                issued_at=time.time(),
+                expires_in=server.code_expires_in,
+            )
+        )
+
+    def query_authorization_code(self, code: str, client: _Client) -> _AuthCode | None:
+        server: OAuthServer = self.server.oauth_test_server
+        return server._active_code(code, client)
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()  # includes the PKCE check (a hook)
+        server: OAuthServer = self.server.oauth_test_server
+        if not server._claim_code(self.request.authorization_code):
+            raise InvalidGrantError("Invalid 'code' in request.")
+
+    def delete_authorization_code(self, authorization_code: _AuthCode) -> None:
+        pass  # marked used in validate_token_request (kept for reuse detection)
+
+    def authenticate_user(self, authorization_code: _AuthCode) -> _User:
+        return authorization_code.user
+
+
+class _IssuerParameter(IssuerParameter):
+    """RFC 9207 ``iss`` in authorization responses, while ``send_iss`` is on."""
+
+    def __init__(self, server: OAuthServer) -> None:
+        self.test_server = server
+
+    def get_issuer(self) -> str | None:
+        return self.test_server.issuer if self.test_server.send_iss else None
+
+
 class _AuthorizationServer(AuthorizationServer):
     """Authlib's Flask server with a back-reference to the test server."""
 
@@ -226,6 +434,36 @@ class _AuthorizationServer(AuthorizationServer):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _redirect_uri_matches(registered: str, requested: str) -> bool:
+    """Exact match, except that loopback IP URIs match with any port (RFC 8252 7.3)."""
+    if registered == requested:
+        return True
+    try:
+        reg, req = urlsplit(registered), urlsplit(requested)
+        req.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if reg.scheme != "http" or reg.hostname not in _LOOPBACK_HOSTS:
+        return False
+    if req.username is not None or req.password is not None or req.fragment:
+        return False
+    return (req.scheme, req.hostname, req.path, req.query) == (reg.scheme, reg.hostname, reg.path, reg.query)
+
+
+def _login_page(next_url: str, message: str = "") -> str:
+    note = f"<p class=error>{html.escape(message)}</p>" if message else ""
+    return (
+        "<!doctype html><html><head><title>Sign in</title></head><body>"
+        f"<h1>Sign in</h1>{note}"
+        f'<form method="post" action="{LOGIN_PATH}">'
+        f'<input type="hidden" name="next" value="{html.escape(next_url, quote=True)}">'
+        '<label>Username <input name="username" autocomplete="username"></label>'
+        '<label>Password <input type="password" name="password" autocomplete="current-password"></label>'
+        '<button type="submit">Sign in</button>'
+        "</form></body></html>"
+    )
 
 
 def _b64url(data: bytes) -> str:
@@ -337,6 +575,21 @@ class OAuthServer:
     #: and the token response omits ``expires_in``.
     jwt_tokens: bool = False
     jwt_secret: str = "authproxy-test-jwt-secret"
+    #: RFC 8414 issuer identifier; "" -> ``base_url``.  Used for the metadata
+    #: ``issuer``, the RFC 9207 ``iss`` parameter and the JWT ``iss`` claim (change it
+    #: to simulate a mix-up / wrong issuer).
+    issuer: str = ""
+    #: URL of the authorization endpoint ("" -> ``base_url + "/oauth/authorize"``).
+    authorize_url: str = ""
+    #: when True, every refresh returns a new refresh token and spends the old one;
+    #: when False, the response has no ``refresh_token`` and the old one stays valid.
+    rotate_refresh_tokens: bool = True
+    #: when True, authorization responses (success and redirected errors) carry ``iss``.
+    send_iss: bool = True
+    #: metadata ``authorization_response_iss_parameter_supported``; None -> ``send_iss``.
+    advertise_iss: bool | None = None
+    #: lifetime (seconds) of authorization codes.
+    code_expires_in: int = 600
 
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _clients: dict[str, _Client] = field(default_factory=dict, init=False, repr=False)
@@ -345,12 +598,21 @@ class OAuthServer:
     _issued: list[str] = field(default_factory=list, init=False, repr=False)
     _pending_expiry: dict[str, tuple[float, int]] = field(default_factory=dict, init=False, repr=False)
     _requests: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
+    _refresh_tokens: dict[str, _RefreshToken] = field(default_factory=dict, init=False, repr=False)
+    _revoked_families: set[str] = field(default_factory=set, init=False, repr=False)
+    _reuse_count: int = field(default=0, init=False, repr=False)
+    _code_reuse_count: int = field(default=0, init=False, repr=False)
+    _codes: dict[str, _AuthCode] = field(default_factory=dict, init=False, repr=False)
+    _sessions: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _authorize_log: list[dict[str, str]] = field(default_factory=list, init=False, repr=False)
     _httpd: BaseWSGIServer | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _app: Flask = field(init=False, repr=False)
     _wsgi: _WSGIApp = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.issuer = self.issuer or self.base_url
+        self.authorize_url = self.authorize_url or self.base_url + AUTHORIZE_PATH
         self._app = self._build_app()
         self._wsgi = self._middleware(self._app.wsgi_app)
 
@@ -364,25 +626,34 @@ class OAuthServer:
         auth_method: str = "client_secret_basic",
         grant_types: tuple[str, ...] = ("client_credentials", "password"),
         scope: str = "read write",
+        redirect_uris: tuple[str, ...] = (),
     ) -> None:
         """Register (or replace) a client.
 
         ``auth_method`` is the only token endpoint auth method the client may use:
         ``client_secret_basic``, ``client_secret_post`` or ``none`` (public client,
-        ``client_secret`` should be None; password grant only).  ``scope`` lists the
-        scopes the client may request (``"*"`` allows any); requesting others gives
-        ``invalid_scope``.
+        ``client_secret`` should be None; any grant but client_credentials).
+        ``grant_types`` may contain ``client_credentials``, ``password``,
+        ``authorization_code`` and ``refresh_token``; using another one gives
+        ``unauthorized_client``.  A refresh token is issued (by the password or
+        authorization_code grant) only if ``refresh_token`` is among them.
+        ``scope`` lists the scopes the client may request (``"*"`` allows any);
+        requesting others gives ``invalid_scope``.  ``redirect_uris`` are matched
+        exactly, except ``http://127.0.0.1/...`` / ``http://[::1]/...`` which match
+        any port (RFC 8252 7.3); ``localhost`` is NOT treated as loopback.
         """
         if auth_method not in ("client_secret_basic", "client_secret_post", "none"):
             raise ValueError(f"unsupported auth_method {auth_method!r}")
         if auth_method != "none" and not client_secret:
             raise ValueError(f"auth_method {auth_method!r} needs a client_secret")
-        client = _Client(client_id, client_secret, auth_method, grant_types, scope)
+        if isinstance(cast(object, redirect_uris), str):
+            raise TypeError("redirect_uris must be a tuple of strings, not a string")
+        client = _Client(client_id, client_secret, auth_method, grant_types, scope, redirect_uris)
         with self._lock:
             self._clients[client_id] = client
 
     def add_user(self, username: str, password: str) -> None:
-        """Register (or replace) a resource owner for the password grant."""
+        """Register (or replace) a resource owner (password grant and ``/login``)."""
         with self._lock:
             self._users[username] = _User(username, password)
 
@@ -404,20 +675,117 @@ class OAuthServer:
             return list(self._issued)
 
     def is_valid(self, access_token: str) -> bool:
-        """True if the token was issued here and is neither revoked nor expired."""
+        """True if the token was issued here and is neither revoked (itself or its
+        grant family) nor expired."""
         with self._lock:
             token = self._tokens.get(access_token)
-            return token is not None and not token.is_revoked() and not token.is_expired()
+            return (
+                token is not None
+                and not token.is_revoked()
+                and not token.is_expired()
+                and token.family not in self._revoked_families
+            )
 
     def revoke(self, access_token: str) -> None:
         """Revoke one issued token (KeyError if it was never issued here)."""
         with self._lock:
             self._tokens[access_token].revoked = True
 
-    def revoke_all(self) -> None:
+    def revoke_all(self, *, refresh_tokens: bool = False) -> None:
+        """Revoke every issued access token (and, if asked, every refresh token).
+
+        By default refresh tokens stay valid, so a client can recover by refreshing.
+        """
         with self._lock:
             for token in self._tokens.values():
                 token.revoked = True
+            if refresh_tokens:
+                for rt in self._refresh_tokens.values():
+                    rt.revoked = True
+
+    # -------------------------------------------------------- refresh tokens
+
+    def issue_refresh_token(self, client_id: str, scope: str | None = None, user: str = "alice") -> str:
+        """Mint a refresh token for ``client_id`` directly (a "seed" pasted into a
+        config), starting a new grant family.  ``scope`` None -> the client's
+        registered scope (``""`` if that is ``"*"``).  ``user`` need not be
+        registered.  KeyError if the client is unknown.  The client still needs
+        ``refresh_token`` in its grant_types to use it (else unauthorized_client).
+        """
+        with self._lock:
+            client = self._clients[client_id]
+            account = self._users.get(user) or _User(user, "")
+            if scope is None:
+                scope = "" if "*" in (scope_to_list(client.scope) or []) else client.scope
+            return self._new_refresh_token(client, account, scope, secrets.token_hex(8))
+
+    def issued_refresh_tokens(self) -> list[str]:
+        """Every refresh token issued so far (seeds included, spent or not), oldest first."""
+        with self._lock:
+            return list(self._refresh_tokens)
+
+    def refresh_tokens_valid(self) -> list[str]:
+        """Refresh tokens that are currently usable (not spent, not revoked), oldest first."""
+        with self._lock:
+            return [rt for rt, rec in self._refresh_tokens.items() if self._rt_usable(rec)]
+
+    def reuse_detected(self) -> int:
+        """How many times a spent refresh token was presented (each revoked its family)."""
+        with self._lock:
+            return self._reuse_count
+
+    def code_reuse_detected(self) -> int:
+        """How many times an already exchanged authorization code was presented
+        (each revoked the tokens issued for it, RFC 6749 4.1.2)."""
+        with self._lock:
+            return self._code_reuse_count
+
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        """Revoke one refresh token (KeyError if unknown).  Presenting it then gives
+        invalid_grant, without reuse detection and without revoking its family."""
+        with self._lock:
+            self._refresh_tokens[refresh_token].revoked = True
+
+    def revoke_family(self, token: str) -> None:
+        """Revoke the whole grant family of an access or refresh token (KeyError if
+        unknown or if the token has no family, e.g. client_credentials)."""
+        with self._lock:
+            rec: _Token | _RefreshToken | None = self._refresh_tokens.get(token) or self._tokens.get(token)
+            if rec is None or rec.family is None:
+                raise KeyError("no grant family for that token")
+            self._revoked_families.add(rec.family)
+
+    # -------------------------------------------------------- authorization endpoint
+
+    def authorize_requests(self) -> int:
+        """Number of ``GET /oauth/authorize`` requests (login-form answers included)."""
+        with self._lock:
+            return len(self._authorize_log)
+
+    def last_authorize_params(self) -> dict[str, str]:
+        """Query parameters (first value of each) of the latest authorize request.
+
+        Raises LookupError if none arrived yet.
+        """
+        with self._lock:
+            if not self._authorize_log:
+                raise LookupError("no authorization request received yet")
+            return dict(self._authorize_log[-1])
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 8414 metadata served at the two ``/.well-known`` URLs."""
+        advertise = self.send_iss if self.advertise_iss is None else self.advertise_iss
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.authorize_url,
+            "token_endpoint": self.token_url,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(GRANT_TYPES_SUPPORTED),
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": advertise,
+        }
 
     def last_request(self) -> dict[str, Any]:
         """The most recent token request.
@@ -463,6 +831,72 @@ class OAuthServer:
         with self._lock:
             return self._clients.get(client_id)
 
+    def _rt_usable(self, rec: _RefreshToken) -> bool:
+        # Caller holds the lock.
+        return not rec.spent and not rec.revoked and rec.family not in self._revoked_families
+
+    def _new_refresh_token(self, client: _Client, user: _User, scope: str, family: str) -> str:
+        # Caller holds the lock.
+        value = secrets.token_urlsafe(32)
+        self._refresh_tokens[value] = _RefreshToken(value, client, user, scope, family)
+        return value
+
+    def _active_refresh_token(self, refresh_token: str) -> _RefreshToken | None:
+        """The usable record for a presented refresh token; a spent one is a reuse."""
+        with self._lock:
+            rec = self._refresh_tokens.get(refresh_token)
+            if rec is None:
+                return None
+            if rec.spent:
+                self._reuse_count += 1
+                self._revoked_families.add(rec.family)
+                return None
+            return rec if self._rt_usable(rec) else None
+
+    def _claim_refresh_token(self, rec: _RefreshToken) -> bool:
+        """Spend a refresh token; False (and a reuse) if it was spent meanwhile."""
+        with self._lock:
+            if rec.spent:
+                self._reuse_count += 1
+                self._revoked_families.add(rec.family)
+                return False
+            if not self._rt_usable(rec):
+                return False
+            rec.spent = True
+            return True
+
+    def _save_code(self, code: _AuthCode) -> None:
+        with self._lock:
+            self._codes[code.code] = code
+
+    def _active_code(self, code: str, client: _Client) -> _AuthCode | None:
+        with self._lock:
+            rec = self._codes.get(code)
+            if rec is None or rec.client.client_id != client.client_id:
+                return None
+            if rec.used:
+                self._code_reuse_count += 1
+                self._revoked_families.add(rec.family)
+                return None
+            return None if rec.is_expired() else rec
+
+    def _claim_code(self, rec: _AuthCode) -> bool:
+        with self._lock:
+            if rec.used:
+                self._code_reuse_count += 1
+                self._revoked_families.add(rec.family)
+                return False
+            rec.used = True
+            return True
+
+    def _session_user(self) -> _User | None:
+        sid = flask_request.cookies.get(SESSION_COOKIE)
+        if not sid:
+            return None
+        with self._lock:
+            username = self._sessions.get(sid)
+            return self._users.get(username) if username is not None else None
+
     def _generate_token(
         self,
         grant_type: str,
@@ -481,7 +915,7 @@ class OAuthServer:
         now = time.time()
         if self.jwt_tokens:
             claims: dict[str, Any] = {
-                "iss": self.base_url,
+                "iss": self.issuer,
                 "sub": user.username if user is not None else client.client_id,
                 "client_id": client.client_id,
                 "iat": int(now),
@@ -499,6 +933,8 @@ class OAuthServer:
         token: dict[str, Any] = {"access_token": access_token, "token_type": self.token_type}
         if not self.jwt_tokens:
             token["expires_in"] = lifetime
+        if include_refresh_token and user is not None and client.check_grant_type("refresh_token"):
+            token["refresh_token"] = secrets.token_urlsafe(32)
         if allowed_scope:
             token["scope"] = allowed_scope
         with self._lock:
@@ -508,6 +944,15 @@ class OAuthServer:
     def _save_token(self, token: dict[str, Any], request: Any) -> None:
         """Authlib ``save_token`` hook: persist the issued token in memory."""
         access_token = token["access_token"]
+        parent = request.refresh_token if isinstance(request.refresh_token, _RefreshToken) else None
+        code = request.authorization_code if isinstance(request.authorization_code, _AuthCode) else None
+        family: str | None = None
+        if parent is not None:
+            family = parent.family
+        elif code is not None:
+            family = code.family
+        elif "refresh_token" in token:
+            family = secrets.token_hex(8)
         with self._lock:
             issued_at, lifetime = self._pending_expiry.pop(access_token)
             self._tokens[access_token] = _Token(
@@ -518,8 +963,15 @@ class OAuthServer:
                 scope=token.get("scope", ""),
                 issued_at=issued_at,
                 expires_in=lifetime,
+                family=family,
             )
             self._issued.append(access_token)
+            if "refresh_token" in token and family is not None:
+                # RFC 6749 6: a rotated refresh token keeps the original scope even
+                # if this refresh asked for less.
+                scope = parent.scope if parent is not None else token.get("scope", "")
+                rec = _RefreshToken(token["refresh_token"], request.client, request.user, scope, family)
+                self._refresh_tokens[rec.refresh_token] = rec
 
     def _build_app(self) -> Flask:
         app = Flask(__name__)
@@ -529,14 +981,63 @@ class OAuthServer:
         authorization.register_token_generator("default", self._generate_token)
         authorization.register_grant(_ClientCredentialsGrant)
         authorization.register_grant(_PasswordGrant)
+        authorization.register_grant(_RefreshTokenGrant)
+        authorization.register_grant(_AuthorizationCodeGrant, [_S256CodeChallenge(required=True)])
+        authorization.register_extension(_IssuerParameter(self))
 
         def token_endpoint() -> Any:
             return authorization.create_token_response()
 
+        def authorize_endpoint() -> Any:
+            with self._lock:
+                self._authorize_log.append(_first_values(list(flask_request.args.items(multi=True))))
+            try:
+                grant = authorization.get_consent_grant(end_user=None)
+            except OAuth2Error as error:
+                # Redirected (client + redirect_uri valid) or JSON 400 (they are not).
+                return self._add_iss(authorization.handle_error_response(None, error))
+            user = self._session_user()
+            if user is None:
+                next_url = flask_request.full_path if flask_request.query_string else flask_request.path
+                return Response(_login_page(next_url), 200, {"Content-Type": "text/html; charset=utf-8"})
+            # Auto-consent; Authlib adds code + state, _IssuerParameter adds iss.
+            return authorization.create_authorization_response(grant_user=user, grant=grant)
+
+        def login_endpoint() -> Any:
+            next_url = flask_request.values.get("next") or AUTHORIZE_PATH
+            if not next_url.startswith("/") or next_url.startswith("//"):
+                next_url = AUTHORIZE_PATH  # no open redirects
+            if flask_request.method == "GET":
+                return Response(_login_page(next_url), 200, {"Content-Type": "text/html; charset=utf-8"})
+            username = flask_request.form.get("username", "")
+            user = self._lookup_user(username, flask_request.form.get("password", ""))
+            if user is None:
+                page = _login_page(next_url, "Invalid username or password.")
+                return Response(page, 401, {"Content-Type": "text/html; charset=utf-8"})
+            sid = secrets.token_urlsafe(24)
+            with self._lock:
+                self._sessions[sid] = user.username
+            response = redirect(self.base_url + next_url, 302)
+            response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Lax", path="/")
+            return response
+
+        def metadata_endpoint() -> Any:
+            return Response(json.dumps(self.metadata()), 200, {"Content-Type": "application/json"})
+
         app.add_url_rule(TOKEN_PATH, "token", token_endpoint, methods=["POST"])
         app.add_url_rule(JSON_TOKEN_PATH, "token_json", token_endpoint, methods=["POST"])
+        app.add_url_rule(AUTHORIZE_PATH, "authorize", authorize_endpoint, methods=["GET"])
+        app.add_url_rule(LOGIN_PATH, "login", login_endpoint, methods=["GET", "POST"])
+        for i, path in enumerate(METADATA_PATHS):
+            app.add_url_rule(path, f"metadata{i}", metadata_endpoint, methods=["GET"])
         app.add_url_rule(HEALTH_PATH, "healthz", lambda: "ok", methods=["GET"])
         return app
+
+    def _add_iss(self, response: Response) -> Response:
+        """RFC 9207: redirected error responses carry ``iss`` too."""
+        if self.send_iss and response.status_code in (302, 303) and response.location:
+            response.location = add_params_to_uri(response.location, {"iss": self.issuer})
+        return response
 
     def _middleware(self, app: _WSGIApp) -> _WSGIApp:
         """Record token requests; on the JSON URL, turn JSON bodies into form bodies."""

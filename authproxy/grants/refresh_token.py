@@ -1,0 +1,42 @@
+"""A long-lived refresh token (RFC 6749 §6), rotated refresh tokens persisted at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..secrets import Secret
+from ..yamlreader import Section
+from .base import Credential, Grant, GrantContext, register
+from .oauth import OAuthClient
+from .refreshing import refresh
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RefreshToken(Grant):
+    type_name = "refresh_token"
+    fetches = True
+
+    client: OAuthClient
+    refresh_token: Secret
+
+    @classmethod
+    def parse(cls, sec: Section) -> RefreshToken:
+        client = OAuthClient.parse(sec, secret_required=False)
+        seed = sec.secret("refresh_token", required=True) or Secret("", "")
+        return cls(client, seed)
+
+    async def fetch(self, ctx: GrantContext) -> Credential:
+        hint = (
+            "no refresh token is stored for this route and none is configured; set `refresh_token` in its auth block."
+        )
+        return await refresh(ctx, self.client, self.refresh_token, self.secrets(), hint)
+
+    def secrets(self) -> list[Secret]:
+        return [*self.client.secrets(), self.refresh_token]
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return [*self.client.named_secrets(), ("refresh_token", self.refresh_token)]
+
+    def refresh_skew(self) -> float:
+        return self.client.refresh_skew
