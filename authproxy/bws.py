@@ -512,8 +512,8 @@ class Resolver:
 
     def _fetch(self, secret_id: str) -> str | Unresolved:
         if self._client is None:
-            return Unresolved(f"Bitwarden secret {secret_id} (cannot be fetched: {self._unavailable})")
+            return Unresolved(f"Bitwarden secret {secret_id} cannot be fetched ({self._unavailable})")
         try:
             return self._client.get_secret(secret_id).value
         except BwsError as exc:
-            return Unresolved(f"Bitwarden secret {secret_id} (cannot be fetched: {exc})")
+            return Unresolved(f"Bitwarden secret {secret_id} cannot be fetched ({exc})")

@@ -240,7 +240,7 @@ def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSet
         client = SyncClient(parse_access_token(token.reveal()), *endpoints, timeouts.token_fetch, extra_ca_file)
         top.doc.bws = Resolver(client)
     except ValueError:
-        why = f"{token.missing[0]} is not set" if token.missing else "the `bws.access_token` is not valid"
+        why = token.missing[0] if token.missing else "the `bws.access_token` is not valid"
         top.doc.bws = Resolver(None, why)
     return BwsSettings(token, *endpoints)
 

@@ -108,7 +108,7 @@ async def login(
     if not isinstance(grant, AuthorizationCode):
         raise LoginError(f"route {route.name} is not an authorization_code route.")
     if route.missing:
-        raise LoginError(f"route {route.name} cannot log in: {route.missing[0]} is not set.")
+        raise LoginError(f"route {route.name} cannot log in: {route.missing[0]}.")
     async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
         if grant.issuer is not None:
             ends = await discover(session, grant.issuer.reveal())

@@ -87,7 +87,7 @@ def interpolate(
                 raise ValueError(f"`${{{ref}}}` is not a valid environment variable name")
             val = os.environ.get(ref)
             if val is None:
-                missing.append(f"environment variable {ref}")
+                missing.append(f"environment variable {ref} is not set")
                 return ""
             return val
         if kind == "file":
@@ -98,7 +98,7 @@ def interpolate(
                 # A trailing newline is an editor's habit, not part of the secret.
                 return path.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                missing.append(f"file {path} ({exc.strerror or 'unreadable'})")
+                missing.append(f"file {path} cannot be read ({exc.strerror or 'unreadable'})")
                 return ""
         if kind == "bws":
             if bws is None:

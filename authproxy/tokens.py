@@ -80,7 +80,7 @@ class TokenManager:
     async def get(self, route: Route) -> tuple[Credential, TokenState]:
         """The credential to inject now; raises a ``ProxyError`` when there is none."""
         if route.missing:
-            raise CredentialUnavailable(f"{route.missing[0]} is not set, so this route has no credential.", route.name)
+            raise CredentialUnavailable(f"{route.missing[0]}, so this route has no credential.", route.name)
         cred = self._cache.get(route.name)
         if cred is not None and route.auth.is_current(cred):
             if cred.refresh_at is not None and time.time() >= cred.refresh_at:

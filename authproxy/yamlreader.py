@@ -173,7 +173,7 @@ class Section:
     def _note_missing(self, key: str, missing: tuple[str, ...]) -> None:
         for what in missing:
             self.missing.append(what)
-            self.warn(key, f"{what} is not set; this route answers 502 until it is")
+            self.warn(key, f"{what}; this route answers 502 until that is fixed")
 
     def text(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
         """A string that must resolve now (hosts, paths, URLs)."""
@@ -185,7 +185,7 @@ class Section:
             return default
         text, missing = res
         if missing:
-            self.error(key, f"{missing[0]} is not set")
+            self.error(key, missing[0])
             return default
         return text
 

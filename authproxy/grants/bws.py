@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay
-
 from ..bws import (
     REGIONS,
     AccessToken,
@@ -36,11 +34,11 @@ from ..bws import (
     read_login,
     token_url,
 )
-from ..errors import CredentialUnavailable, TokenEndpointError, TokenEndpointTimeout
+from ..errors import CredentialUnavailable, TokenEndpointError
 from ..secrets import Secret
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext, register
-from .oauth import _post, _Retryable, _wait, authorization_value, expiry_of
+from .oauth import authorization_value, expiry_of, post_with_retries
 
 
 def _is_loopback(host: str) -> bool:
@@ -191,24 +189,6 @@ class Bws(Grant):
         """POST the client credentials to the identity server; 429/5xx retried within the deadline."""
         url = token_url(self.identity_url)
         hide = [self.access_token, Secret(token.client_secret, "(client secret)")]
-        start = time.monotonic()
-        try:
-            async with asyncio.timeout(ctx.deadline):
-                async for attempt in AsyncRetrying(
-                    stop=stop_before_delay(ctx.deadline),
-                    wait=_wait,
-                    retry=retry_if_exception_type(_Retryable),
-                    reraise=True,
-                ):
-                    with attempt:
-                        return await _post(ctx, url, "form", login_form(token), login_headers(), hide)
-        except TimeoutError:
-            raise TokenEndpointTimeout(
-                f"the Bitwarden identity server did not answer within {ctx.deadline:g} s.", ctx.route
-            ) from None
-        except _Retryable as exc:
-            waited = time.monotonic() - start
-            raise TokenEndpointError(
-                f"the Bitwarden identity server kept failing for {waited:.1f} s: {exc.detail}", ctx.route
-            ) from None
-        raise TokenEndpointError("the Bitwarden identity server was not asked.", ctx.route)  # not reached
+        return await post_with_retries(
+            ctx, url, "form", login_form(token), login_headers(), hide, "the Bitwarden identity server"
+        )

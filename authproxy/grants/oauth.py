@@ -185,8 +185,29 @@ async def request_token(
         if csecret is not None:
             params["client_secret"] = csecret
 
-    url = client.token_url.reveal()
+    body = await post_with_retries(ctx, client.token_url.reveal(), client.body, params, headers, secrets)
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
+    if "\r" in access or "\n" in access:
+        raise TokenEndpointError("the token endpoint's access_token holds a line break.", ctx.route)
+    value = authorization_value(body.get("token_type"), access)
+    expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
+    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+
+
+async def post_with_retries(
+    ctx: GrantContext,
+    url: str,
+    kind: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    secrets: list[Secret],
+    who: str = "the token endpoint",
+) -> dict[str, Any]:
+    """POST a form (or JSON) body; 429, 5xx and connection failures retried within ``ctx.deadline``."""
     start = time.monotonic()
+    failures: list[_Retryable] = []
     try:
         async with asyncio.timeout(ctx.deadline):
             async for attempt in AsyncRetrying(
@@ -196,23 +217,19 @@ async def request_token(
                 reraise=True,
             ):
                 with attempt:
-                    body = await _post(ctx, url, client.body, params, headers, secrets)
-    except TimeoutError:
-        raise TokenEndpointTimeout(f"the token endpoint did not answer within {ctx.deadline:g} s.", ctx.route) from None
-    except _Retryable as exc:
+                    try:
+                        return await _post(ctx, url, kind, params, headers, secrets)
+                    except _Retryable as exc:
+                        failures.append(exc)
+                        raise
+    except (TimeoutError, _Retryable):
         waited = time.monotonic() - start
-        raise TokenEndpointError(
-            f"the token endpoint kept failing for {waited:.1f} s: {exc.detail}", ctx.route
-        ) from None
-
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
-    if "\r" in access or "\n" in access:
-        raise TokenEndpointError("the token endpoint's access_token holds a line break.", ctx.route)
-    value = authorization_value(body.get("token_type"), access)
-    expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
-    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+        if not failures:  # it never answered at all
+            raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
+        # It answered, with failures, until the deadline: that is an error, not a timeout.
+        detail = failures[-1].detail
+        raise TokenEndpointError(f"{who} kept failing for {waited:.1f} s: {detail}", ctx.route) from None
+    raise AssertionError("unreachable: AsyncRetrying either returns or raises")
 
 
 async def _post(
