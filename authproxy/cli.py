@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, accesslog
+from .access import hash_password
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
 from .envvars import DEFAULT_NO_PROXY, render, variables
@@ -28,7 +29,7 @@ from .store import StateStore
 log = logging.getLogger("authproxy")
 
 # Commands a later release brings; asked for, they say so (exit 2).
-LATER_COMMANDS = ("status", "hash-password")
+LATER_COMMANDS = ("status",)
 
 
 class UsageError(Exception):
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", default="routes.yaml", help="route table (default ./routes.yaml)")
     run.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:8080)")
     run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="listen beyond loopback without proxy_auth (anyone who reaches it spends your credentials)",
+    )
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     check = sub.add_parser("check", help="validate the route table and print it")
@@ -75,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
     login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the login (default 300)")
 
+    sub.add_parser(
+        "hash-password", help="read a password (prompt, or stdin) and print its bcrypt hash for proxy_auth"
+    )
+
     for name in LATER_COMMANDS:
         later = sub.add_parser(name, help=f"(not supported yet) {name}")
         later.add_argument("rest", nargs=argparse.REMAINDER)
@@ -100,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args.config, args.route, args.show)
         if args.command == "login":
             return cmd_login(args.config, args.route, not args.no_browser, args.timeout)
+        if args.command == "hash-password":
+            return cmd_hash_password()
         if args.command == "ca":
             return cmd_ca(args.config)
         if args.command == "env":
@@ -167,6 +179,23 @@ def cmd_token(path: str, name: str, show: bool) -> int:
         return 1
     for line in lines:
         print(line)
+    return 0
+
+
+def cmd_hash_password() -> int:
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the two passwords differ.", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("error: an empty password cannot be hashed.", file=sys.stderr)
+        return 2
+    print(hash_password(password))
     return 0
 
 
@@ -267,10 +296,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             host, port = parse_listen(args.listen)
         except HostError as exc:
             raise UsageError(f"--listen: {exc}.") from None
-    if not is_loopback(host):
-        raise UsageError(
-            f"refusing to listen on {host}: anyone who reaches an open authproxy spends your "
-            "credentials, and proxy authentication is not supported yet; listen on 127.0.0.1."
+    if not is_loopback(host) and cfg.proxy_auth is None:
+        if not args.allow_open:
+            raise UsageError(
+                f"refusing to listen on {host} without proxy_auth: anyone who reaches an open authproxy "
+                "spends your credentials; configure proxy_auth, listen on 127.0.0.1, or pass --allow-open."
+            )
+        print(
+            f"warning: listening on {host} with no proxy authentication: anyone who can reach this "
+            "port can spend every credential in the route table.",
+            file=sys.stderr,
         )
     for w in cfg.warnings:
         log.warning("%s", w.located())
@@ -299,17 +334,18 @@ async def _main(cfg: Config, host: str, port: int) -> int:
         await rt.close()
         raise UsageError(str(exc)) from None
     server = ProxyServer(rt)
+    # Handlers first: a SIGTERM that arrives as soon as we say "listening" must drain, not kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     try:
         bound = await server.start(host, port)
     except OSError:
         await rt.close()
         raise
     log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining (up to %g s)", cfg.timeouts.drain)
     await server.drain(cfg.timeouts.drain)

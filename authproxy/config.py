@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
 from .bws import Resolver, SyncClient, parse_access_token
 from .grants import LATER, REGISTRY, Grant
 from .grants.bws import check_access_token, parse_endpoints
@@ -27,8 +28,6 @@ DEFAULT_STATE_DIR = "~/.local/state/authproxy"
 
 # Keys that a later release owns: refused by name, never accepted and ignored
 # (an ignored `allow` would look read-only and grant everything).
-_LATER_TOP = {k: "later" for k in ("admin", "proxy_auth")}
-_LATER_ROUTE = {"allow": "later"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +36,8 @@ class Limits:
     max_connections: int = 1024
     replay_body: int = 1024 * 1024
     max_body_chunk: int = 256 * 1024  # read size per chunk when streaming bodies
+    max_headers: int = 100  # header fields in a request
+    max_request_line: int = 8 * 1024  # the request line (method, target, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Timeouts:
     upstream_headers: float = 60.0
     token_fetch: float = 30.0
     drain: float = 30.0
+    tls_handshake: float = 10.0  # a client's TLS handshake inside an intercepted CONNECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class Route:
     auth: Grant
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
+    allow: tuple[AllowRule, ...] | None = None  # None: any method and path
 
     @property
     def mode(self) -> str:
@@ -124,6 +127,8 @@ class Config:
     ca_key: Path | None = None
     extra_ca_file: Path | None = None
     bws: BwsSettings | None = None
+    admin: tuple[str, int] | None = None
+    proxy_auth: ProxyAuth | None = None
     warnings: tuple[Problem, ...] = field(default=())
 
     @property
@@ -206,7 +211,20 @@ def _parse(top: Section, file: Path) -> Config:
         routes.append(route)
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
-    top.finish(_LATER_TOP)
+    admin = None
+    admin_text = top.text("admin")
+    if admin_text is not None:
+        try:
+            admin = parse_listen(admin_text)
+        except HostError as exc:
+            top.error("admin", str(exc))
+    proxy_auth = parse_proxy_auth(top)
+    if proxy_auth is not None:
+        known = {r.name for r in routes}
+        for user in proxy_auth.users:
+            for name in sorted((user.routes or frozenset()) - known):
+                top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
+    top.finish()
     return Config(
         file=file,
         listen_host=lhost,
@@ -220,6 +238,8 @@ def _parse(top: Section, file: Path) -> Config:
         ca_key=ca_key,
         extra_ca_file=extra_ca_file,
         bws=bws,
+        admin=admin,
+        proxy_auth=proxy_auth,
         warnings=tuple(top.problems.warnings),
     )
 
@@ -254,6 +274,8 @@ def _limits(sec: Section | None) -> Limits:
         max_connections=sec.integer("max_connections", d.max_connections, minimum=1),
         replay_body=sec.integer("replay_body", d.replay_body, minimum=0),
         max_body_chunk=sec.integer("max_body_chunk", d.max_body_chunk, minimum=1024),
+        max_headers=sec.integer("max_headers", d.max_headers, minimum=1),
+        max_request_line=sec.integer("max_request_line", d.max_request_line, minimum=64),
     )
     sec.finish()
     return out
@@ -283,8 +305,9 @@ def _route(sec: Section, index: int) -> Route | None:
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
+    allow = parse_allow(sec)
     auth = _auth(sec)
-    sec.finish(_LATER_ROUTE)
+    sec.finish()
     if name is None or auth is None:
         return None
     return Route(
@@ -298,6 +321,7 @@ def _route(sec: Section, index: int) -> Route | None:
         verify=verify,
         auth=auth,
         missing=tuple(sec.missing),
+        allow=allow,
     )
 
 

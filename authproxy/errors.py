@@ -5,8 +5,10 @@ The tree::
     ProxyError                      (500 internal_error)
     ├── BadRequest                  400 bad_request
     ├── Denied                      403 denied
+    ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
     ├── RequestTimeout              408 client_timeout
+    ├── UriTooLong                  414 uri_too_long
     ├── HeadersTooLarge             431 headers_too_large
     ├── NotImplementedByProxy       501 not_implemented
     ├── Unavailable                 503 unavailable
@@ -52,8 +54,17 @@ class Denied(ProxyError):
     status, code = 403, "denied"
 
 
+class ProxyAuthRequired(ProxyError):
+    status, code = 407, "proxy_auth_required"
+    challenge: bytes = b'Basic realm="authproxy", charset="UTF-8"'
+
+
 class RequestTimeout(ProxyError):
     status, code = 408, "client_timeout"
+
+
+class UriTooLong(ProxyError):
+    status, code = 414, "uri_too_long"
 
 
 class MisdirectedRequest(ProxyError):
@@ -124,4 +135,6 @@ def render(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         (b"content-length", str(len(body)).encode()),
         (b"x-authproxy-error", err.code.encode()),
     ]
+    if isinstance(err, ProxyAuthRequired):
+        headers.append((b"proxy-authenticate", err.challenge))
     return err.status, headers, body

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .access import User
 from .hosts import format_authority
 
 
@@ -96,6 +97,7 @@ class ProxyRequest:
     http_version: str = "1.1"
     # Set for requests inside an intercepted CONNECT: where the tunnel goes.
     tunnel: Origin | None = None
+    user: User | None = None  # the proxy user, when proxy_auth is on
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import yarl
 
+from .access import check_allowed, check_user_route
 from .accesslog import AccessRecord
 from .config import Route
 from .errors import (
@@ -58,6 +59,10 @@ class Target:
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
     target = resolve(req, rt, snap, rec)
     route = target.route
+    if route is not None:
+        check_user_route(req.user, route.name)
+        # Rules speak of the upstream's paths: what is sent, without the query.
+        check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0])
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
         return await exchange(rt, target, req, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .access import Authenticator
 from .ca import LocalCA, ensure_ca
 from .config import Config
 from .routes import RouteTable
@@ -20,11 +21,17 @@ from .upstream import Upstreams, token_session
 class Snapshot:
     config: Config
     table: RouteTable
+    auth: Authenticator | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> Snapshot:
+        auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
+        return cls(config, RouteTable(config.routes), auth)
 
 
 class Runtime:
     def __init__(self, config: Config) -> None:
-        self.snapshot = Snapshot(config, RouteTable(config.routes))
+        self.snapshot = Snapshot.of(config)
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = token_session(config.timeouts)
         self.store = StateStore(config.state_dir)

@@ -17,7 +17,9 @@ import time
 import h11
 
 from . import accesslog, pipeline
+from .access import User
 from .accesslog import AccessRecord
+from .config import Limits
 from .errors import (
     BadRequest,
     Denied,
@@ -28,6 +30,7 @@ from .errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    UriTooLong,
     from_status_hint,
     render,
 )
@@ -58,6 +61,7 @@ class Connection:
         self.h11 = self._new_h11()
         # Inside an intercepted CONNECT: where the tunnel goes.
         self.tunnel: Origin | None = None
+        self.user: User | None = None  # who proved themselves with Proxy-Authorization
 
     def _new_h11(self) -> h11.Connection:
         limits = self.rt.snapshot.config.limits
@@ -218,7 +222,10 @@ class Connection:
         head = method == "HEAD"
         try:
             _check_framing(event)
-            _check_size(event, snap.config.limits.max_header_bytes)
+            _check_size(event, snap.config.limits)
+            if self.tunnel is None and snap.auth is not None:
+                # Inside an intercepted CONNECT the user is the one the CONNECT proved.
+                self.user = await snap.auth.check(list(event.headers.raw_items()))
             if method == "CONNECT":
                 if self.tunnel is not None:
                     raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
@@ -231,6 +238,7 @@ class Connection:
                 body,
                 event.http_version.decode("ascii"),
                 self.tunnel,
+                self.user,
             )
             reply = await pipeline.handle(req, self.rt, snap, rec)
             rec.status = reply.status
@@ -349,7 +357,7 @@ class Connection:
         rec.status = 200
         # No await between the 200 and start_tls: nothing may sit in the reader.
         try:
-            await self.writer.start_tls(ctx, ssl_handshake_timeout=self.rt.snapshot.config.timeouts.client_header)
+            await self.writer.start_tls(ctx, ssl_handshake_timeout=self.rt.snapshot.config.timeouts.tls_handshake)
         except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
             rec.error = "client_tls_failed"
             log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
@@ -385,10 +393,15 @@ def _check_framing(event: h11.Request) -> None:
             raise BadRequest("the request repeats Transfer-Encoding.")
 
 
-def _check_size(event: h11.Request, limit: int) -> None:
+def _check_size(event: h11.Request, limits: Limits) -> None:
     """h11 bounds only a head still incomplete; one arriving whole is measured here."""
+    if len(event.method) + len(event.target) + 10 > limits.max_request_line:
+        # RFC 9112 §3: a request-target longer than we parse gets 414.
+        raise UriTooLong(f"the request line is longer than {limits.max_request_line} bytes.")
+    if len(event.headers) > limits.max_headers:
+        raise HeadersTooLarge(f"the request has more than {limits.max_headers} header fields.")
     size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-    if size > limit:
+    if size > limits.max_header_bytes:
         raise HeadersTooLarge("the request headers are larger than the proxy accepts.")
 
 

@@ -99,6 +99,13 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self._items
 
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def is_mapping(self, key: str) -> bool:
+        item = self._items.get(key)
+        return item is not None and isinstance(item[1], yaml.MappingNode)
+
     def line_at(self, key: str) -> int:
         return line_of(self._items[key][1]) if key in self._items else self.line
 

@@ -235,38 +235,6 @@ def test_unknown_keys_everywhere(tmp_path: Path, key_env: str) -> None:
     assert len(errs) == 3
 
 
-@pytest.mark.parametrize("key", ["admin", "proxy_auth"])
-def test_later_top_level_keys_are_refused(tmp_path: Path, key_env: str, key: str) -> None:
-    err = only_error(
-        tmp_path,
-        f"""\
-        {key}: something
-        routes:
-          - name: a
-            match: a.example
-            auth: {{type: api_key, value: "${{AP_TEST_KEY}}"}}
-        """,
-    )
-    assert err.path == key
-    assert err.line == 1
-    assert err.message == f"`{key}` is not supported yet"
-
-
-def test_allow_on_a_route_is_refused_not_ignored(tmp_path: Path, key_env: str) -> None:
-    err = only_error(
-        tmp_path,
-        """\
-        routes:
-          - name: a
-            match: a.example
-            allow: [{methods: [GET], paths: [/v1/]}]
-            auth: {type: api_key, value: "${AP_TEST_KEY}"}
-        """,
-    )
-    assert (err.path, err.line) == ("routes[0].allow", 4)
-    assert err.message == "`allow` is not supported yet"
-
-
 @pytest.mark.parametrize("kind", ["future_grant"])
 def test_later_grant_types_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     # Every grant of the seeds exists now; the mechanism stays for the next one.

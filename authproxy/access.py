@@ -1,0 +1,200 @@
+"""Who may use the proxy (`proxy_auth`) and what a route's credential may be used for (`allow`).
+
+Proxy authentication is HTTP Basic in `Proxy-Authorization` (RFC 9110 §11.7.1)
+checked against bcrypt hashes. bcrypt is slow on purpose (~50-250 ms a check),
+so a verified header is remembered by a keyed digest for a while: a keep-alive
+client pays once, not per request. The digest key is random per process, so
+the cache holds nothing a memory dump could replay elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+import bcrypt
+from cachetools import TTLCache
+
+from .errors import Denied, ProxyAuthRequired
+from .hosts import PathError, normalize_path, prefix_matches
+from .yamlreader import Section
+
+_METHOD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    hash: bytes
+    routes: frozenset[str] | None  # None: every route
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAuth:
+    realm: str
+    users: tuple[User, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """One `allow` entry: a request passes when its method and path both fit."""
+
+    methods: frozenset[str] | None  # None: any method
+    paths: tuple[str, ...] | None  # None: any path; prefixes end at a `/`
+
+
+def parse_proxy_auth(top: Section) -> ProxyAuth | None:
+    sec = top.section("proxy_auth")
+    if sec is None:
+        return None
+    realm = sec.text("realm", default="authproxy") or "authproxy"
+    if '"' in realm or "\\" in realm:
+        sec.error("realm", "must not contain `\"` or `\\`")
+    users: list[User] = []
+    block = sec.section("users", required=True)
+    if block is not None:
+        for name in block.names():
+            if ":" in name or not name:
+                block.error(name, "a user name cannot be empty or contain `:` (RFC 7617)")
+            user = _user(block, name)
+            if user is not None:
+                users.append(user)
+        if not users and not block.problems.errors:
+            sec.error("users", "give at least one user")
+    sec.finish()
+    return ProxyAuth(realm, tuple(users))
+
+
+def _user(block: Section, name: str) -> User | None:
+    routes: frozenset[str] | None = None
+    if block.is_mapping(name):
+        sub = block.section(name)
+        assert sub is not None
+        hashed = sub.text("hash", required=True)
+        listed = sub.str_list("routes")
+        routes = frozenset(listed) if listed is not None else None
+        sub.finish()
+    else:
+        hashed = block.text(name, required=True)
+    if hashed is None:
+        return None
+    if not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+        block.error(name, "must be a bcrypt hash (make one with `authproxy hash-password`)")
+        return None
+    return User(name, hashed.encode(), routes)
+
+
+def parse_allow(sec: Section) -> tuple[AllowRule, ...] | None:
+    rules = []
+    if not sec.has("allow"):
+        return None
+    found = False
+    for rule_sec in sec.sections("allow"):
+        found = True
+        methods = rule_sec.str_list("methods")
+        paths = rule_sec.str_list("paths")
+        if methods is not None:
+            methods = [m.upper() for m in methods]
+            bad = [m for m in methods if not m or not set(m) <= _METHOD_OK]
+            if bad:
+                rule_sec.error("methods", f"`{bad[0]}` is not an HTTP method")
+        norm_paths = None
+        if paths is not None:
+            norm_paths = []
+            for p in paths:
+                try:
+                    norm_paths.append(normalize_path(p) if p.startswith("/") else _bad_path(p))
+                except PathError as exc:
+                    rule_sec.error("paths", f"`{p}`: {exc}")
+        if methods is None and paths is None:
+            rule_sec.error(None, "an allow rule needs `methods`, `paths`, or both")
+        rule_sec.finish()
+        rules.append(AllowRule(frozenset(methods) if methods is not None else None,
+                               tuple(norm_paths) if norm_paths is not None else None))
+    if not found:
+        sec.error("allow", "give a list of rules, e.g. [{methods: [GET, HEAD], paths: [/v1/]}]")
+    return tuple(rules)
+
+
+def _bad_path(p: str) -> str:
+    raise PathError("a path prefix starts with `/`")
+
+
+def check_allowed(rules: tuple[AllowRule, ...] | None, route: str, method: str, path: str) -> None:
+    """403 unless some rule admits ``method`` on ``path`` (query already cut off)."""
+    if rules is None:
+        return
+    try:
+        norm = normalize_path(path)
+    except PathError as exc:
+        raise Denied(f"{exc}; the route's allow list cannot be checked against it.", route) from None
+    for rule in rules:
+        if rule.methods is not None and method not in rule.methods:
+            continue
+        if rule.paths is not None and not any(prefix_matches(p, norm) for p in rule.paths):
+            continue
+        return
+    raise Denied(f"{method} {path[:100]} is outside route {route}'s allow list.", route)
+
+
+class Authenticator:
+    """Checks `Proxy-Authorization`; remembers verified headers briefly."""
+
+    def __init__(self, conf: ProxyAuth) -> None:
+        self.conf = conf
+        self._users = {u.name: u for u in conf.users}
+        self._key = os.urandom(32)
+        self._ok: TTLCache[bytes, str] = TTLCache(maxsize=4096, ttl=300)
+        # A hash to compare against for unknown users, so timing does not tell
+        # which user names exist.
+        self._decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=10))
+
+    @property
+    def challenge(self) -> bytes:
+        return f'Basic realm="{self.conf.realm}", charset="UTF-8"'.encode()
+
+    def _refuse(self, detail: str) -> ProxyAuthRequired:
+        err = ProxyAuthRequired(detail)
+        err.challenge = self.challenge
+        return err
+
+    async def check(self, headers: list[tuple[bytes, bytes]]) -> User:
+        value = next((v for n, v in headers if n.lower() == b"proxy-authorization"), None)
+        if value is None:
+            raise self._refuse("this proxy requires authentication (Proxy-Authorization: Basic).")
+        digest = hmac.new(self._key, value, hashlib.sha256).digest()
+        known = self._ok.get(digest)
+        if known is not None:
+            return self._users[known]
+        scheme, _, b64 = value.partition(b" ")
+        try:
+            if scheme.lower() != b"basic":
+                raise ValueError
+            name, sep, password = base64.b64decode(b64.strip(), validate=True).decode("utf-8").partition(":")
+            if not sep:
+                raise ValueError
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise self._refuse("the Proxy-Authorization header is not valid Basic credentials.") from None
+        user = self._users.get(name)
+        hashed = user.hash if user is not None else self._decoy
+        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
+        if not ok or user is None:
+            raise self._refuse("wrong proxy user name or password.")
+        self._ok[digest] = name
+        return user
+
+
+def check_user_route(user: User | None, route: str | None) -> None:
+    if user is None or user.routes is None or route is None:
+        return
+    if route not in user.routes:
+        raise Denied(f"proxy user {user.name} may not use route {route}.", route)
+
+
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()
