@@ -54,7 +54,7 @@ def parse_proxy_auth(top: Section) -> ProxyAuth | None:
         return None
     realm = sec.text("realm", default="authproxy") or "authproxy"
     if '"' in realm or "\\" in realm:
-        sec.error("realm", "must not contain `\"` or `\\`")
+        sec.error("realm", 'must not contain `"` or `\\`')
     users: list[User] = []
     block = sec.section("users", required=True)
     if block is not None:
@@ -114,8 +114,12 @@ def parse_allow(sec: Section) -> tuple[AllowRule, ...] | None:
         if methods is None and paths is None:
             rule_sec.error(None, "an allow rule needs `methods`, `paths`, or both")
         rule_sec.finish()
-        rules.append(AllowRule(frozenset(methods) if methods is not None else None,
-                               tuple(norm_paths) if norm_paths is not None else None))
+        rules.append(
+            AllowRule(
+                frozenset(methods) if methods is not None else None,
+                tuple(norm_paths) if norm_paths is not None else None,
+            )
+        )
     if not found:
         sec.error("allow", "give a list of rules, e.g. [{methods: [GET, HEAD], paths: [/v1/]}]")
     return tuple(rules)

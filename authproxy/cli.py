@@ -81,9 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
     login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the login (default 300)")
 
-    sub.add_parser(
-        "hash-password", help="read a password (prompt, or stdin) and print its bcrypt hash for proxy_auth"
-    )
+    sub.add_parser("hash-password", help="read a password (prompt, or stdin) and print its bcrypt hash for proxy_auth")
 
     for name in LATER_COMMANDS:
         later = sub.add_parser(name, help=f"(not supported yet) {name}")

@@ -6,15 +6,25 @@ end, so a later reload can swap the table without touching requests in flight.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from .access import Authenticator
 from .ca import LocalCA, ensure_ca
 from .config import Config
+from .metrics import Metrics
 from .routes import RouteTable
 from .store import StateStore
 from .tokens import TokenManager
 from .upstream import Upstreams, token_session
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadEvent:
+    at: float  # time.time()
+    ok: bool
+    detail: str  # "3 routes from routes.yaml", or the first problem (file:line: path: message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +45,22 @@ class Runtime:
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = token_session(config.timeouts)
         self.store = StateStore(config.state_dir)
-        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch, self.store)
+        self.metrics = Metrics()
+        self.metrics.routes.set(len(config.routes))
+        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch, self.store, self.metrics)
         self.bound: tuple[str, int] | None = None  # the address actually listened on
         self.ca: LocalCA | None = None  # set by enable_interception()
+        self.started_at = time.time()
+        self.reloads: deque[ReloadEvent] = deque(maxlen=20)
+        self.ready = False  # listening, CA loaded: what /readyz reports
 
     def enable_interception(self) -> LocalCA:
         """Load (or make, on first use) the CA that signs intercepted hosts' leaves."""
         if self.ca is None:
             cfg = self.snapshot.config
-            self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
-        return self.ca
+            ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
+            self.metrics.watch_certificates(lambda: ca.cached)
+        return ca
 
     async def close(self) -> None:
         if self.ca is not None:

@@ -274,6 +274,7 @@ class Connection:
         finally:
             rec.ms = (time.perf_counter() - started) * 1000
             accesslog.emit(rec)
+            self.rt.metrics.request_done(rec)
             self.busy = False
         return True
 
@@ -338,7 +339,12 @@ class Connection:
         early = self.h11.trailing_data[0]
         if early:
             up_writer.write(early)
-        bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up_reader, up_writer), t.idle)
+        tunnels = self.rt.metrics.tunnels.labels("tunnel")
+        tunnels.inc()
+        try:
+            bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up_reader, up_writer), t.idle)
+        finally:
+            tunnels.dec()
         rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
         return False
 
@@ -365,7 +371,12 @@ class Connection:
         self.h11 = self._new_h11()  # a fresh HTTP/1.1 connection on the TLS layer
         self.tunnel = Origin("https", host, port)
         self.busy = False
-        await self._serve_requests()
+        tunnels = self.rt.metrics.tunnels.labels("intercept")
+        tunnels.inc()
+        try:
+            await self._serve_requests()
+        finally:
+            tunnels.dec()
         return False
 
 
@@ -475,6 +486,7 @@ class ProxyServer:
             return
         conn = Connection(self, reader, writer)
         self.connections.add(conn)
+        self.rt.metrics.connections.inc()
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -482,6 +494,7 @@ class ProxyServer:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self.rt.metrics.connections.dec()
             if task is not None:
                 self._tasks.discard(task)
 

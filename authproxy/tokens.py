@@ -24,6 +24,7 @@ from cachetools import TLRUCache
 from .config import Route
 from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
 from .grants import Credential, GrantContext
+from .metrics import Metrics
 from .store import StateStore
 
 log = logging.getLogger("authproxy.tokens")
@@ -54,16 +55,21 @@ class _RouteState:
     backoff: float = 0.0
     last_error: ProxyError | None = None
     fetches: int = 0
+    last_fetch_at: float | None = None
+    last_error_at: float | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class TokenManager:
     """Credentials for every route, keyed by route name."""
 
-    def __init__(self, session: aiohttp.ClientSession, fetch_deadline: float, store: StateStore) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, fetch_deadline: float, store: StateStore, metrics: Metrics
+    ) -> None:
         self._session = session
         self._deadline = fetch_deadline
         self._store = store
+        self._metrics = metrics
         self._cache: TLRUCache[str, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
         self._states: dict[str, _RouteState] = {}
 
@@ -72,6 +78,30 @@ class TokenManager:
         if st is None:
             st = self._states[route.name] = _RouteState()
         return st
+
+    def status(self, route: Route) -> dict[str, object]:
+        """What the status page shows of a route's credential: times and states, never the value."""
+        st = self._states.get(route.name)
+        cred = self._cache.get(route.name)
+        now = time.time()
+        if route.missing:
+            state = "unavailable"
+        elif cred is None:
+            state = "failing" if st is not None and st.last_error is not None else "none yet"
+        elif cred.refresh_at is not None and now >= cred.refresh_at:
+            state = "refreshing"
+        else:
+            state = "fresh"
+        return {
+            "state": state,
+            "expires_in": None if cred is None or cred.expires_at is None else round(cred.expires_at - now, 1),
+            "fetches": st.fetches if st else 0,
+            "last_fetch_at": st.last_fetch_at if st else None,
+            "last_error": (
+                st.last_error.detail if st and st.last_error else (route.missing[0] if route.missing else None)
+            ),
+            "last_error_at": st.last_error_at if st else None,
+        }
 
     def fetch_count(self, route: str) -> int:
         st = self._states.get(route)
@@ -148,7 +178,9 @@ class TokenManager:
             cred = await route.auth.fetch(ctx)
         except ProxyError as exc:
             exc.with_route(route.name)
+            self._metrics.token_fetches.labels(route.name, exc.code).inc()
             st.last_error = exc
+            st.last_error_at = time.time()
             if isinstance(exc, TokenEndpointError) and exc.permanent:
                 st.backoff = _BACKOFF_MAX  # e.g. a refused refresh token: only a new login helps
             else:
@@ -159,6 +191,8 @@ class TokenManager:
             st.task = None
         st.generation += 1
         st.backoff, st.retry_at, st.last_error = 0.0, 0.0, None
+        st.last_fetch_at = time.time()
+        self._metrics.token_fetches.labels(route.name, "ok").inc()
         refresh_at = None
         if cred.expires_at is not None:
             now = time.time()

@@ -1,0 +1,82 @@
+"""Prometheus metrics, one registry per running proxy.
+
+Labels carry route names, modes, status codes and error codes: values the
+config or the proxy chose, never anything from a request or a credential.
+Requests are counted from the access record at the one place a request ends
+(``Connection._one``), so the log line and the metrics cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .accesslog import AccessRecord
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "authproxy_requests",
+            "Requests answered, by route, mode and status.",
+            ["route", "mode", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "authproxy_errors",
+            "Answers the proxy made itself, by route and error code.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "authproxy_request_duration_seconds",
+            "Time from request head to the end of the answer.",
+            ["route", "mode"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = Counter("authproxy_request_bytes", "Request body bytes, by route.", ["route"], registry=r)
+        self.bytes_out = Counter("authproxy_response_bytes", "Response body bytes, by route.", ["route"], registry=r)
+        self.token_fetches = Counter(
+            "authproxy_token_fetches",
+            "Credential fetches, by route and outcome (ok or an error code).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "authproxy_401_retries",
+            "401 answers from upstreams, by route and what followed (done or skipped).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.connections = Gauge("authproxy_active_connections", "Client connections open now.", registry=r)
+        self.tunnels = Gauge(
+            "authproxy_active_tunnels",
+            "CONNECT tunnels open now, by kind (tunnel, intercept).",
+            ["kind"],
+            registry=r,
+        )
+        self.certificates = Gauge("authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r)
+        self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
+        self.routes = Gauge("authproxy_routes", "Routes in the table in force.", registry=r)
+
+    def request_done(self, rec: AccessRecord) -> None:
+        route = rec.route or "-"
+        self.requests.labels(route, rec.mode, str(rec.status)).inc()
+        self.latency.labels(route, rec.mode).observe(rec.ms / 1000)
+        if rec.error:
+            self.errors.labels(route, rec.error).inc()
+        if rec.bytes_in:
+            self.bytes_in.labels(route).inc(rec.bytes_in)
+        if rec.bytes_out:
+            self.bytes_out.labels(route).inc(rec.bytes_out)
+        if rec.retry:
+            self.retries.labels(route, rec.retry).inc()
+
+    def watch_certificates(self, count: Callable[[], int]) -> None:
+        self.certificates.set_function(lambda: float(count()))
