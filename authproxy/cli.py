@@ -21,6 +21,7 @@ from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .login import LoginError, login
 from .problems import ConfigError
+from .reload import Reloader
 from .runtime import Runtime
 from .server import ProxyServer
 from .state import ensure_dir
@@ -338,15 +339,30 @@ async def _main(cfg: Config, host: str, port: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(rt, cfg.file)
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        t = asyncio.create_task(reloader.reload("SIGHUP"))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = asyncio.create_task(reloader.watch())
     try:
         bound = await server.start(host, port)
     except OSError:
         await rt.close()
         raise
     log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
+    rt.ready = True
     await stop.wait()
-    log.info("draining (up to %g s)", cfg.timeouts.drain)
-    await server.drain(cfg.timeouts.drain)
+    rt.ready = False
+    watcher.cancel()
+    grace = rt.snapshot.config.timeouts.drain
+    log.info("draining (up to %g s)", grace)
+    await server.drain(grace)
     await rt.close()
     log.info("stopped")
     return 0

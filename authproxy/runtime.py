@@ -6,6 +6,7 @@ end, so a later reload can swap the table without touching requests in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -61,6 +62,32 @@ class Runtime:
             ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
             self.metrics.watch_certificates(lambda: ca.cached)
         return ca
+
+    def apply(self, config: Config) -> list[str]:
+        """Swap in a new config: requests in flight keep the snapshot they took.
+
+        Tokens of routes whose name and grant are unchanged stay cached; a
+        route whose grant changed (or that is gone) forgets its token. Returns
+        the keys that changed but need a restart to take effect.
+        """
+        old = self.snapshot.config
+        before = {r.name: r.auth for r in old.routes}
+        # An unchanged grant keeps its object, and so its cached token (tokens.py keys on it).
+        routes = tuple(
+            dataclasses.replace(r, auth=before[r.name]) if before.get(r.name) == r.auth else r for r in config.routes
+        )
+        config = dataclasses.replace(config, routes=routes)
+        self.tokens.retain(routes)
+        self.snapshot = Snapshot.of(config)
+        self.metrics.routes.set(len(config.routes))
+        restart = [
+            key
+            for key in ("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file", "admin")
+            if getattr(old, key) != getattr(config, key)
+        ]
+        if old.timeouts.connect != config.timeouts.connect or old.timeouts.idle != config.timeouts.idle:
+            restart.append("timeouts.connect/idle (upstream pool)")
+        return restart
 
     async def close(self) -> None:
         if self.ca is not None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -43,7 +44,14 @@ class TokenState(StrEnum):
     RETRIED = "retried"
 
 
-def _ttu(_key: object, cred: Credential, now: float) -> float:
+_Key = tuple[str, int]
+
+
+def _key(route: Route) -> _Key:
+    return (route.name, id(route.auth))
+
+
+def _ttu(_k: object, cred: Credential, now: float) -> float:
     return cred.expires_at if cred.expires_at is not None else float("inf")
 
 
@@ -61,7 +69,13 @@ class _RouteState:
 
 
 class TokenManager:
-    """Credentials for every route, keyed by route name."""
+    """Credentials for every route.
+
+    Keyed by the route's name and its grant object: a reload keeps the grant
+    object of a route whose grant did not change (so its token stays cached),
+    while requests still in flight on an old snapshot keep using the old
+    grant's entry and cannot leak its token into the new one.
+    """
 
     def __init__(
         self, session: aiohttp.ClientSession, fetch_deadline: float, store: StateStore, metrics: Metrics
@@ -70,19 +84,26 @@ class TokenManager:
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
-        self._cache: TLRUCache[str, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
-        self._states: dict[str, _RouteState] = {}
+        self._cache: TLRUCache[_Key, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
+        self._states: dict[_Key, _RouteState] = {}
 
     def _state(self, route: Route) -> _RouteState:
-        st = self._states.get(route.name)
+        st = self._states.get(_key(route))
         if st is None:
-            st = self._states[route.name] = _RouteState()
+            st = self._states[_key(route)] = _RouteState()
         return st
+
+    def retain(self, routes: Iterable[Route]) -> None:
+        """After a reload: forget the tokens of grants no longer in the table."""
+        keep = {_key(r) for r in routes}
+        for key in [k for k in self._states if k not in keep]:
+            del self._states[key]
+            self._cache.pop(key, None)
 
     def status(self, route: Route) -> dict[str, object]:
         """What the status page shows of a route's credential: times and states, never the value."""
-        st = self._states.get(route.name)
-        cred = self._cache.get(route.name)
+        st = self._states.get(_key(route))
+        cred = self._cache.get(_key(route))
         now = time.time()
         if route.missing:
             state = "unavailable"
@@ -103,15 +124,11 @@ class TokenManager:
             "last_error_at": st.last_error_at if st else None,
         }
 
-    def fetch_count(self, route: str) -> int:
-        st = self._states.get(route)
-        return st.fetches if st else 0
-
     async def get(self, route: Route) -> tuple[Credential, TokenState]:
         """The credential to inject now; raises a ``ProxyError`` when there is none."""
         if route.missing:
             raise CredentialUnavailable(f"{route.missing[0]}, so this route has no credential.", route.name)
-        cred = self._cache.get(route.name)
+        cred = self._cache.get(_key(route))
         if cred is not None and route.auth.is_current(cred):
             if cred.refresh_at is not None and time.time() >= cred.refresh_at:
                 # Due for refresh but still valid: refresh in the background
@@ -132,11 +149,11 @@ class TokenManager:
             self.mark_stale(route, used)
             return None
         st = self._state(route)
-        current = self._cache.get(route.name)
+        current = self._cache.get(_key(route))
         if current is not None and current.generation != used.generation:
             return current
         if st.task is None:
-            self._cache.pop(route.name, None)  # the upstream said it is no good
+            self._cache.pop(_key(route), None)  # the upstream said it is no good
             st.retry_at = 0.0  # a 401 is news: don't wait out an old backoff
         return await self._single_flight(route, rejected=used.headers)
 
@@ -144,9 +161,9 @@ class TokenManager:
         """Drop ``used`` so the next request refreshes it (a 401 we could not retry)."""
         if not route.auth.fetches:
             return
-        current = self._cache.get(route.name)
+        current = self._cache.get(_key(route))
         if current is not None and current.generation == used.generation:
-            self._cache.pop(route.name, None)
+            self._cache.pop(_key(route), None)
 
     def _refresh_in_background(self, route: Route) -> None:
         st = self._state(route)
@@ -200,6 +217,6 @@ class TokenManager:
             if refresh_at <= now:
                 refresh_at = now + (cred.expires_at - now) / 2
         cred = replace(cred, generation=st.generation, refresh_at=refresh_at)
-        if not cred.expired():
-            self._cache[route.name] = cred
+        if not cred.expired() and self._states.get(_key(route)) is st:  # not forgotten by a reload meanwhile
+            self._cache[_key(route)] = cred
         return cred

@@ -1,0 +1,579 @@
+"""The admin listener: health, readiness, Prometheus metrics and a status page.
+
+Off unless ``admin: HOST:PORT`` is set (the caller decides). Everything it
+shows comes from three places only: the config's non-secret fields (route
+name, mode, match, gateway prefix, upstream origin, grant type),
+``TokenManager.status`` (states and times, never a value) and the metrics
+registry (whose labels are route names, modes, status and error codes). No
+header, token or request-derived value reaches any page.
+
+Request and error rates are computed here: every few seconds the admin server
+samples the per-route counters into a small ring, and a rate is the growth
+from the oldest sample in the last minute to now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from . import __version__
+from .config import Route
+from .runtime import Runtime
+
+RATE_WINDOW = 60.0  # seconds the rates look back over
+_TICK = 5.0  # seconds between samples
+_MIN_SPAN = 1.0  # a rate never divides by less than this (just after start)
+_UNMATCHED = "-"  # the route label of requests no route matched
+
+_STATE_HINT = {
+    "fresh": "a valid credential is cached",
+    "refreshing": "valid, and being refreshed ahead of expiry",
+    "failing": "the last fetch failed and nothing valid is cached",
+    "unavailable": "the route has no credential (its secret is not set)",
+    "none yet": "no request has needed it yet",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    requests: float = 0.0
+    errors: float = 0.0
+    latency_sum: float = 0.0
+    latency_count: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    at: float  # time.monotonic()
+    totals: dict[str, _Totals]
+
+
+def _by_route(collected: Iterable[Any], suffix: str) -> dict[str, float]:
+    """Sum one sample kind (``_total``, ``_sum``, ``_count``) of a metric over every label but ``route``."""
+    out: dict[str, float] = {}
+    for family in collected:
+        for s in family.samples:
+            if s.name.endswith(suffix):
+                route = s.labels.get("route", _UNMATCHED)
+                out[route] = out.get(route, 0.0) + s.value
+    return out
+
+
+class AdminServer:
+    """The running admin listener; ``status()`` is what ``/status.json`` serves."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.host = ""
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._ring: deque[_Sample] = deque(maxlen=int(RATE_WINDOW / _TICK) + 1)
+        self.sample()
+
+    # -- rates -------------------------------------------------------------
+
+    def _totals(self) -> dict[str, _Totals]:
+        m = self.rt.metrics
+        requests = _by_route(m.requests.collect(), "_total")
+        errors = _by_route(m.errors.collect(), "_total")
+        lat = list(m.latency.collect())
+        lat_sum, lat_count = _by_route(lat, "_sum"), _by_route(lat, "_count")
+        names = set(requests) | set(errors) | set(lat_count)
+        return {
+            n: _Totals(requests.get(n, 0.0), errors.get(n, 0.0), lat_sum.get(n, 0.0), lat_count.get(n, 0.0))
+            for n in names
+        }
+
+    def sample(self) -> None:
+        """Add the counters as they are now to the ring (the ticker calls this every few seconds)."""
+        self._ring.append(_Sample(time.monotonic(), self._totals()))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            self.sample()
+
+    def _baseline(self, now: float) -> _Sample:
+        for s in self._ring:  # oldest first
+            if now - s.at <= RATE_WINDOW + _TICK:
+                return s
+        return self._ring[-1]
+
+    # -- what the pages show ---------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        rt = self.rt
+        cfg = rt.snapshot.config
+        now_mono, now = time.monotonic(), time.time()
+        totals = self._totals()
+        base = self._baseline(now_mono)
+        span = max(now_mono - base.at, _MIN_SPAN)
+
+        def traffic(name: str) -> dict[str, Any]:
+            cur, old = totals.get(name, _Totals()), base.totals.get(name, _Totals())
+            d_count = cur.latency_count - old.latency_count
+            return {
+                "requests": int(cur.requests),
+                "errors": int(cur.errors),
+                "req_rate": round((cur.requests - old.requests) / span, 3),
+                "err_rate": round((cur.errors - old.errors) / span, 3),
+                "latency_ms": (round((cur.latency_sum - old.latency_sum) / d_count * 1000, 1) if d_count > 0 else None),
+            }
+
+        by_status = self._status_counts()
+        routes = []
+        for r in cfg.routes:
+            routes.append(
+                {
+                    **_route_fields(r),
+                    "token": rt.tokens.status(r),
+                    **traffic(r.name),
+                    "statuses": by_status.get(r.name, {}),
+                }
+            )
+        reg = rt.metrics.registry
+        tunnels = {
+            kind: int(reg.get_sample_value("authproxy_active_tunnels", {"kind": kind}) or 0)
+            for kind in ("tunnel", "intercept")
+        }
+        listen = f"{_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
+        return {
+            "version": __version__,
+            "now": round(now, 3),
+            "started_at": round(rt.started_at, 3),
+            "uptime": round(now - rt.started_at, 1),
+            "ready": rt.ready,
+            "listen": listen,
+            "admin": f"{_host(self.host)}:{self.port}",
+            "config_file": str(cfg.file),
+            "rate_window": round(span, 1),
+            "connections": int(reg.get_sample_value("authproxy_active_connections") or 0),
+            "tunnels": tunnels,
+            "certificates_cached": int(reg.get_sample_value("authproxy_certificates_cached") or 0),
+            "routes": routes,
+            "unmatched": {**traffic(_UNMATCHED), "statuses": by_status.get(_UNMATCHED, {})},
+            "reloads": [{"at": round(ev.at, 3), "ok": ev.ok, "detail": ev.detail} for ev in reversed(rt.reloads)],
+        }
+
+    def _status_counts(self) -> dict[str, dict[str, int]]:
+        """Requests by route and status class ("2xx", ...), from the counter."""
+        out: dict[str, dict[str, int]] = {}
+        for family in self.rt.metrics.requests.collect():
+            for s in family.samples:
+                if not s.name.endswith("_total"):
+                    continue
+                code = s.labels.get("status", "0")
+                cls = f"{code[0]}xx" if len(code) == 3 and code.isdigit() else "other"
+                per = out.setdefault(s.labels.get("route", _UNMATCHED), {})
+                per[cls] = per.get(cls, 0) + int(s.value)
+        return {r: dict(sorted(v.items())) for r, v in out.items()}
+
+    # -- handlers ----------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.rt.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.rt.metrics.registry), headers={"Content-Type": content_type})
+
+    async def status_json(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=json.dumps(self.status(), indent=2) + "\n",
+            content_type="application/json",
+        )
+
+    async def page(self, request: web.Request) -> web.Response:
+        resp = web.Response(text=render_page(self.status()), content_type="text/html")
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+        return resp
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@web.middleware
+async def _headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    resp = await handler(request)
+    resp.headers.setdefault("Cache-Control", "no-store")
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "no-referrer")
+    return resp
+
+
+async def start_admin(rt: Runtime, host: str, port: int) -> AdminServer:
+    """Listen on ``host:port`` (0: any free port) in the running loop; ``.port`` is the port bound."""
+    admin = AdminServer(rt)
+    app = web.Application(middlewares=[_headers])
+    app.router.add_get("/", admin.page)
+    app.router.add_get("/healthz", admin.healthz)
+    app.router.add_get("/readyz", admin.readyz)
+    app.router.add_get("/metrics", admin.metrics)
+    app.router.add_get("/status.json", admin.status_json)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    admin._runner = runner
+    bound = runner.addresses[0]
+    admin.host, admin.port = host, int(bound[1])
+    admin._ticker = asyncio.create_task(admin._tick())
+    return admin
+
+
+# -- formatting shared by the page and the table ------------------------------
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _route_fields(r: Route) -> dict[str, Any]:
+    up = None
+    if r.upstream is not None:
+        u = r.upstream
+        # The origin only: a base path can hold a secret (webhook URLs do).
+        up = f"{u.scheme}://{_host(u.host)}" + ("" if u.port == u.default_port else f":{u.port}")
+    allow = None
+    if r.allow is not None:
+        allow = [
+            {"methods": sorted(a.methods) if a.methods is not None else None, "paths": list(a.paths or ()) or None}
+            for a in r.allow
+        ]
+    return {
+        "name": r.name,
+        "mode": r.mode,
+        "match": r.match.text if r.match is not None else None,
+        "gateway": r.gateway,
+        "upstream": up,
+        "grant": r.auth.type_name,
+        "allow": allow,
+    }
+
+
+def _span(seconds: float) -> str:
+    """3 s, 4 min 10 s, 2 h 5 min, 3 d 4 h."""
+    s = round(abs(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        m, s = divmod(s, 60)
+        return f"{m} min {s} s" if s else f"{m} min"
+    if s < 86400:
+        h, rem = divmod(s, 3600)
+        m = rem // 60
+        return f"{h} h {m} min" if m else f"{h} h"
+    d, rem = divmod(s, 86400)
+    h = rem // 3600
+    return f"{d} d {h} h" if h else f"{d} d"
+
+
+def _ago(at: float | None, now: float) -> str:
+    return "-" if at is None else f"{_span(now - at)} ago"
+
+
+def _expires(token: dict[str, Any]) -> str:
+    exp = token.get("expires_in")
+    if exp is None:
+        return "never" if token.get("state") in ("fresh", "refreshing") else "-"
+    return f"in {_span(exp)}" if exp > 0 else "expired"
+
+
+def _rate(x: float) -> str:
+    if x == 0:
+        return "0"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _one_line(text: object) -> str:
+    """Printable, single-line text for the terminal (no escape sequences from anywhere)."""
+    return "".join(c if c.isprintable() else " " for c in str(text))
+
+
+# -- the page -----------------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light; --fg:#1f2328; --muted:#656d76; --line:#d0d7de; --bg:#f6f8fa; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
+  color: var(--fg); background: var(--bg); }
+header { background: #24292f; color: #fff; padding: 14px 28px; display: flex; align-items: baseline; gap: 14px; }
+header h1 { font-size: 18px; margin: 0; font-weight: 600; }
+header .sub { color: #afb8c1; font-size: 13px; }
+header .ready { margin-left: auto; }
+main { padding: 20px 28px 28px; max-width: 1400px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 20px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 130px; }
+.card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.card .v { font-size: 18px; font-weight: 600; font-variant-numeric: tabular-nums; }
+h2 { font-size: 15px; margin: 22px 0 8px; }
+table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid var(--line);
+  border-radius: 8px; overflow: hidden; }
+th, td { text-align: left; padding: 8px 12px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { background: #f6f8fa; color: var(--muted); font-size: 12px; font-weight: 600; text-transform: uppercase;
+  letter-spacing: .04em; white-space: nowrap; }
+tr:last-child td { border-bottom: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th.num { text-align: right; }
+.name { font-weight: 600; }
+.small { color: var(--muted); font-size: 12px; }
+code { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; background: #eff2f5; padding: 1px 5px;
+  border-radius: 4px; }
+.pill { display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px; font-weight: 600;
+  white-space: nowrap; border: 1px solid transparent; }
+.fresh, .ok { color: #1a7f37; background: #dafbe1; border-color: #aceebb; }
+.refreshing { color: #9a6700; background: #fff8c5; border-color: #f5e0a0; }
+.failing, .unavailable, .failed { color: #cf222e; background: #ffebe9; border-color: #ffcecb; }
+.none-yet { color: #57606a; background: #eaeef2; border-color: #d0d7de; }
+.mode { color: #0969da; background: #ddf4ff; border-color: #b6e3ff; font-weight: 500; }
+.err { color: #cf222e; }
+.error-text { color: #cf222e; max-width: 420px; overflow-wrap: anywhere; }
+td.detail { max-width: none; overflow-wrap: anywhere; }
+.empty { color: var(--muted); padding: 14px 12px; background: #fff; border: 1px solid var(--line);
+  border-radius: 8px; }
+footer { color: var(--muted); font-size: 12px; margin-top: 22px; }
+footer a { color: #0969da; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pill(text: str, cls: str, title: str = "") -> str:
+    t = f' title="{_e(title)}"' if title else ""
+    return f'<span class="pill {_e(cls)}"{t}>{_e(text)}</span>'
+
+
+def _route_row(r: dict[str, Any], now: float) -> str:
+    tok = r["token"]
+    state = str(tok.get("state", "none yet"))
+    where = []
+    if r.get("match"):
+        where.append(f"<code>{_e(r['match'])}</code>")
+    if r.get("gateway"):
+        where.append(f"gateway <code>{_e(r['gateway'])}</code>")
+    if r.get("upstream"):
+        where.append(f"→ {_e(r['upstream'])}")
+    restricted = ' · <span title="allow list in force">restricted</span>' if r.get("allow") else ""
+    last_fetch = _ago(tok.get("last_fetch_at"), now)
+    fetches = int(tok.get("fetches") or 0)
+    err = tok.get("last_error")
+    err_html = (
+        f'<div class="error-text">{_e(err)}</div><div class="small">{_e(_ago(tok.get("last_error_at"), now))}</div>'
+        if err
+        else '<span class="small">-</span>'
+    )
+    err_rate = float(r.get("err_rate") or 0)
+    lat = r.get("latency_ms")
+    return (
+        "<tr>"
+        f'<td><div class="name">{_e(r["name"])}</div>'
+        f'<div class="small">{" ".join(where) or "-"}{restricted}</div></td>'
+        f"<td>{_pill(str(r['mode']), 'mode')}</td>"
+        f"<td><code>{_e(r['grant'])}</code></td>"
+        f"<td>{_pill(state, state.replace(' ', '-'), _STATE_HINT.get(state, ''))}</td>"
+        f'<td class="num">{_e(_expires(tok))}</td>'
+        f'<td class="num">{_e(last_fetch)}<div class="small">{fetches} fetch{"es" if fetches != 1 else ""}</div></td>'
+        f'<td class="num">{_e(_rate(float(r.get("req_rate") or 0)))}'
+        f'<div class="small">{int(r.get("requests") or 0)} total</div></td>'
+        f'<td class="num{" err" if err_rate > 0 else ""}">{_e(_rate(err_rate))}'
+        f'<div class="small">{int(r.get("errors") or 0)} total</div></td>'
+        f'<td class="num">{_e("-" if lat is None else f"{lat:.1f} ms")}</td>'
+        f"<td>{err_html}</td>"
+        "</tr>"
+    )
+
+
+def _reload_row(ev: dict[str, Any], now: float) -> str:
+    at = float(ev["at"])
+    ok = bool(ev.get("ok"))
+    return (
+        f'<tr><td class="num">{_e(_clock(at))}<div class="small">{_e(_ago(at, now))}</div></td>'
+        f"<td>{_pill('ok', 'ok') if ok else _pill('failed', 'failed')}</td>"
+        f'<td class="{"detail" if ok else "detail error-text"}">{_e(ev.get("detail", ""))}</td></tr>'
+    )
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The status page: one self-contained HTML document (inline CSS, no script, refreshes itself)."""
+    now = float(data["now"])
+    ready = bool(data.get("ready"))
+    tunnels = data.get("tunnels") or {}
+    cards = [
+        ("Listening", data.get("listen", "-")),
+        ("Uptime", _span(float(data.get("uptime") or 0))),
+        ("Routes", len(data.get("routes") or [])),
+        ("Connections", data.get("connections", 0)),
+        ("Tunnels", f"{tunnels.get('tunnel', 0)} + {tunnels.get('intercept', 0)} intercepted"),
+        ("Certificates cached", data.get("certificates_cached", 0)),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in cards
+    )
+    routes = data.get("routes") or []
+    if routes:
+        rows = "".join(_route_row(r, now) for r in routes)
+        routes_html = (
+            "<table><thead><tr>"
+            "<th>Route</th><th>Mode</th><th>Grant</th><th>Token</th><th class=num>Expires</th>"
+            "<th class=num>Last fetch</th><th class=num>Req/s</th><th class=num>Err/s</th>"
+            "<th class=num>Latency</th><th>Last error</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+        )
+    else:
+        routes_html = '<div class="empty">No routes in the table.</div>'
+    um = data.get("unmatched") or {}
+    unmatched_html = (
+        f'<p class="small">Requests no route matched: {_e(_rate(float(um.get("req_rate") or 0)))}/s '
+        f"({int(um.get('requests') or 0)} total, {int(um.get('errors') or 0)} errors).</p>"
+    )
+    reloads = data.get("reloads") or []
+    if reloads:
+        rl_rows = "".join(_reload_row(ev, now) for ev in reloads)
+        reloads_html = (
+            "<table><thead><tr><th class=num>When</th><th>Outcome</th><th>Detail</th></tr></thead>"
+            f"<tbody>{rl_rows}</tbody></table>"
+        )
+    else:
+        reloads_html = '<div class="empty">No reload since the proxy started.</div>'
+    ready_pill = _pill("ready", "ok") if ready else _pill("not ready", "failed")
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="refresh" content="5">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>authproxy status · {_e(data.get('listen', ''))}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f'<header><h1>authproxy</h1><span class="sub">{_e(data.get("version", ""))}'
+        f" · {_e(data.get('config_file', ''))}</span>"
+        f'<span class="ready">{ready_pill}</span></header>'
+        f'<main><div class="cards">{card_html}</div>'
+        f"<h2>Routes</h2>{routes_html}{unmatched_html}"
+        f"<h2>Recent reloads</h2>{reloads_html}"
+        f"<footer>Rates over the last {_e(_span(float(data.get('rate_window') or 0)))}. "
+        f"Generated {_e(_clock(now))}; refreshes every 5 s. "
+        'Machine-readable: <a href="status.json">status.json</a> · <a href="metrics">metrics</a>.'
+        "</footer></main></body></html>\n"
+    )
+
+
+# -- `authproxy status` ---------------------------------------------------------
+
+
+def fetch_status(host: str, port: int, timeout: float = 5) -> dict[str, Any]:
+    """GET ``/status.json`` from an admin listener (never through a proxy)."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a wildcard listener is reached on loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    url = f"http://{_host(host)}:{port}/status.json"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as resp:
+        data = json.loads(resp.read().decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("the admin listener's /status.json is not a JSON object")
+    return data
+
+
+def _table(header: list[str], rows: list[list[str]], right: Collection[int] = ()) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def status_table(data: dict[str, Any]) -> str:
+    """The status page as text for a terminal: a line about the proxy, the routes, the recent reloads."""
+    now = float(data.get("now") or time.time())
+    tunnels = data.get("tunnels") or {}
+    head = (
+        f"authproxy {_one_line(data.get('version', '?'))} on {_one_line(data.get('listen', '?'))}, "
+        f"up {_span(float(data.get('uptime') or 0))}, {'ready' if data.get('ready') else 'NOT READY'}; "
+        f"{int(data.get('connections') or 0)} connections, "
+        f"{int(tunnels.get('tunnel', 0)) + int(tunnels.get('intercept', 0))} tunnels; "
+        f"rates over {_span(float(data.get('rate_window') or 0))}"
+    )
+    rows = []
+    for r in data.get("routes") or []:
+        tok = r.get("token") or {}
+        err = tok.get("last_error")
+        err_text = "-"
+        if err:
+            err_text = _one_line(err)
+            if tok.get("last_error_at") is not None:
+                err_text += f" ({_ago(float(tok['last_error_at']), now)})"
+        rows.append(
+            [
+                _one_line(r.get("name", "?")),
+                _one_line(r.get("mode", "?")),
+                _one_line(r.get("grant", "?")),
+                _one_line(tok.get("state", "?")),
+                _expires(tok),
+                _rate(float(r.get("req_rate") or 0)),
+                _rate(float(r.get("err_rate") or 0)),
+                err_text,
+            ]
+        )
+    header = ["ROUTE", "MODE", "GRANT", "TOKEN", "EXPIRES", "REQ/S", "ERR/S", "LAST ERROR"]
+    lines = [head, ""]
+    lines += _table(header, rows, right={5, 6})
+    um = data.get("unmatched") or {}
+    if um.get("requests"):
+        lines.append(
+            f"(no route matched: {_rate(float(um.get('req_rate') or 0))} req/s, "
+            f"{_rate(float(um.get('err_rate') or 0))} err/s)"
+        )
+    lines.append("")
+    reloads = data.get("reloads") or []
+    if reloads:
+        lines.append("RECENT RELOADS")
+        lines += _table(
+            ["WHEN", "OUTCOME", "DETAIL"],
+            [
+                [_clock(float(ev["at"])), "ok" if ev.get("ok") else "FAILED", _one_line(ev.get("detail", ""))]
+                for ev in reloads
+            ],
+        )
+    else:
+        lines.append("No reload since the proxy started.")
+    return "\n".join(lines) + "\n"
