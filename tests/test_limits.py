@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from .conftest import Proxy, Upstream
@@ -108,10 +109,8 @@ async def test_connect_timeout_to_an_unroutable_upstream_is_504_or_502(make_prox
     for _ in range(8):  # fill the accept queue so further SYNs wait
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(s)
     p = await _proxy(make_proxy, upstream, "timeouts: {connect: 0.5, upstream_headers: 2}")
     resp = await _exchange(p, f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: a\r\n\r\n".encode(), wait=15)
