@@ -7,6 +7,9 @@ name, mode, match, gateway prefix, upstream origin, grant type),
 registry (whose labels are route names, modes, status and error codes). No
 header, token or request-derived value reaches any page.
 
+Reload problems are shown without the values they quote (see
+``_quoted_values_elided``).
+
 Request and error rates are computed here: every few seconds the admin server
 samples the per-route counters into a small ring, and a rate is the growth
 from the oldest sample in the last minute to now.
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import html
 import json
+import re
 import time
 import urllib.request
 from collections import deque
@@ -165,7 +169,10 @@ class AdminServer:
             "certificates_cached": int(reg.get_sample_value("authproxy_certificates_cached") or 0),
             "routes": routes,
             "unmatched": {**traffic(_UNMATCHED), "statuses": by_status.get(_UNMATCHED, {})},
-            "reloads": [{"at": round(ev.at, 3), "ok": ev.ok, "detail": ev.detail} for ev in reversed(rt.reloads)],
+            "reloads": [
+                {"at": round(ev.at, 3), "ok": ev.ok, "detail": _quoted_values_elided(ev.detail)}
+                for ev in reversed(rt.reloads)
+            ],
         }
 
     def _status_counts(self) -> dict[str, dict[str, int]]:
@@ -255,6 +262,17 @@ async def start_admin(rt: Runtime, host: str, port: int) -> AdminServer:
 
 
 # -- formatting shared by the page and the table ------------------------------
+
+
+def _quoted_values_elided(detail: str) -> str:
+    """A reload problem without the values it quotes.
+
+    Config problems quote the offending value (`...`), and a value may be an
+    expanded ``${VAR}`` that holds a secret (``verify: ${API_KEY}`` by
+    mistake). The location and the sentence stay; ``authproxy check`` and
+    the log have the whole message for whoever runs the proxy.
+    """
+    return re.sub(r"`[^`]*`", "`…`", detail)
 
 
 def _host(host: str) -> str:
@@ -353,6 +371,7 @@ tr:last-child td { border-bottom: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 th.num { text-align: right; }
 .name { font-weight: 600; }
+td.route { min-width: 220px; }
 .small { color: var(--muted); font-size: 12px; }
 code { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; background: #eff2f5; padding: 1px 5px;
   border-radius: 4px; }
@@ -390,23 +409,26 @@ def _route_row(r: dict[str, Any], now: float) -> str:
         where.append(f"<code>{_e(r['match'])}</code>")
     if r.get("gateway"):
         where.append(f"gateway <code>{_e(r['gateway'])}</code>")
+    if r.get("allow"):
+        where.append('<span title="an allow list limits methods and paths">restricted</span>')
+    lines = [" · ".join(where)] if where else []
     if r.get("upstream"):
-        where.append(f"→ {_e(r['upstream'])}")
-    restricted = ' · <span title="allow list in force">restricted</span>' if r.get("allow") else ""
+        lines.append(f"→ {_e(r['upstream'])}")
+    about = "".join(f'<div class="small">{line}</div>' for line in lines)
     last_fetch = _ago(tok.get("last_fetch_at"), now)
     fetches = int(tok.get("fetches") or 0)
     err = tok.get("last_error")
-    err_html = (
-        f'<div class="error-text">{_e(err)}</div><div class="small">{_e(_ago(tok.get("last_error_at"), now))}</div>'
-        if err
-        else '<span class="small">-</span>'
-    )
+    err_html = '<span class="small">-</span>'
+    if err:
+        err_html = f'<div class="error-text">{_e(err)}</div>'
+        if tok.get("last_error_at") is not None:
+            err_html += f'<div class="small">{_e(_ago(tok.get("last_error_at"), now))}</div>'
+
     err_rate = float(r.get("err_rate") or 0)
     lat = r.get("latency_ms")
     return (
         "<tr>"
-        f'<td><div class="name">{_e(r["name"])}</div>'
-        f'<div class="small">{" ".join(where) or "-"}{restricted}</div></td>'
+        f'<td class="route"><div class="name">{_e(r["name"])}</div>{about}</td>'
         f"<td>{_pill(str(r['mode']), 'mode')}</td>"
         f"<td><code>{_e(r['grant'])}</code></td>"
         f"<td>{_pill(state, state.replace(' ', '-'), _STATE_HINT.get(state, ''))}</td>"
@@ -442,7 +464,8 @@ def render_page(data: dict[str, Any]) -> str:
         ("Uptime", _span(float(data.get("uptime") or 0))),
         ("Routes", len(data.get("routes") or [])),
         ("Connections", data.get("connections", 0)),
-        ("Tunnels", f"{tunnels.get('tunnel', 0)} + {tunnels.get('intercept', 0)} intercepted"),
+        ("Tunnels", tunnels.get("tunnel", 0)),
+        ("Intercepted", tunnels.get("intercept", 0)),
         ("Certificates cached", data.get("certificates_cached", 0)),
     ]
     card_html = "".join(
@@ -462,7 +485,7 @@ def render_page(data: dict[str, Any]) -> str:
         routes_html = '<div class="empty">No routes in the table.</div>'
     um = data.get("unmatched") or {}
     unmatched_html = (
-        f'<p class="small">Requests no route matched: {_e(_rate(float(um.get("req_rate") or 0)))}/s '
+        f'<p class="small">Requests that matched no route: {_e(_rate(float(um.get("req_rate") or 0)))}/s '
         f"({int(um.get('requests') or 0)} total, {int(um.get('errors') or 0)} errors).</p>"
     )
     reloads = data.get("reloads") or []

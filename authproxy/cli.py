@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, accesslog
 from .access import hash_password
+from .admin import fetch_status, start_admin, status_table
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
 from .envvars import DEFAULT_NO_PROXY, render, variables
@@ -29,8 +30,6 @@ from .store import StateStore
 
 log = logging.getLogger("authproxy")
 
-# Commands a later release brings; asked for, they say so (exit 2).
-LATER_COMMANDS = ("status",)
 
 
 class UsageError(Exception):
@@ -82,11 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
     login.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the login (default 300)")
 
+    status = sub.add_parser("status", help="show each route's token state and traffic, from the admin listener")
+    status.add_argument("-c", "--config", default="routes.yaml")
+    status.add_argument("--admin", help="HOST:PORT of the admin listener, if not the file's `admin`")
+
     sub.add_parser("hash-password", help="read a password (prompt, or stdin) and print its bcrypt hash for proxy_auth")
 
-    for name in LATER_COMMANDS:
-        later = sub.add_parser(name, help=f"(not supported yet) {name}")
-        later.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
@@ -99,9 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.command in LATER_COMMANDS:
-        print(f"error: `authproxy {args.command}` is not supported yet.", file=sys.stderr)
-        return 2
     try:
         if args.command == "check":
             return cmd_check(args.config, args.strict)
@@ -109,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args.config, args.route, args.show)
         if args.command == "login":
             return cmd_login(args.config, args.route, not args.no_browser, args.timeout)
+        if args.command == "status":
+            return cmd_status(args.config, args.admin)
         if args.command == "hash-password":
             return cmd_hash_password()
         if args.command == "ca":
@@ -178,6 +177,26 @@ def cmd_token(path: str, name: str, show: bool) -> int:
         return 1
     for line in lines:
         print(line)
+    return 0
+
+
+def cmd_status(path: str, admin: str | None) -> int:
+    if admin is not None:
+        try:
+            where = parse_listen(admin)
+        except HostError as exc:
+            raise UsageError(f"--admin: {exc}.") from None
+    else:
+        cfg = load(path)
+        if cfg.admin is None:
+            raise UsageError(f"{path} has no `admin:` listener to ask; set `admin: 127.0.0.1:9090` and restart.")
+        where = cfg.admin
+    try:
+        data = fetch_status(*where)
+    except OSError as exc:
+        print(f"error: cannot reach the admin listener at {format_authority(*where)} ({exc}).", file=sys.stderr)
+        return 1
+    sys.stdout.write(status_table(data))
     return 0
 
 
@@ -356,6 +375,10 @@ async def _main(cfg: Config, host: str, port: int) -> int:
         await rt.close()
         raise
     log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
+    admin = None
+    if cfg.admin is not None:
+        admin = await start_admin(rt, *cfg.admin)
+        log.info("admin listener on %s", format_authority(cfg.admin[0], admin.port))
     rt.ready = True
     await stop.wait()
     rt.ready = False
@@ -363,6 +386,8 @@ async def _main(cfg: Config, host: str, port: int) -> int:
     grace = rt.snapshot.config.timeouts.drain
     log.info("draining (up to %g s)", grace)
     await server.drain(grace)
+    if admin is not None:
+        await admin.close()
     await rt.close()
     log.info("stopped")
     return 0

@@ -65,17 +65,28 @@ class Secret(Value):
 
 
 def interpolate(
-    raw: str, base_dir: Path | None = None, bws: Callable[[str], str] | None = None
+    raw: str,
+    base_dir: Path | None = None,
+    bws: Callable[[str], str] | None = None,
+    resolved: list[str] | None = None,
 ) -> tuple[str, tuple[str, ...]]:
     """Resolve ``${VAR}``, ``${file:PATH}``, ``${bws:SECRET_ID}`` and ``$$`` in ``raw``.
 
     Returns the text and the references that could not be resolved. Raises
     ``ValueError`` for a malformed reference. ``bws`` fetches a Secrets
     Manager secret (``bws.Resolver``), raising ``Unresolved`` when it cannot.
+    Every value substituted in is appended to ``resolved``, so that messages
+    about the config can be kept free of them.
     """
     missing: list[str] = []
 
     def resolve(m: re.Match[str]) -> str:
+        out = _resolve(m)
+        if resolved is not None and m.group(1) != "$" and out:
+            resolved.append(out)
+        return out
+
+    def _resolve(m: re.Match[str]) -> str:
         if m.group(1) == "$":
             return "$"
         ref = m.group(2).strip()

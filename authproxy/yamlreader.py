@@ -32,6 +32,15 @@ class Document:
     refs: list[str] = field(default_factory=list)
     # Resolves ``${bws:SECRET_ID}`` (a ``bws.Resolver``), once the top-level `bws:` block is read.
     bws: Callable[[str], str] | None = None
+    # Every value a reference resolved to: never quoted back in a message.
+    resolved: list[str] = field(default_factory=list)
+
+    def scrub(self, message: str) -> str:
+        """A message about the config with no resolved value in it (a secret in the wrong key)."""
+        for value in sorted(self.resolved, key=len, reverse=True):
+            if len(value) >= 3 and value in message:
+                message = message.replace(value, "****")
+        return message
 
     def protect(self, text: str) -> str:
         """Hide ``${...}`` from the YAML parser.
@@ -110,12 +119,14 @@ class Section:
         return line_of(self._items[key][1]) if key in self._items else self.line
 
     def error(self, key: str | None, message: str) -> None:
+        message = self.doc.scrub(message)
         if key is None:
             self.problems.error(self.path, self.line, message)
         else:
             self.problems.error(self.sub(key), self.line_at(key), message)
 
     def warn(self, key: str | None, message: str) -> None:
+        message = self.doc.scrub(message)
         if key is None:
             self.problems.warn(self.path, self.line, message)
         else:
@@ -145,7 +156,7 @@ class Section:
 
     def _interpolate(self, key: str, raw: str) -> tuple[str, tuple[str, ...]] | None:
         try:
-            return interpolate(raw, self.base_dir, self.doc.bws)
+            return interpolate(raw, self.base_dir, self.doc.bws, self.doc.resolved)
         except UnsupportedReference as exc:
             self.error(key, str(exc))
         except ValueError as exc:

@@ -171,13 +171,6 @@ def test_token_errors(good_config: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "CLI_CC_SECRET" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["status"])
-def test_later_commands_say_not_supported_yet(command: str) -> None:
-    r = cli(command)
-    assert r.returncode == 2
-    assert r.stderr == f"error: `authproxy {command}` is not supported yet.\n"
-
-
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert cli().returncode == 2
     assert cli("frobnicate").returncode == 2
@@ -307,3 +300,39 @@ def test_env_for_each_shell(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.stdout.strip() == bundle
+
+
+async def test_status_command_reads_the_admin_listener(tmp_path: Path, upstream: Upstream) -> None:
+    path = _write(
+        tmp_path,
+        f"""
+        state_dir: {tmp_path / "st"}
+        admin: 127.0.0.1:0
+        routes:
+          - name: local
+            match: {upstream.authority}
+            auth: {{type: api_key, header: X-API-Key, value: "${{CLI_API_KEY}}"}}
+        """,
+    )
+    p = start_proxy(path, env=ENV)
+    try:
+        import re
+
+        admin = ""
+        for _ in range(100):  # logged just after "listening on"
+            found = [m.group(1) for line in p.err_lines if (m := re.search(r"admin listener on (\S+)", line))]
+            if found:
+                admin = found[0]
+                break
+            await asyncio.sleep(0.05)
+        assert admin, p.stderr_text()
+        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+            assert (await client.get(f"{upstream.url}/s")).status_code == 200
+        r = await asyncio.to_thread(cli, "status", "--admin", admin)
+        assert r.returncode == 0, r.stderr
+        assert "ROUTE" in r.stdout and "local" in r.stdout and "api_key" in r.stdout
+        assert API_KEY not in r.stdout
+    finally:
+        assert p.stop() == 0
+    r = cli("status", "-c", str(_write(tmp_path, "routes: []\n")))
+    assert r.returncode == 2 and "no `admin:` listener" in r.stderr

@@ -1496,3 +1496,25 @@ def test_ca_cert_without_key_and_missing_files_are_errors(tmp_path: Path, key_en
     assert msgs[("ca_cert", 1)].endswith("nowhere.pem is not a readable file")
     assert msgs[("extra_ca_file", 2)].endswith("also-nowhere.pem is not a readable file")
     assert msgs[("ca_key", 1)] == "give both `ca_cert` and `ca_key`, or neither"
+
+
+def test_a_secret_in_the_wrong_key_is_never_quoted_in_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISPLACED_SECRET", "sk-live-misplaced-0001")
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            unmatched: ${MISPLACED_SECRET}
+            routes:
+              - name: a
+                match: a.example
+                verify: ${MISPLACED_SECRET}
+                auth: {type: api_key, value: "${MISPLACED_SECRET}", header: "${MISPLACED_SECRET} x"}
+            """
+        )
+    )
+    with pytest.raises(ConfigError) as exc:
+        load(path)
+    text = "\n".join(str(p) for p in exc.value.problems)
+    assert "sk-live-misplaced-0001" not in text
+    assert "routes[0].verify" in text and "unmatched" in text
