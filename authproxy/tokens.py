@@ -107,10 +107,15 @@ class TokenManager:
         now = time.time()
         if route.missing:
             state = "unavailable"
-        elif cred is None:
-            state = "failing" if st is not None and st.last_error is not None else "none yet"
-        elif cred.refresh_at is not None and now >= cred.refresh_at:
+        elif st is not None and st.last_error is not None:
+            state = "failing"
+        elif st is not None and st.task is not None:
             state = "refreshing"
+        elif cred is None:
+            # Fetched once and then expired out of the cache: the next request fetches anew.
+            state = "expired" if st is not None and st.generation > 0 else "none yet"
+        elif cred.refresh_at is not None and now >= cred.refresh_at:
+            state = "due"  # the next request starts a refresh
         else:
             state = "fresh"
         return {

@@ -96,8 +96,7 @@ async def test_407_for_connect_then_intercepted(make_proxy, upstream, tls_upstre
     assert [v for k, v in r.json()["headers"] if k == "X-Key"] == [KEY]
 
 
-async def test_407_in_gateway_mode_and_user_limited_to_routes(make_proxy, upstream, tls_upstream,
-                                                              secret_env) -> None:
+async def test_407_in_gateway_mode_and_user_limited_to_routes(make_proxy, upstream, tls_upstream, secret_env) -> None:
     up2, ca = tls_upstream
     p = await _proxy(make_proxy, upstream, up2, ca, secret_env)
     async with httpx.AsyncClient() as client:
@@ -163,19 +162,30 @@ def test_config_errors_for_access(tmp_path: Path) -> None:
 
 
 def test_hash_password_command_and_open_listen(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "authproxy", "hash-password"], input="pw-to-hash\n",
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "authproxy", "hash-password"],
+        input="pw-to-hash\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0
     hashed = r.stdout.strip()
     assert bcrypt.checkpw(b"pw-to-hash", hashed.encode()) and "pw-to-hash" not in r.stdout + r.stderr
     # With proxy_auth, a non-loopback address is accepted (it starts; we stop it at once).
-    path = _cfg(tmp_path, f"""\
+    path = _cfg(
+        tmp_path,
+        f"""\
         state_dir: {tmp_path / "st"}
         proxy_auth: {{users: {{ops: "{hashed}"}}}}
         routes: []
-        """)
-    proc = subprocess.Popen([sys.executable, "-m", "authproxy", "run", "-c", str(path), "--listen", "0.0.0.0:0"],
-                            stderr=subprocess.PIPE, text=True)
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authproxy", "run", "-c", str(path), "--listen", "0.0.0.0:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert "listening on 0.0.0.0:" in line, line
@@ -183,8 +193,11 @@ def test_hash_password_command_and_open_listen(tmp_path: Path) -> None:
     assert proc.wait(20) == 0
     # Without it, --allow-open is needed, and it warns.
     path.write_text(f"state_dir: {tmp_path / 'st'}\nroutes: []\n")
-    proc = subprocess.Popen([sys.executable, "-m", "authproxy", "run", "-c", str(path), "--listen", "0.0.0.0:0",
-                             "--allow-open"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authproxy", "run", "-c", str(path), "--listen", "0.0.0.0:0", "--allow-open"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     first = proc.stderr.readline()
     assert first.startswith("warning: listening on 0.0.0.0 with no proxy authentication"), first
