@@ -43,8 +43,10 @@ _UNMATCHED = "-"  # the route label of requests no route matched
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
-    "refreshing": "valid, and being refreshed ahead of expiry",
-    "failing": "the last fetch failed and nothing valid is cached",
+    "refreshing": "a fetch is running now",
+    "due": "valid; the next request starts a refresh ahead of expiry",
+    "expired": "fetched before, expired since; the next request fetches anew",
+    "failing": "the last fetch failed (a cached credential, if still valid, keeps serving)",
     "unavailable": "the route has no credential (its secret is not set)",
     "none yet": "no request has needed it yet",
 }
@@ -326,7 +328,7 @@ def _ago(at: float | None, now: float) -> str:
 def _expires(token: dict[str, Any]) -> str:
     exp = token.get("expires_in")
     if exp is None:
-        return "never" if token.get("state") in ("fresh", "refreshing") else "-"
+        return "never" if token.get("state") in ("fresh", "refreshing", "due") else "-"
     return f"in {_span(exp)}" if exp > 0 else "expired"
 
 
@@ -378,7 +380,7 @@ code { font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; background: #
 .pill { display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px; font-weight: 600;
   white-space: nowrap; border: 1px solid transparent; }
 .fresh, .ok { color: #1a7f37; background: #dafbe1; border-color: #aceebb; }
-.refreshing { color: #9a6700; background: #fff8c5; border-color: #f5e0a0; }
+.refreshing, .due, .expired { color: #9a6700; background: #fff8c5; border-color: #f5e0a0; }
 .failing, .unavailable, .failed { color: #cf222e; background: #ffebe9; border-color: #ffcecb; }
 .none-yet { color: #57606a; background: #eaeef2; border-color: #d0d7de; }
 .mode { color: #0969da; background: #ddf4ff; border-color: #b6e3ff; font-weight: 500; }
