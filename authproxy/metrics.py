@@ -9,6 +9,7 @@ Requests are counted from the access record at the one place a request ends
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -64,11 +65,20 @@ class Metrics:
         self.certificates = Gauge("authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r)
         self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
         self.routes = Gauge("authproxy_routes", "Routes in the table in force.", registry=r)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def request_done(self, rec: AccessRecord) -> None:
         route = rec.route or "-"
-        self.requests.labels(route, rec.mode, str(rec.status)).inc()
-        self.latency.labels(route, rec.mode).observe(rec.ms / 1000)
+        # labels() hashes and locks on every call: keep the children of hot label sets.
+        key = (route, rec.mode, rec.status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, rec.mode, str(rec.status)),
+                self.latency.labels(route, rec.mode),
+            )
+        children[0].inc()
+        children[1].observe(rec.ms / 1000)
         if rec.error:
             self.errors.labels(route, rec.error).inc()
         if rec.bytes_in:
