@@ -31,7 +31,6 @@ from .store import StateStore
 log = logging.getLogger("authproxy")
 
 
-
 class UsageError(Exception):
     pass
 

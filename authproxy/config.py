@@ -153,6 +153,10 @@ def load(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         problems.error("", None, f"cannot read the file ({exc.strerror or exc}).")
         raise ConfigError(problems.items) from None
+    except UnicodeDecodeError as exc:
+        line = text_line(p, exc.start)
+        problems.error("", line, "the file is not valid UTF-8.")
+        raise ConfigError(problems.items) from None
     doc = Document(problems, p.parent.resolve())
     try:
         node = yaml.compose(doc.protect(text), Loader=yaml.SafeLoader)
@@ -175,6 +179,13 @@ def load(path: str | os.PathLike[str]) -> Config:
     if problems.errors:
         raise ConfigError(problems.items)
     return cfg
+
+
+def text_line(path: Path, offset: int) -> int | None:
+    try:
+        return path.read_bytes()[:offset].count(b"\n") + 1
+    except OSError:
+        return None
 
 
 def _parse(top: Section, file: Path) -> Config:

@@ -38,6 +38,7 @@ class RequestBody:
         self._receive = receive
         self.length = length  # Content-Length, or None when chunked
         self.bytes_in = 0
+        self.error: Exception | None = None  # why reading the client's body failed
         self._prefix: list[bytes] = []
         self._done = length == 0
         self.buffered: bytes | None = b"" if length == 0 else None
@@ -47,7 +48,13 @@ class RequestBody:
         return self.length == 0
 
     async def _next(self) -> bytes | None:
-        chunk = await self._receive()
+        try:
+            chunk = await self._receive()
+        except Exception as exc:
+            # The upstream client may wrap this in its own error; the pipeline
+            # looks here to blame the client, not the upstream.
+            self.error = exc
+            raise
         if chunk is None:
             self._done = True
         else:

@@ -95,7 +95,12 @@ async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credent
         return await open_upgrade(
             dest, req.method, _with_query(target.path, cred), headers, upgrade, sslctx, t.connect, t.upstream_headers
         )
-    resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
+    try:
+        resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
+    except ProxyError:
+        if req.body.error is not None:
+            raise req.body.error from None  # the client's body broke, not the upstream
+        raise
     return _reply(resp)
 
 
@@ -302,7 +307,8 @@ async def send(
     except aiohttp.ServerDisconnectedError:
         raise UpstreamError(f"{dest.authority} closed the connection without answering.") from None
     except aiohttp.ClientResponseError as exc:
-        raise UpstreamError(f"{dest.authority} sent a malformed response ({exc.message}).") from None
+        what = "".join(c if c.isprintable() else " " for c in str(exc.message)).split("  ")[0][:100]
+        raise UpstreamError(f"{dest.authority} sent a malformed response ({what}).") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(f"the request to {dest.authority} failed ({type(exc).__name__}).") from None
 

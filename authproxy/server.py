@@ -43,6 +43,7 @@ from .upgrade import is_upgrade, switch_headers
 log = logging.getLogger("authproxy.server")
 
 _READ = 256 * 1024
+_HEAD_KEEP = 16 * 1024  # raw head bytes kept to explain a refusal
 
 
 class ClientGone(Exception):
@@ -61,6 +62,7 @@ class Connection:
         self.h11 = self._new_h11()
         # Inside an intercepted CONNECT: where the tunnel goes.
         self.tunnel: Origin | None = None
+        self.head = b""
         self.user: User | None = None  # who proved themselves with Proxy-Authorization
 
     def _new_h11(self) -> h11.Connection:
@@ -69,7 +71,7 @@ class Connection:
 
     # -- reading ---------------------------------------------------------
 
-    async def _fill(self, wait: float) -> None:
+    async def _fill(self, wait: float) -> bytes:
         try:
             data = await asyncio.wait_for(self.reader.read(_READ), wait)
         except TimeoutError:
@@ -77,12 +79,15 @@ class Connection:
         except OSError as exc:
             raise ClientGone() from exc
         self.h11.receive_data(data)
+        return data
 
     async def _next_request(self) -> h11.Request | None:
         """The next request's head, or None when the client is done."""
         t = self.rt.snapshot.config.timeouts
         deadline = None
-        if self.h11.trailing_data[0]:
+        # The head's raw bytes, kept (bounded) to say precisely why h11 refused one.
+        self.head = bytes(self.h11.trailing_data[0][:_HEAD_KEEP])
+        if self.head:
             deadline = time.monotonic() + t.client_header
         while True:
             event = self.h11.next_event()
@@ -93,7 +98,9 @@ class Connection:
                     return None
                 wait = t.idle if deadline is None else deadline - time.monotonic()
                 try:
-                    await self._fill(max(wait, 0.0))
+                    data = await self._fill(max(wait, 0.0))
+                    if len(self.head) < _HEAD_KEEP:
+                        self.head += data[: _HEAD_KEEP - len(self.head)]
                 except TimeoutError:
                     if deadline is None:
                         return None  # an idle keep-alive connection: close quietly
@@ -115,8 +122,9 @@ class Connection:
         while True:
             try:
                 event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise ClientGone(f"bad request body: {exc}") from None
+            except h11.RemoteProtocolError:
+                # A bad chunk size, more data than a chunk declared: the client's fault.
+                raise BadRequest("the request body is malformed (bad chunked framing).") from None
             if isinstance(event, h11.Data):
                 return bytes(event.data)
             if isinstance(event, h11.EndOfMessage):
@@ -192,14 +200,13 @@ class Connection:
             try:
                 event = await self._next_request()
             except h11.RemoteProtocolError as exc:
-                hint = exc.error_status_hint
-                detail = _protocol_detail(hint, str(exc))
-                if self.tunnel is not None and hint == 400:
-                    detail = f"the bytes inside the intercepted connection are not HTTP/1.1 ({exc})."
-                await self._send_error(from_status_hint(hint, detail), _blank(), False)
+                err = _refusal(exc, self.head)
+                if self.tunnel is not None and err.status == 400:
+                    err.detail = "the bytes inside the intercepted connection are not a valid HTTP/1.1 request."
+                await self._refuse(err)
                 return
             except RequestTimeout as err:
-                await self._send_error(err, _blank(), False)
+                await self._refuse(err)
                 return
             if event is None:
                 return
@@ -211,6 +218,15 @@ class Connection:
             else:
                 return
 
+    async def _refuse(self, err: ProxyError) -> None:
+        """Answer a request that never got as far as a request head, and log it like any other."""
+        rec = AccessRecord(method="-", mode="intercept" if self.tunnel else "plain", host="-", path="-")
+        try:
+            await self._send_error(err, rec, False)
+        finally:
+            accesslog.emit(rec)
+            self.rt.metrics.request_done(rec)
+
     async def _one(self, event: h11.Request) -> bool:
         """Serve one request; False when the connection must close after it."""
         self.busy = True
@@ -218,7 +234,7 @@ class Connection:
         snap = self.rt.snapshot  # kept to the end, whatever a reload does
         method = event.method.decode("ascii", "replace")
         target = event.target.decode("latin-1")
-        rec = AccessRecord(method=method, mode="plain", host="-", path=target.partition("?")[0][:200])
+        rec = AccessRecord(method=method, mode="plain", host="-", path=_log_path(target))
         head = method == "HEAD"
         try:
             _check_framing(event)
@@ -380,16 +396,47 @@ class Connection:
         return False
 
 
-def _blank() -> AccessRecord:
-    return AccessRecord(method="-", mode="plain", host="-", path="-")
+def _log_path(target: str) -> str:
+    """The path to log before the target is understood: never the authority (it may hold user:password)."""
+    if target.startswith("/"):
+        return target.partition("?")[0][:200]
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.isalpha():
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        return rest[cut:].partition("?")[0][:200] or "/"
+    return "-"
 
 
-def _protocol_detail(hint: int, text: str) -> str:
+def _refusal(exc: h11.RemoteProtocolError, head: bytes) -> ProxyError:
+    """Turn h11's refusal into ours, looking at the raw head to be precise where h11 is not."""
+    hint = exc.error_status_hint
+    if hint == 431 and b"\n" not in head:
+        return UriTooLong("the request line is longer than the proxy accepts.")
     if hint == 431:
-        return "the request headers are larger than the proxy accepts."
+        return HeadersTooLarge("the request headers are larger than the proxy accepts.")
     if hint == 501:
-        return "the request uses a Transfer-Encoding the proxy does not support."
-    return f"malformed request ({text[:120]})."
+        codings = _transfer_encodings(head)
+        # RFC 9112 §6.3: chunked that is not the final coding, or a repeated
+        # Transfer-Encoding, is a framing error (400, close); an unknown coding is 501.
+        if len(codings) > 1 or any("chunked" in c for c in codings):
+            return BadRequest("the request's Transfer-Encoding is not a single final `chunked`.")
+        return NotImplementedByProxy("the request uses a Transfer-Encoding the proxy does not support.")
+    return from_status_hint(hint, f"malformed request ({_one_line(str(exc))[:120]}).")
+
+
+def _transfer_encodings(head: bytes) -> list[str]:
+    values = []
+    for line in head.split(b"\n")[1:]:
+        if not line.strip():
+            break
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"transfer-encoding":
+            values.append(value.strip().lower().decode("latin-1"))
+    return values
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def _check_framing(event: h11.Request) -> None:
