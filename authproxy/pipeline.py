@@ -132,11 +132,8 @@ def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -
             raise Denied(f"{origin.authority} matches no route and `unmatched` is deny.")
         return Target("plain", None, origin, path, _host_header(origin))
     rec.route = route.name
-    dest = origin
-    if route.upstream is not None:
-        up = route.upstream
-        dest = Origin(up.scheme, up.host, up.port)
-    elif origin.scheme == "http" and not is_loopback(origin.host):
+    dest = _destination(route, origin)
+    if route.upstream is None and origin.scheme == "http" and not is_loopback(origin.host):
         # Credentials never travel in clear text unless the route says so.
         raise Denied(
             f"route {route.name} would send its credential in clear text; set "
@@ -173,13 +170,16 @@ def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
             raise Denied(f"{tun.authority}{rec.path[:100]} matches no route and `unmatched` is deny.")
         return Target("intercept", None, tun, path, _host_header(tun))
     rec.route = route.name
-    dest = tun
-    if route.upstream is not None:
-        up = route.upstream
-        dest = Origin(up.scheme, up.host, up.port)
+    dest = _destination(route, tun)
     if not route.verify:
         rec.note = "unverified-tls"
     return Target("intercept", route, dest, path, _host_header(dest))
+
+
+def _destination(route: Route, origin: Origin) -> Origin:
+    """Where a matched request goes: the route's `upstream` when it names one, else where it was headed."""
+    up = route.upstream
+    return Origin(up.scheme, up.host, up.port) if up is not None else origin
 
 
 def _host_of(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..secrets import Secret, Value
+from ..secrets import Value
 from ..yamlreader import Section
-from .base import Credential, Grant, GrantContext, register
-from .oauth import OAuthClient
+from .base import Credential, GrantContext, register
+from .oauth import OAuthClient, OAuthClientGrant
 from .refreshing import refresh
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class AuthorizationCode(Grant):
+class AuthorizationCode(OAuthClientGrant):
     type_name = "authorization_code"
     fetches = True
 
@@ -51,12 +51,3 @@ class AuthorizationCode(Grant):
     async def fetch(self, ctx: GrantContext) -> Credential:
         hint = f"this route has no refresh token yet; run `authproxy login {ctx.route}` once."
         return await refresh(ctx, self.client, None, self.secrets(), hint)
-
-    def secrets(self) -> list[Secret]:
-        return self.client.secrets()
-
-    def _named_secrets(self) -> list[tuple[str, Secret]]:
-        return self.client.named_secrets()
-
-    def refresh_skew(self) -> float:
-        return self.client.refresh_skew

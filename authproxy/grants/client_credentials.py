@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..secrets import Secret
 from ..yamlreader import Section
-from .base import Credential, Grant, GrantContext, register
-from .oauth import OAuthClient, request_token
+from .base import Credential, GrantContext, register
+from .oauth import OAuthClient, OAuthClientGrant, request_token
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ClientCredentials(Grant):
+class ClientCredentials(OAuthClientGrant):
     type_name = "client_credentials"
     fetches = True
 
@@ -25,12 +24,3 @@ class ClientCredentials(Grant):
     async def fetch(self, ctx: GrantContext) -> Credential:
         params = {"grant_type": "client_credentials", **self.client.base_params()}
         return (await request_token(ctx, self.client, params, self.secrets())).credential
-
-    def secrets(self) -> list[Secret]:
-        return self.client.secrets()
-
-    def _named_secrets(self) -> list[tuple[str, Secret]]:
-        return self.client.named_secrets()
-
-    def refresh_skew(self) -> float:
-        return self.client.refresh_skew

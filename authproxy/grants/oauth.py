@@ -32,7 +32,7 @@ from tenacity import (
 from ..errors import TokenEndpointError, TokenEndpointTimeout
 from ..secrets import Secret, Value
 from ..yamlreader import Section
-from .base import Credential, GrantContext
+from .base import Credential, Grant, GrantContext
 
 _MAX_DETAIL = 200
 _backoff = wait_random_exponential(multiplier=0.25, max=8)
@@ -91,6 +91,21 @@ class OAuthClient:
         for k, v in self.extra:
             params[k] = v.reveal()
         return params
+
+
+class OAuthClientGrant(Grant):
+    """A grant that talks to a token endpoint as an OAuth client: its secrets and skew are the client's."""
+
+    client: OAuthClient
+
+    def secrets(self) -> list[Secret]:
+        return self.client.secrets()
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return self.client.named_secrets()
+
+    def refresh_skew(self) -> float:
+        return self.client.refresh_skew
 
 
 class _Retryable(Exception):

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from ..secrets import Secret, Value
 from ..yamlreader import Section
-from .base import Credential, Grant, GrantContext, register
-from .oauth import OAuthClient, request_token
+from .base import Credential, GrantContext, register
+from .oauth import OAuthClient, OAuthClientGrant, request_token
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class Password(Grant):
+class Password(OAuthClientGrant):
     type_name = "password"
     fetches = True
 
@@ -41,6 +41,3 @@ class Password(Grant):
 
     def _named_secrets(self) -> list[tuple[str, Secret]]:
         return [*self.client.named_secrets(), ("password", self.password)]
-
-    def refresh_skew(self) -> float:
-        return self.client.refresh_skew

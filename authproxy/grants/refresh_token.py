@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 from ..secrets import Secret
 from ..yamlreader import Section
-from .base import Credential, Grant, GrantContext, register
-from .oauth import OAuthClient
+from .base import Credential, GrantContext, register
+from .oauth import OAuthClient, OAuthClientGrant
 from .refreshing import refresh
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class RefreshToken(Grant):
+class RefreshToken(OAuthClientGrant):
     type_name = "refresh_token"
     fetches = True
 
@@ -37,6 +37,3 @@ class RefreshToken(Grant):
 
     def _named_secrets(self) -> list[tuple[str, Secret]]:
         return [*self.client.named_secrets(), ("refresh_token", self.refresh_token)]
-
-    def refresh_skew(self) -> float:
-        return self.client.refresh_skew
