@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 from functools import lru_cache
+
+_LABELS = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
 
 
 class HostError(ValueError):
@@ -29,6 +32,9 @@ def normalize_host(host: str) -> str:
         h = h.encode("idna").decode("ascii")
     except UnicodeError as exc:
         raise HostError(f"`{host}` is not a valid host name") from exc
+    # RFC 1123 labels (underscores allowed: internal names use them), at most 253 in all.
+    if len(h) > 253 or not _LABELS.match(h):
+        raise HostError(f"`{host}` is not a valid host name")
     return h
 
 
