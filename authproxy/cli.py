@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__, accesslog
 from .access import hash_password
@@ -329,15 +330,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _serve(cfg, host, port)
 
 
-def _serve(cfg: Config, host: str, port: int) -> int:
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop when the `fast` extra is installed, else asyncio's own loop."""
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        return asyncio.run(main)
+    return int(uvloop.run(main))
+
+
+def _serve(cfg: Config, host: str, port: int) -> int:
     try:
-        return int(runner(_main(cfg, host, port)))
+        return _run_loop(_main(cfg, host, port))
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}.", file=sys.stderr)
         return 1
