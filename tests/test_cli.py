@@ -336,3 +336,10 @@ async def test_status_command_reads_the_admin_listener(tmp_path: Path, upstream:
         assert p.stop() == 0
     r = cli("status", "-c", str(_write(tmp_path, "routes: []\n")))
     assert r.returncode == 2 and "no `admin:` listener" in r.stderr
+
+
+def test_loop_choice(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"state_dir: {tmp_path / 'st'}\nroutes: []\n")
+    for loop in ("asyncio", "uvloop"):
+        p = start_proxy(path, "--loop", loop)
+        assert p.stop() == 0, p.stderr_text()

@@ -1,4 +1,4 @@
-"""The server and pipeline tests again, on uvloop (the `fast` extra), which `authproxy run` uses when installed.
+"""The server and pipeline tests again, on uvloop (the `fast` extra; `authproxy run --loop uvloop`).
 
 uvloop's transports differ from asyncio's exactly where this proxy is delicate
 (start_tls after CONNECT, half-close, backpressure), so the same tests run on both.
