@@ -336,8 +336,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_loop(main: Coroutine[Any, Any, int], loop: str) -> int:
     """asyncio's own loop unless `--loop uvloop` (the `fast` extra) is asked for.
 
-    uvloop is opt-in for now: under a soak its RSS kept growing where asyncio's
-    stayed flat, and hey's TLS handshakes through interception failed on it.
+    uvloop is opt-in for now: hey's TLS handshakes through interception failed
+    on it in the bench (README, "The event loop").
     """
     if loop == "asyncio":
         return asyncio.run(main)
