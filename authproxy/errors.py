@@ -122,6 +122,11 @@ _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {
 }
 
 
+def one_line(text: object) -> str:
+    """Printable, on one line: for text from elsewhere (an upstream, a token endpoint) put in a message."""
+    return "".join(c if c.isprintable() else " " for c in str(text))
+
+
 def from_status_hint(status: int, detail: str) -> ProxyError:
     """Map h11's ``error_status_hint`` onto our tree (unknown hints are 400s)."""
     return _STATUS_FOR_HINT.get(status, BadRequest)(detail)

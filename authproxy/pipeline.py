@@ -31,6 +31,7 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamTLSError,
+    one_line,
 )
 from .grants import Credential
 from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
@@ -307,7 +308,7 @@ async def send(
     except aiohttp.ServerDisconnectedError:
         raise UpstreamError(f"{dest.authority} closed the connection without answering.") from None
     except aiohttp.ClientResponseError as exc:
-        what = "".join(c if c.isprintable() else " " for c in str(exc.message)).split("  ")[0][:100]
+        what = one_line(exc.message).split("  ")[0][:100]
         raise UpstreamError(f"{dest.authority} sent a malformed response ({what}).") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(f"the request to {dest.authority} failed ({type(exc).__name__}).") from None

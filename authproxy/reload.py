@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 
 from .config import load
 from .problems import ConfigError
 from .runtime import ReloadEvent, Runtime
+from .state import file_signature
 
 log = logging.getLogger("authproxy.reload")
-
-_FileSig = tuple[int, int, int, int] | None
-
-
-def _sig(path: Path) -> _FileSig:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class Reloader:
@@ -35,11 +25,11 @@ class Reloader:
         self.rt = rt
         self.path = path
         self._lock = asyncio.Lock()
-        self._seen = _sig(path)
+        self._seen = file_signature(path)
 
     async def reload(self, why: str) -> bool:
         async with self._lock:  # one reload at a time; a burst of SIGHUPs queues
-            self._seen = _sig(self.path)
+            self._seen = file_signature(self.path)
             try:
                 cfg = await asyncio.to_thread(load, self.path)
             except ConfigError as exc:
@@ -66,9 +56,9 @@ class Reloader:
         """Reload when the file's identity, size or times change (editors often replace the file)."""
         while True:
             await asyncio.sleep(interval)
-            sig = _sig(self.path)
+            sig = file_signature(self.path)
             if sig is not None and sig != self._seen:
                 # Let a writer finish: wait until the file holds still for one more beat.
                 await asyncio.sleep(min(interval, 0.2))
-                if _sig(self.path) == sig:
+                if file_signature(self.path) == sig:
                     await self.reload("file changed")

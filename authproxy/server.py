@@ -32,6 +32,7 @@ from .errors import (
     UpstreamTimeout,
     UriTooLong,
     from_status_hint,
+    one_line,
     render,
 )
 from .hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
@@ -421,7 +422,7 @@ def _refusal(exc: h11.RemoteProtocolError, head: bytes) -> ProxyError:
         if len(codings) > 1 or any("chunked" in c for c in codings):
             return BadRequest("the request's Transfer-Encoding is not a single final `chunked`.")
         return NotImplementedByProxy("the request uses a Transfer-Encoding the proxy does not support.")
-    return from_status_hint(hint, f"malformed request ({_one_line(str(exc))[:120]}).")
+    return from_status_hint(hint, f"malformed request ({one_line(str(exc))[:120]}).")
 
 
 def _transfer_encodings(head: bytes) -> list[str]:
@@ -433,10 +434,6 @@ def _transfer_encodings(head: bytes) -> list[str]:
         if sep and name.strip().lower() == b"transfer-encoding":
             values.append(value.strip().lower().decode("latin-1"))
     return values
-
-
-def _one_line(text: str) -> str:
-    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def _check_framing(event: h11.Request) -> None:

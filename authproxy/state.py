@@ -13,6 +13,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+FileSignature = tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """Identity, size and times: changes when a file is rewritten or replaced (editors rename)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) if needed; tighten it if it is wider."""

@@ -6,25 +6,15 @@ changed since the token was read (someone put a new token there).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CredentialUnavailable
 from ..secrets import Secret
+from ..state import file_signature
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext, register
 from .checks import no_crlf
-
-_FileSig = tuple[int, int, int, int]
-
-
-def _sig(path: Path) -> _FileSig | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @register
@@ -53,7 +43,7 @@ class Bearer(Grant):
         if self.token is not None:
             return Credential(headers=(("Authorization", "Bearer " + self.token.reveal()),))
         assert self.token_file is not None
-        sig = _sig(self.token_file)
+        sig = file_signature(self.token_file)
         try:
             text = self.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -65,7 +55,7 @@ class Bearer(Grant):
         return Credential(headers=(("Authorization", "Bearer " + text),), origin=sig)
 
     def is_current(self, cred: Credential) -> bool:
-        return self.token_file is None or _sig(self.token_file) == cred.origin
+        return self.token_file is None or file_signature(self.token_file) == cred.origin
 
     def may_retry(self) -> bool:
         return self.token_file is not None

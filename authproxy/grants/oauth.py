@@ -29,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import TokenEndpointError, TokenEndpointTimeout
+from ..errors import TokenEndpointError, TokenEndpointTimeout, one_line
 from ..secrets import Secret, Value
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext
@@ -140,7 +140,7 @@ def scrub(text: str, secrets: list[Secret]) -> str:
         t = s.reveal()
         if len(t) >= 4:
             text = text.replace(t, "****")
-    text = "".join(c if c.isprintable() else " " for c in text)
+    text = one_line(text)
     return text[:_MAX_DETAIL]
 
 
