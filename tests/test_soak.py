@@ -132,7 +132,7 @@ def _app(up: SoakUpstream, *, tunnel: bool) -> web.Application:
         return resp
 
     app = web.Application(client_max_size=1 << 24)
-    app.router.add_get("/big", big)
+    app.router.add_get("/big/{rid}", big)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -214,14 +214,14 @@ async def _one(
         try:
             async with asyncio.timeout(REQUEST_DEADLINE_S):
                 if kind == "get":
-                    r = await client.get(f"{base}/echo?rid={rid}", headers=headers)
+                    r = await client.get(f"{base}/echo/{rid}?rid={rid}", headers=headers)
                     good = r.status_code == 200 and r.json()["size"] == 0
                 elif kind == "post":
                     body = BLOCK[off : off + n]
-                    r = await client.post(f"{base}/echo?rid={rid}", content=body, headers=headers)
+                    r = await client.post(f"{base}/echo/{rid}?rid={rid}", content=body, headers=headers)
                     good = r.status_code == 200 and r.json() == {"size": n, "sha": hashlib.sha256(body).hexdigest()}
                 else:
-                    r = await client.get(f"{base}/big?size={size}&rid={rid}", headers=headers)
+                    r = await client.get(f"{base}/big/{rid}?size={size}&rid={rid}", headers=headers)
                     good = r.status_code == 200 and r.content == BLOCK[:size]
             if good:
                 stats.ok[label] += 1
@@ -240,8 +240,9 @@ async def _one(
                 stats.idle_races += 1
                 continue
             else:
+                seen = "seen" if rid in up.seen else "never seen"
                 stats.failures.append(
-                    f"{label} {rid}: cut without an upstream reset: {type(exc).__name__}: {exc!s:.150}"
+                    f"{label} {rid} ({seen} upstream): cut without an upstream reset: {type(exc).__name__}: {exc!s:.150}"
                 )
         except Exception as exc:
             stats.failures.append(f"{label} {rid}: {type(exc).__name__}: {exc!s:.200}")
@@ -378,7 +379,8 @@ async def test_soak_no_leak_no_hang(tmp_path: Path, soak_upstream: SoakUpstream)
     print(report)
     for stats in (warm, main):
         assert not stats.timeouts, f"requests hung: {stats.timeouts[:10]}\n{report}"
-        assert not stats.failures, f"requests failed: {stats.failures[:10]}\n{report}"
+        logged = [line for f in stats.failures for line in p.err_lines if f.split()[1] + " " in line + " "]
+        assert not stats.failures, f"requests failed: {stats.failures[:10]}\nthe proxy logged: {logged}\n{report}"
     assert up.unauthorized == 0, report
     # Several hundred connections at once, really.
     assert main_peak >= 250, f"peak of {main_peak} open fds: the load was not concurrent\n{report}"
