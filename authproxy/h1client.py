@@ -1,0 +1,550 @@
+"""One HTTP/1.1 connection to an upstream: an asyncio.Protocol driving httptools' llhttp parser.
+
+aiohttp's client cost most of a small proxied request's CPU; this does only what
+the proxy needs: one request at a time per connection, raw headers as received,
+the body handed over as it arrives (bounded by pausing the socket), and an
+exact account of whether the connection can carry another request.
+
+Errors before the response head are ``ProxyError``s naming the upstream (the
+pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
+after it end the body with ``UpstreamBodyError``: a ``ConnectionError``, which
+the server already treats as an upstream breaking off (the client is cut).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import httptools
+
+from .errors import ProxyError, UpstreamError, UpstreamTimeout, one_line
+
+# Buffered body bytes above which the socket is paused until the consumer catches up.
+HIGH_WATER = 256 * 1024
+
+# Where a connection is in its current exchange.
+_IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
+
+
+class UpstreamBodyError(ConnectionError):
+    """The upstream broke off, stalled or lied about framing in the middle of a body."""
+
+
+class NoAnswer(UpstreamError):
+    """The connection closed before a single byte of an answer: what a stale pooled connection does."""
+
+
+Body = bytes | AsyncIterator[bytes] | None
+Key = tuple[str, str, int, ssl.SSLContext | None]  # scheme, host, port, TLS context (by identity)
+
+
+class Response:
+    """Status, reason and raw headers, and the body as an async iterator of chunks."""
+
+    __slots__ = ("_conn", "_release", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        conn: H1Connection,
+        release: Callable[[H1Connection], None],
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._conn: H1Connection | None = conn
+        self._release = release
+
+    def __aiter__(self) -> Response:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        # What already arrived is taken without a coroutine; read() waits for more.
+        chunk = conn.take() if conn.has_data else await conn.read()
+        if not chunk:
+            self.release()  # the end: the connection can serve the next request now
+            raise StopAsyncIteration
+        return chunk
+
+    def release(self) -> None:
+        """Hand the connection back; one whose response is unfinished is closed, not reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._release(conn)
+
+
+class H1Connection(asyncio.Protocol):
+    __slots__ = (
+        "_body_waiter",
+        "_buffered",
+        "_chunks",
+        "_drain_waiter",
+        "_exc",
+        "_fields_size",
+        "_framed",
+        "_got_bytes",
+        "_head_only",
+        "_head_size",
+        "_head_timeout",
+        "_head_waiter",
+        "_headers",
+        "_idle_timeout",
+        "_interim",
+        "_is_head",
+        "_keep_alive",
+        "_last_read",
+        "_loop",
+        "_malformed",
+        "_max_head",
+        "_on_lost",
+        "_on_release",
+        "_parser",
+        "_paused",
+        "_phase",
+        "_reason",
+        "_status",
+        "_timer",
+        "_too_large",
+        "_write_paused",
+        "authority",
+        "closed",
+        "idle_since",
+        "key",
+        "reusable",
+        "sent",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        key: Key,
+        authority: str,
+        max_head: int,
+        idle_timeout: float,
+        on_release: Callable[[H1Connection], None],
+        on_lost: Callable[[H1Connection], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.key = key
+        self.authority = authority
+        self._max_head = max_head
+        self._idle_timeout = idle_timeout
+        self._on_release = on_release
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self._parser = _parser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self._phase = _IDLE
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-exchange state, fresh for the next request."""
+        self.reusable = True  # nothing unexpected seen on the wire
+        self.sent = True  # the whole request went out
+        self._is_head = False
+        self._head_only = False
+        self._interim = False
+        self._got_bytes = False
+        self._head_size = 0  # bytes received while the head is incomplete
+        self._fields_size = 0  # the head's fields, as parsed
+        self._too_large = False
+        self._framed = False
+        self._keep_alive = False
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._exc: BaseException | None = None
+        self._malformed = ""  # why the body was refused, when it was
+        self._paused = False
+        self._last_read = 0.0
+        self._head_timeout = 0.0
+
+    # -- the exchange ------------------------------------------------------
+
+    async def exchange(
+        self, head: bytes, body: Body, length: int | None, is_head: bool, head_timeout: float
+    ) -> Response:
+        """Send one request (head already serialized) and wait for the response head."""
+        transport = self.transport
+        assert transport is not None and self._phase == _IDLE
+        self._phase = _HEAD
+        self._is_head = is_head
+        self._head_timeout = head_timeout
+        loop = self._loop
+        waiter = self._head_waiter = loop.create_future()
+        self._timer = loop.call_later(head_timeout, self._on_timer)
+        try:
+            if body is None:
+                transport.write(head)
+            elif isinstance(body, bytes):
+                # One write, so a small request leaves in one segment; a large
+                # buffered body is not copied just to be glued to the head.
+                if len(body) <= 65536:
+                    transport.write(head + body)
+                else:
+                    transport.write(head)
+                    transport.write(body)
+            else:
+                self.sent = False
+                transport.write(head)
+                await self._send_stream(body, length)
+            await waiter
+            if self._exc is not None and not self._chunks:
+                # Broken before a body byte came: the client can still get a clean 502.
+                what = f"sent a malformed response ({self._malformed})" if self._malformed else "broke off its response"
+                raise UpstreamError(f"{self.authority} {what}.")
+        except BaseException:
+            # Cancelled, or the client's body broke: the upstream must never
+            # take a truncated body for a whole request.
+            self.abort()
+            raise
+        finally:
+            self._head_waiter = None
+        return Response(self._status, self._reason, self._headers, self, self._on_release)
+
+    async def _send_stream(self, body: AsyncIterator[bytes], length: int | None) -> None:
+        """Stream the body: Content-Length framed when known, else chunked; stops early if answered."""
+        transport = self.transport
+        assert transport is not None
+        left = length
+        try:
+            async for chunk in body:
+                if self._phase != _HEAD or self.closed:
+                    return  # answered (or gone) before the body was all sent: not reusable
+                if not chunk:
+                    continue
+                if left is None:
+                    transport.write(b"".join((b"%x\r\n" % len(chunk), chunk, b"\r\n")))
+                else:
+                    left -= len(chunk)
+                    if left < 0:
+                        raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
+                    transport.write(chunk)
+                if self._write_paused:
+                    await self._drain()
+        except ProxyError:
+            raise
+        except Exception as exc:
+            # Usually the client's body broke; the pipeline reports that one instead.
+            raise UpstreamError(f"the request to {self.authority} failed ({type(exc).__name__}).") from None
+        if left is None:
+            transport.write(b"0\r\n\r\n")
+        elif left:
+            raise UpstreamError(f"the request to {self.authority} failed (body shorter than declared).")
+        self.sent = True
+
+    async def _drain(self) -> None:
+        """Wait until the transport takes more, the answer starts, or the connection is gone."""
+        if self.closed or self._phase != _HEAD:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self._chunks)
+
+    def take(self) -> bytes:
+        """Everything buffered, in one piece; reading resumes if it was paused."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._buffered = 0
+        if self._paused and not self.closed:
+            self._paused = False
+            self._last_read = self._loop.time()  # the stall clock restarts with the socket
+            assert self.transport is not None
+            self.transport.resume_reading()
+        return data
+
+    async def read(self) -> bytes:
+        """The body bytes buffered so far (waiting for some); b"" at the end."""
+        while True:
+            if self._chunks:
+                return self.take()
+            if self._phase == _DONE:
+                return b""
+            if self._exc is not None:
+                raise self._exc
+            waiter = self._body_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._body_waiter = None
+
+    def finish(self) -> bool:
+        """After the response is released: True when this connection may carry another request."""
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        ok = (
+            self._phase == _DONE
+            and self.sent
+            and self._keep_alive
+            and self.reusable
+            and not self.closed
+        )
+        if ok:
+            if self._paused:  # the whole body came, unread (a 401 before its retry, say)
+                assert self.transport is not None
+                self.transport.resume_reading()
+            self._phase = _IDLE
+            self._reset()
+        return ok
+
+    def close(self) -> None:
+        """Graceful close (TLS sends close_notify), for a connection with nothing in flight."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection: what is in flight on it can no longer be trusted."""
+        self.reusable = False
+        if self._exc is None:
+            self._exc = UpstreamBodyError(f"{self.authority}: the connection was cut")
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    # -- timers ------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._phase == _HEAD:
+            self._fail_head(UpstreamTimeout(f"{self.authority} did not answer within {self._head_timeout:g} s."))
+        elif self._phase == _BODY:
+            # One timer per stalled body, not one per chunk: it checks when data
+            # last came, and a socket we paused ourselves is not a stall.
+            now = self._loop.time()
+            due = now + self._idle_timeout if self._paused else self._last_read + self._idle_timeout
+            if due > now:
+                self._timer = self._loop.call_at(due, self._on_timer)
+            else:
+                self._exc = UpstreamBodyError(f"{self.authority} sent no body data for {self._idle_timeout:g} s")
+                self.abort()
+                self._wake_body()
+
+    # -- protocol callbacks --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # asyncio sets it too; other loops and wrapped transports may not.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        phase = self._phase
+        if phase == _HEAD:
+            if self._got_bytes:
+                self._fail_head(UpstreamError(f"{self.authority} closed the connection without answering."))
+            else:
+                self._fail_head(NoAnswer(f"{self.authority} closed the connection without answering."))
+        elif phase == _BODY:
+            if exc is None and self._exc is None and not self._framed:
+                self._phase = _DONE  # a body delimited by the close (RFC 9112 §6.3 rule 8) is complete
+                self._keep_alive = False
+            elif self._exc is None:
+                self._exc = UpstreamBodyError(f"{self.authority} closed the connection in the middle of the body")
+            self._wake_body()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost decides what the EOF meant
+
+    def data_received(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _HEAD:
+            self._got_bytes = True
+            self._head_size += len(data)
+        elif phase == _BODY:
+            self._last_read = self._loop.time()
+        elif phase == _IDLE:
+            # An idle connection the upstream speaks on (a 408 before closing,
+            # say) is out of step with us: never send on it again.
+            self.reusable = False
+            assert self.transport is not None
+            self.transport.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._bad("it switched protocols unasked")
+        except httptools.HttpParserError as exc:
+            self._bad(one_line(str(exc))[:100])
+        if self._phase == _HEAD:
+            # Either a head still coming past the bound, or one that came whole
+            # in a single read and was measured field by field.
+            if self._head_size > self._max_head or self._too_large:
+                self._bad("the response head is too large")
+        elif self._phase == _BODY and self._timer is None and not self.closed:
+            # Armed only for a body still coming: a small response never pays for it.
+            self._last_read = self._loop.time()
+            self._timer = self._loop.call_later(self._idle_timeout, self._on_timer)
+
+    def _bad(self, what: str) -> None:
+        """The upstream's bytes are not HTTP we accept."""
+        phase = self._phase
+        if phase == _HEAD:
+            self._fail_head(UpstreamError(f"{self.authority} sent a malformed response ({what})."))
+        elif phase == _BODY:
+            self._malformed = what
+            self._exc = UpstreamBodyError(f"{self.authority} sent a malformed body")
+            self.abort()
+            self._wake_body()
+        else:
+            self.reusable = False  # bytes after a complete response: never reuse
+
+    def _fail_head(self, err: ProxyError) -> None:
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(err)
+        self._phase = _DONE
+        self.abort()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # httptools (llhttp) callbacks. A parser replaced after a HEAD response may
+    # still call these for bytes that followed it; the phase checks catch that.
+
+    def on_message_begin(self) -> None:
+        if self._phase == _HEAD:
+            self._headers = []  # an interim (1xx) response's headers are dropped
+            self._framed = False
+            self._fields_size = 0
+        else:
+            self.reusable = False
+
+    def on_status(self, reason: bytes) -> None:
+        if self._phase == _HEAD:
+            self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._phase != _HEAD:
+            return  # trailers (dropped), or bytes a stale parser saw
+        # llhttp strips whitespace before a value, not after (RFC 9110 §5.5 says both).
+        self._headers.append((name, value.rstrip(b" \t")))
+        n = len(name)
+        self._fields_size += n + len(value) + 4
+        if n == 14 or n == 17:
+            low = name.lower()
+            if low == b"content-length":
+                self._framed = True
+            elif low == b"transfer-encoding":
+                self._framed = value.rstrip().lower().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        if self._phase != _HEAD:
+            self.reusable = False
+            return
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            # 100 Continue and other interim answers are skipped; a 101 makes
+            # llhttp stop with HttpParserUpgrade, refused in data_received.
+            self._interim = status != 101
+            return
+        if self._fields_size > self._max_head:
+            self._too_large = True  # refused once feed_data returns; the head stays unanswered
+            return
+        self._status = status
+        self._keep_alive = parser.should_keep_alive()
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        if self._is_head:
+            # httptools cannot tell llhttp that a HEAD response has no body:
+            # the message ends here and a fresh parser takes the next one.
+            self._phase = _DONE
+            self._head_only = True
+            self._parser = _parser(self)
+        else:
+            self._phase = _BODY
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._phase != _BODY:
+            self.reusable = False  # a body after a HEAD response, or bytes nobody asked for
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused:
+            self._paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        phase = self._phase
+        if phase == _BODY:
+            self._phase = _DONE
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            self._wake_body()
+        elif phase == _HEAD and self._interim:
+            self._interim = False
+        elif phase == _DONE and self._head_only:
+            self._head_only = False  # the HEAD response's own end, as the old parser saw it
+        else:
+            self.reusable = False
+
+
+def _parser(protocol: Any) -> Any:
+    parser = httptools.HttpResponseParser(protocol)
+    # The leniencies aiohttp's client had: bare LF line ends and spaces after a
+    # chunk size, seen from old servers. The server side re-frames every answer.
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True)
+    return parser

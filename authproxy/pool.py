@@ -1,0 +1,224 @@
+"""The upstream connection pool: HTTP/1.1 keep-alive connections per destination, reused last-in first-out.
+
+Keyed by (scheme, host, port, TLS context): a route with its own ``ca_file``
+never shares a connection verified against other roots. Idle connections are
+closed after ``timeouts.idle`` (one timer for the whole pool, not one per
+connection), and at most ``MAX_IDLE_PER_KEY`` wait per destination.
+
+A request on a reused connection that the upstream closed before answering
+(it timed the idle connection out as we wrote) is sent once more on a new
+connection, when resending is safe: an idempotent method (RFC 9110 §9.2.2)
+and a body we still hold (none, or buffered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from urllib.parse import quote
+
+from .config import Timeouts
+from .errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError
+from .h1client import Body, H1Connection, Key, NoAnswer, Response
+from .messages import Origin
+
+MAX_IDLE_PER_KEY = 256
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+# Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
+
+
+class Pool:
+    def __init__(self, timeouts: Timeouts, max_head: int) -> None:
+        self._connect_timeout = timeouts.connect
+        self._handshake_timeout = timeouts.tls_handshake
+        self._idle_timeout = timeouts.idle
+        self._max_head = max_head
+        self._idle: dict[Key, list[H1Connection]] = {}
+        self._all: set[H1Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        dest: Origin,
+        sslctx: ssl.SSLContext | None,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+        length: int | None,
+        head_timeout: float,
+    ) -> Response:
+        """Send a request and return its response once the head is in.
+
+        ``headers`` must not frame the body: Content-Length (``length`` for a
+        streamed body) or chunked Transfer-Encoding is added here.
+        """
+        m = method.encode("ascii")
+        head = _serialize(m, target, headers, body, length)
+        key = (dest.scheme, dest.host, dest.port, sslctx)
+        conn = self._take(key)
+        is_head = m == b"HEAD"
+        if conn is not None:
+            try:
+                return await conn.exchange(head, body, length, is_head, head_timeout)
+            except NoAnswer:
+                if m not in _IDEMPOTENT or not (body is None or isinstance(body, bytes)):
+                    raise
+        conn = await self._connect(key, dest, sslctx)
+        return await conn.exchange(head, body, length, is_head, head_timeout)
+
+    def _take(self, key: Key) -> H1Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if conn.closed or not conn.reusable:
+                continue
+            if now - conn.idle_since >= self._idle_timeout:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def _release(self, conn: H1Connection) -> None:
+        if not conn.finish():
+            conn.abort()
+            return
+        if self._closed:
+            conn.close()
+            return
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        elif len(idle) >= MAX_IDLE_PER_KEY:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(conn.idle_since + self._idle_timeout, self._sweep)
+
+    def _lost(self, conn: H1Connection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``timeouts.idle``; the oldest sit first in each list."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due: float | None = None
+        for key in list(self._idle):
+            idle = self._idle[key]
+            n = 0
+            while n < len(idle) and now - idle[n].idle_since >= self._idle_timeout:
+                n += 1
+            expired, idle[:n] = idle[:n], []
+            for conn in expired:
+                conn.close()
+            if idle:
+                first = idle[0].idle_since + self._idle_timeout
+                due = first if due is None else min(due, first)
+            else:
+                del self._idle[key]
+        if due is not None and not self._closed:
+            self._sweeper = loop.call_at(due, self._sweep)
+
+    async def _connect(self, key: Key, dest: Origin, sslctx: ssl.SSLContext | None) -> H1Connection:
+        loop = asyncio.get_running_loop()
+        authority = dest.authority
+
+        def factory() -> H1Connection:
+            return H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost)
+
+        handshake = self._handshake_timeout if sslctx is not None else None
+        budget = self._connect_timeout + (handshake or 0.0)
+        try:
+            async with asyncio.timeout(budget):
+                _, conn = await loop.create_connection(
+                    factory,
+                    dest.host,
+                    dest.port,
+                    ssl=sslctx,
+                    server_hostname=dest.host if sslctx is not None else None,
+                    ssl_handshake_timeout=handshake,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {authority} took longer than {self._connect_timeout:g} s.") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTLSError(f"the certificate of {authority} failed verification: {_ssl_reason(exc)}.") from None
+        except ssl.SSLError as exc:
+            raise UpstreamTLSError(f"TLS with {authority} failed: {_ssl_reason(exc)}.") from None
+        except ConnectionAbortedError:
+            if handshake is None:
+                raise UpstreamError(f"cannot connect to {authority}: connection aborted.") from None
+            # asyncio's way of saying the TLS handshake ran out of time.
+            raise UpstreamTimeout(f"the TLS handshake with {authority} took longer than {handshake:g} s.") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or type(exc).__name__}.") from None
+        if self._closed:
+            conn.abort()
+            raise UpstreamError(f"cannot connect to {authority}: the proxy is shutting down.")
+        self._all.add(conn)
+        return conn
+
+    async def close(self) -> None:
+        """Close every connection, idle or busy (shutdown: the drain is over)."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._idle.clear()
+        for conn in list(self._all):
+            conn.abort()
+        self._all.clear()
+        await asyncio.sleep(0)  # let the transports' connection_lost run
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    return str(reason).splitlines()[0][:200]
+
+
+def _serialize(
+    method: bytes, target: str, headers: list[tuple[bytes, bytes]], body: Body, length: int | None
+) -> bytes:
+    """The request head in one bytes object, framing header included."""
+    parts = [method, b" ", _target_bytes(target), b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if body is None:
+        if method not in _NO_BODY_METHODS:
+            parts.append(b"Content-Length: 0\r\n")
+        lines = len(headers) + (method not in _NO_BODY_METHODS) + 2
+    elif isinstance(body, bytes):
+        parts += (b"Content-Length: ", b"%d" % len(body), b"\r\n")
+        lines = len(headers) + 3
+    elif length is not None:
+        parts += (b"Content-Length: ", b"%d" % length, b"\r\n")
+        lines = len(headers) + 3
+    else:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+        lines = len(headers) + 3
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # One line per field: a CR or LF inside a name or value would let it
+    # smuggle a header (or a request) past us. Counting is cheaper than a scan per field.
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise ProxyError("a request header holds a line break; the request was not sent.")
+    return head
+
+
+def _target_bytes(target: str) -> bytes:
+    try:
+        return target.encode("latin-1")  # the client's bytes, as the server decoded them
+    except UnicodeEncodeError:
+        # A gateway base path from the config with characters beyond Latin-1.
+        return quote(target, safe="/?#[]@!$&'()*+,;=:%~-._").encode("ascii")
