@@ -7,8 +7,7 @@ exact account of whether the connection can carry another request.
 
 Errors before the response head are ``ProxyError``s naming the upstream (the
 pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
-after it end the body with ``UpstreamBodyError``: a ``ConnectionError``, which
-the server already treats as an upstream breaking off (the client is cut).
+after it end the body with ``UpstreamBodyError`` (see h1message.py).
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import httptools
 
 from .errors import ProxyError, UpstreamError, UpstreamTimeout, one_line
+from .h1message import Body, Key, NoAnswer, Response, UpstreamBodyError
 
 # Buffered body bytes above which the socket is paused until the consumer catches up.
 HIGH_WATER = 256 * 1024
@@ -31,99 +30,8 @@ HIGH_WATER = 256 * 1024
 _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
 
 
-class UpstreamBodyError(ConnectionError):
-    """The upstream broke off, stalled or lied about framing in the middle of a body."""
-
-
-class NoAnswer(UpstreamError):
-    """The connection closed before a single byte of an answer: what a stale pooled connection does."""
-
-
-Body = bytes | AsyncIterator[bytes] | None
-Key = tuple[str, str, int, ssl.SSLContext | None]  # scheme, host, port, TLS context (by identity)
-
-
-class Response:
-    """Status, reason and raw headers, and the body as an async iterator of chunks."""
-
-    __slots__ = ("_conn", "_release", "headers", "reason", "status")
-
-    def __init__(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        conn: H1Connection,
-        release: Callable[[H1Connection], None],
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self._conn: H1Connection | None = conn
-        self._release = release
-
-    def __aiter__(self) -> Response:
-        return self
-
-    async def __anext__(self) -> bytes:
-        conn = self._conn
-        if conn is None:
-            raise StopAsyncIteration
-        # What already arrived is taken without a coroutine; read() waits for more.
-        chunk = conn.take() if conn.has_data else await conn.read()
-        if not chunk:
-            self.release()  # the end: the connection can serve the next request now
-            raise StopAsyncIteration
-        return chunk
-
-    def release(self) -> None:
-        """Hand the connection back; one whose response is unfinished is closed, not reused."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            self._release(conn)
-
-
 class H1Connection(asyncio.Protocol):
-    __slots__ = (
-        "_body_waiter",
-        "_buffered",
-        "_chunks",
-        "_drain_waiter",
-        "_exc",
-        "_fields_size",
-        "_framed",
-        "_got_bytes",
-        "_head_only",
-        "_head_size",
-        "_head_timeout",
-        "_head_waiter",
-        "_headers",
-        "_idle_timeout",
-        "_interim",
-        "_is_head",
-        "_keep_alive",
-        "_last_read",
-        "_loop",
-        "_malformed",
-        "_max_head",
-        "_on_lost",
-        "_on_release",
-        "_parser",
-        "_paused",
-        "_phase",
-        "_reason",
-        "_status",
-        "_timer",
-        "_too_large",
-        "_write_paused",
-        "authority",
-        "closed",
-        "idle_since",
-        "key",
-        "reusable",
-        "sent",
-        "transport",
-    )
+    """One upstream connection; the pool's, reused for one exchange after another."""
 
     def __init__(
         self,
@@ -295,17 +203,8 @@ class H1Connection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """After the response is released: True when this connection may carry another request."""
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._timer = None
-        ok = (
-            self._phase == _DONE
-            and self.sent
-            and self._keep_alive
-            and self.reusable
-            and not self.closed
-        )
+        self._stop_timer()
+        ok = self._phase == _DONE and self.sent and self._keep_alive and self.reusable and not self.closed
         if ok:
             if self._paused:  # the whole body came, unread (a 401 before its retry, say)
                 assert self.transport is not None
@@ -343,7 +242,7 @@ class H1Connection(asyncio.Protocol):
             else:
                 self._exc = UpstreamBodyError(f"{self.authority} sent no body data for {self._idle_timeout:g} s")
                 self.abort()
-                self._wake_body()
+                _wake(self._body_waiter)
 
     # -- protocol callbacks --------------------------------------------------
 
@@ -358,9 +257,7 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         phase = self._phase
         if phase == _HEAD:
             if self._got_bytes:
@@ -373,10 +270,8 @@ class H1Connection(asyncio.Protocol):
                 self._keep_alive = False
             elif self._exc is None:
                 self._exc = UpstreamBodyError(f"{self.authority} closed the connection in the middle of the body")
-            self._wake_body()
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+            _wake(self._body_waiter)
+        _wake(self._drain_waiter)
         self._on_lost(self)
 
     def pause_writing(self) -> None:
@@ -384,9 +279,7 @@ class H1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        _wake(self._drain_waiter)
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what the EOF meant
@@ -430,7 +323,7 @@ class H1Connection(asyncio.Protocol):
             self._malformed = what
             self._exc = UpstreamBodyError(f"{self.authority} sent a malformed body")
             self.abort()
-            self._wake_body()
+            _wake(self._body_waiter)
         else:
             self.reusable = False  # bytes after a complete response: never reuse
 
@@ -440,14 +333,12 @@ class H1Connection(asyncio.Protocol):
             waiter.set_exception(err)
         self._phase = _DONE
         self.abort()
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        _wake(self._drain_waiter)
 
-    def _wake_body(self) -> None:
-        waiter = self._body_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # httptools (llhttp) callbacks. A parser replaced after a HEAD response may
     # still call these for bytes that followed it; the phase checks catch that.
@@ -494,10 +385,7 @@ class H1Connection(asyncio.Protocol):
             return
         self._status = status
         self._keep_alive = parser.should_keep_alive()
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self._is_head:
             # httptools cannot tell llhttp that a HEAD response has no body:
             # the message ends here and a fresh parser takes the next one.
@@ -506,12 +394,8 @@ class H1Connection(asyncio.Protocol):
             self._parser = _parser(self)
         else:
             self._phase = _BODY
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        _wake(self._head_waiter)
+        _wake(self._drain_waiter)
 
     def on_body(self, body: bytes) -> None:
         if self._phase != _BODY:
@@ -523,23 +407,25 @@ class H1Connection(asyncio.Protocol):
             self._paused = True
             assert self.transport is not None
             self.transport.pause_reading()
-        self._wake_body()
+        _wake(self._body_waiter)
 
     def on_message_complete(self) -> None:
         phase = self._phase
         if phase == _BODY:
             self._phase = _DONE
-            timer = self._timer
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
-            self._wake_body()
+            self._stop_timer()
+            _wake(self._body_waiter)
         elif phase == _HEAD and self._interim:
             self._interim = False
         elif phase == _DONE and self._head_only:
             self._head_only = False  # the HEAD response's own end, as the old parser saw it
         else:
             self.reusable = False
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _parser(protocol: Any) -> Any:

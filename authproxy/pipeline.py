@@ -10,30 +10,17 @@ resolve the target → route (or pass through / deny)
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
-import aiohttp
-import yarl
-
 from .access import check_allowed, check_user_route
 from .accesslog import AccessRecord
 from .config import Route
-from .errors import (
-    BadRequest,
-    Denied,
-    MisdirectedRequest,
-    ProxyError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamTLSError,
-    one_line,
-)
+from .errors import BadRequest, Denied, MisdirectedRequest, ProxyError
 from .grants import Credential
+from .h1message import Response
 from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
 from .messages import Origin, ProxyRequest, Reply
 from .runtime import Runtime, Snapshot
@@ -44,6 +31,7 @@ from .upstream import HOP_BY_HOP, connection_tokens, filter_response_headers
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us.
 _REBUILT = frozenset({b"host", b"content-length", b"expect"})
+_DROPPED = HOP_BY_HOP | _REBUILT
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -74,7 +62,11 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     reply = await exchange(rt, target, req, cred)
 
     if reply.status == 401 and route.auth.may_retry():
-        retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
+        try:
+            retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
+        except BaseException:
+            reply.release()  # its pooled connection goes back (or closes), not left to the upstream's timeout
+            raise
         if retry is None:
             rt.tokens.mark_stale(route, cred)
             rec.retry = "skipped"
@@ -86,7 +78,7 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
 
 
 async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
-    """One round trip upstream: a pooled aiohttp request, or an upgrade on its own connection."""
+    """One round trip upstream: a pooled HTTP/1.1 request, or an upgrade on its own connection."""
     headers = outbound_headers(req.headers, target.host_header, cred)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
@@ -96,8 +88,9 @@ async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credent
         return await open_upgrade(
             dest, req.method, _with_query(target.path, cred), headers, upgrade, sslctx, t.connect, t.upstream_headers
         )
+    data, length = _payload(req)
     try:
-        resp = await send(rt, target, req.method, headers, _payload(req, headers), cred)
+        resp = await send(rt, target, req.method, headers, data, length, cred)
     except ProxyError:
         if req.body.error is not None:
             raise req.body.error from None  # the client's body broke, not the upstream
@@ -241,15 +234,20 @@ def _host_header(o: Origin) -> str:
     return format_host(o.host, o.port, o.default_port)
 
 
-def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[str, str]]:
+def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
-    drop = HOP_BY_HOP | _REBUILT | connection_tokens(raw)
-    if cred is not None:
-        drop = drop | {n.lower().encode() for n, _ in cred.headers}
-    out = [("Host", host)]
-    out += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw if n.lower() not in drop]
-    if cred is not None:
-        out += cred.headers
+    drop = _DROPPED
+    tokens = connection_tokens(raw)
+    if tokens:
+        drop = drop | tokens
+    injected: list[tuple[bytes, bytes]] = []
+    if cred is not None and cred.headers:
+        # UTF-8, as the aiohttp client sent them: a secret is whatever the route says.
+        injected = [(n.encode("latin-1"), v.encode()) for n, v in cred.headers]
+        drop = drop | {n.lower() for n, _ in injected}
+    out = [(b"Host", host.encode("ascii"))]
+    out += [(n, v) for n, v in raw if n.lower() not in drop]
+    out += injected
     return out
 
 
@@ -263,67 +261,45 @@ def _with_query(path: str, cred: Credential | None) -> str:
     return base + "?" + "&".join(kept)
 
 
-def _payload(req: ProxyRequest, headers: list[tuple[str, str]]) -> bytes | AsyncIterator[bytes] | None:
-    """The body to send; a streamed body of known length keeps its Content-Length."""
+def _payload(req: ProxyRequest) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
+    """The body to send and, for a streamed one, its Content-Length when the client gave one."""
     body = req.body
     if body.buffered is not None:
         if (not body.buffered and body.length is None) or (body.empty and req.method in _NO_BODY):
-            return None
-        return body.buffered
-    if body.length is not None:
-        headers.append(("Content-Length", str(body.length)))
-    return body.stream()
+            return None, None
+        return body.buffered, None
+    return body.stream(), body.length
 
 
 async def send(
     rt: Runtime,
     target: Target,
     method: str,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]],
     data: bytes | AsyncIterator[bytes] | None,
+    length: int | None = None,
     cred: Credential | None = None,
-) -> aiohttp.ClientResponse:
+) -> Response:
+    """The pool maps every failure to the ProxyError a client sees (502, 504), naming the upstream."""
     dest = target.dest
-    path = _with_query(target.path, cred)
-    url = yarl.URL(f"{dest.scheme}://{_host_header(dest)}{path}", encoded=True)
-    sslctx: ssl.SSLContext | bool = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else False
-    timeouts = rt.snapshot.config.timeouts
-    try:
-        async with asyncio.timeout(timeouts.upstream_headers):
-            return await rt.upstreams.session.request(
-                method, url, headers=headers, data=data, allow_redirects=False, ssl=sslctx
-            )
-    except ProxyError:
-        raise
-    except TimeoutError:
-        raise UpstreamTimeout(f"{dest.authority} did not answer within {timeouts.upstream_headers:g} s.") from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise UpstreamTLSError(
-            f"the certificate of {dest.authority} failed verification: {_ssl_reason(exc.certificate_error)}."
-        ) from None
-    except aiohttp.ClientSSLError as exc:
-        raise UpstreamTLSError(f"TLS with {dest.authority} failed: {_ssl_reason(exc)}.") from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}.") from None
-    except aiohttp.ServerDisconnectedError:
-        raise UpstreamError(f"{dest.authority} closed the connection without answering.") from None
-    except aiohttp.ClientResponseError as exc:
-        what = one_line(exc.message).split("  ")[0][:100]
-        raise UpstreamError(f"{dest.authority} sent a malformed response ({what}).") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(f"the request to {dest.authority} failed ({type(exc).__name__}).") from None
+    sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
+    return await rt.upstreams.pool.request(
+        dest,
+        sslctx,
+        method,
+        _with_query(target.path, cred),
+        headers,
+        data,
+        length,
+        rt.snapshot.config.timeouts.upstream_headers,
+    )
 
 
-def _ssl_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
-    return str(reason).splitlines()[0][:200]
-
-
-def _reply(resp: aiohttp.ClientResponse) -> Reply:
+def _reply(resp: Response) -> Reply:
     return Reply(
         status=resp.status,
-        reason=(resp.reason or "").encode("latin-1", "replace"),
-        headers=filter_response_headers(resp.raw_headers),
-        body=resp.content.iter_any(),
+        reason=resp.reason,
+        headers=filter_response_headers(resp.headers),
+        body=resp,
         release=resp.release,
     )

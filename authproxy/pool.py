@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from urllib.parse import quote
 
 from .config import Timeouts
-from .errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError
-from .h1client import Body, H1Connection, Key, NoAnswer, Response
+from .errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
+from .h1client import H1Connection
+from .h1message import Body, Key, NoAnswer, Response, serialize_request
 from .messages import Origin
 
 MAX_IDLE_PER_KEY = 256
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
-# Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
-_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
 
 
 class Pool:
@@ -56,7 +54,7 @@ class Pool:
         streamed body) or chunked Transfer-Encoding is added here.
         """
         m = method.encode("ascii")
-        head = _serialize(m, target, headers, body, length)
+        head = serialize_request(m, target, headers, body, length)
         key = (dest.scheme, dest.host, dest.port, sslctx)
         conn = self._take(key)
         is_head = m == b"HEAD"
@@ -185,40 +183,3 @@ class Pool:
 def _ssl_reason(exc: ssl.SSLError) -> str:
     reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
     return str(reason).splitlines()[0][:200]
-
-
-def _serialize(
-    method: bytes, target: str, headers: list[tuple[bytes, bytes]], body: Body, length: int | None
-) -> bytes:
-    """The request head in one bytes object, framing header included."""
-    parts = [method, b" ", _target_bytes(target), b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    if body is None:
-        if method not in _NO_BODY_METHODS:
-            parts.append(b"Content-Length: 0\r\n")
-        lines = len(headers) + (method not in _NO_BODY_METHODS) + 2
-    elif isinstance(body, bytes):
-        parts += (b"Content-Length: ", b"%d" % len(body), b"\r\n")
-        lines = len(headers) + 3
-    elif length is not None:
-        parts += (b"Content-Length: ", b"%d" % length, b"\r\n")
-        lines = len(headers) + 3
-    else:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-        lines = len(headers) + 3
-    parts.append(b"\r\n")
-    head = b"".join(parts)
-    # One line per field: a CR or LF inside a name or value would let it
-    # smuggle a header (or a request) past us. Counting is cheaper than a scan per field.
-    if head.count(b"\n") != lines or head.count(b"\r") != lines:
-        raise ProxyError("a request header holds a line break; the request was not sent.")
-    return head
-
-
-def _target_bytes(target: str) -> bytes:
-    try:
-        return target.encode("latin-1")  # the client's bytes, as the server decoded them
-    except UnicodeEncodeError:
-        # A gateway base path from the config with characters beyond Latin-1.
-        return quote(target, safe="/?#[]@!$&'()*+,;=:%~-._").encode("ascii")

@@ -1,7 +1,7 @@
 """Upgrades (WebSocket and others): the handshake carries the credential, then bytes flow both ways.
 
-An aiohttp client session does not hand over the raw connection after a 101,
-so an upgrade gets its own upstream connection, spoken to with an h11 client:
+The pool's connections carry HTTP exchanges only, so an upgrade gets its own
+upstream connection, spoken to with an h11 client:
 send the request head, read the answer; on 101 the caller pumps bytes, on
 anything else the answer is relayed like any response.
 """
@@ -39,7 +39,7 @@ async def open_upgrade(
     dest: Origin,
     method: str,
     path: str,
-    headers: list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]],
     upgrade: bytes,
     sslctx: ssl.SSLContext | None,
     connect_timeout: float,
@@ -71,8 +71,7 @@ async def open_upgrade(
         raise UpstreamError(f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}.") from None
 
     conn = h11.Connection(h11.CLIENT)
-    head = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
-    head += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+    head = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
     try:
         writer.write(conn.send(h11.Request(method=method, target=path, headers=head)))
         writer.write(conn.send(h11.EndOfMessage()))

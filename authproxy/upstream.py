@@ -1,4 +1,4 @@
-"""The upstream side: one pooled aiohttp session, TLS contexts, and header filtering."""
+"""The upstream side: the connection pool, TLS contexts, and header filtering."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import aiohttp
 
 from .ca import system_roots
 from .config import Limits, Route, Timeouts
+from .pool import Pool
 
 # RFC 9110 §7.6.1, plus headers only a proxy hop uses.
 HOP_BY_HOP = frozenset(
@@ -26,9 +27,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# aiohttp adds these unless told not to; the client's own (or none) must go through.
-SKIP_AUTO = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
@@ -41,33 +39,21 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     raw = list(raw)
-    drop = HOP_BY_HOP | connection_tokens(raw)
+    tokens = connection_tokens(raw)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return [(n, v) for n, v in raw if n.lower() not in drop]
 
 
 class Upstreams:
-    """The shared client session and one SSL context per (ca_file, verify)."""
+    """The connection pool and one SSL context per (ca_file, verify)."""
 
     def __init__(self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None) -> None:
         self._timeouts = timeouts
         self._extra_ca = extra_ca_file
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
-        connector = aiohttp.TCPConnector(
-            limit=0,  # the proxy's own max_connections bounds the load
-            limit_per_host=0,
-            ttl_dns_cache=60,
-            enable_cleanup_closed=True,
-            keepalive_timeout=timeouts.idle,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            # authproxy env points HTTPS_PROXY at us: trusting it would loop.
-            trust_env=False,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle),
-            skip_auto_headers=SKIP_AUTO,
-        )
+        # No connection limit of its own: the proxy's max_connections bounds the load.
+        # An upstream's head is held to the bound a client's is.
+        self.pool = Pool(timeouts, limits.max_header_bytes)
 
     def ssl_context(self, route: Route | None) -> ssl.SSLContext:
         """Contexts are built once: creating one reads the CA store from disk."""
@@ -92,7 +78,7 @@ class Upstreams:
         return ctx
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.pool.close()
 
 
 def token_session(timeouts: Timeouts) -> aiohttp.ClientSession:

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from authproxy.config import Timeouts
 from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError
-from authproxy.h1client import HIGH_WATER, Response, UpstreamBodyError
+from authproxy.h1client import HIGH_WATER
+from authproxy.h1message import Response, UpstreamBodyError
 from authproxy.messages import Origin
 from authproxy.pool import Pool
 
@@ -545,6 +546,53 @@ def tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     return server_ctx, ca_path
 
 
+async def test_tls_upstream_with_a_route_ca_file(make_proxy, secret_env, tls) -> None:
+    server_ctx, ca_path = tls
+    secret_env("POOL_KEY", KEY)
+    async with counted(server_ctx) as up:
+        p = await make_proxy(
+            f"""
+            routes:
+              - name: pinned
+                gateway: /p
+                upstream: https://{up.authority}
+                ca_file: {ca_path}
+                auth: {{type: api_key, header: X-Key, value: "${{POOL_KEY}}"}}
+            """
+        )
+        p.secrets.add(KEY)
+        for _ in range(3):
+            resp = await _raw_get(p.port, "/p/small")
+            assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"hello")
+        assert up.accepted == 1
+        assert [r["headers"]["X-Key"] for r in up.requests] == [KEY] * 3
+
+
+async def test_tls_verification_failure_says_why(make_proxy, secret_env, tls) -> None:
+    server_ctx, _ = tls
+    secret_env("POOL_KEY", KEY)
+    async with counted(server_ctx) as up:
+        p = await make_proxy(
+            f"""
+            routes:
+              - name: unpinned
+                gateway: /u
+                upstream: https://{up.authority}
+                auth: {{type: api_key, header: X-Key, value: "${{POOL_KEY}}"}}
+            """
+        )
+        p.secrets.add(KEY)
+        resp = await _raw_get(p.port, "/u/small")
+        body = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+        p.bodies.append(json.dumps(body))
+        assert resp.startswith(b"HTTP/1.1 502")
+        assert body["error"] == "upstream_tls_error"
+        assert body["detail"] == (
+            f"the certificate of {up.authority} failed verification: unable to get local issuer certificate."
+        )
+        assert up.requests == []
+
+
 async def test_tls_pool_used_directly(pool: Pool, tls) -> None:
     server_ctx, ca_path = tls
     client_ctx = ssl.create_default_context(cafile=str(ca_path))
@@ -556,3 +604,93 @@ async def test_tls_pool_used_directly(pool: Pool, tls) -> None:
         with pytest.raises(UpstreamTLSError) as err:
             await fetch(pool, up.port, "/small", sslctx=ssl.create_default_context())
         assert "failed verification" in err.value.detail
+
+
+# -- through the proxy -------------------------------------------------------------
+
+
+async def _raw_get(port: int, target: str, host: str = "a") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+
+
+async def _proxy_for(make_proxy, secret_env, authority: str) -> Any:
+    secret_env("POOL_KEY", KEY)
+    p = await make_proxy(
+        f"""
+        timeouts: {{upstream_headers: 2}}
+        routes:
+          - name: up
+            match: {authority}
+            auth: {{type: api_key, header: X-Key, value: "${{POOL_KEY}}"}}
+        """
+    )
+    p.secrets.add(KEY)
+    return p
+
+
+async def test_malformed_status_line_is_a_clean_502(make_proxy, secret_env) -> None:
+    async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 2x0 " + KEY.encode() + b"\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async with raw(script) as up:
+        p = await _proxy_for(make_proxy, secret_env, up.authority)
+        resp = await _raw_get(p.port, f"http://{up.authority}/x")
+        body = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+        p.bodies.append(json.dumps(body))
+        assert resp.startswith(b"HTTP/1.1 502")
+        assert body == {
+            "error": "upstream_error",
+            "route": "up",
+            "detail": f"{up.authority} sent a malformed response (Invalid status code).",
+        }
+
+
+async def test_malformed_header_message_holds_no_header_value(make_proxy, secret_env) -> None:
+    async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: " + KEY.encode() + b"\x01\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async with raw(script) as up:
+        p = await _proxy_for(make_proxy, secret_env, up.authority)
+        resp = await _raw_get(p.port, f"http://{up.authority}/x")
+        assert resp.startswith(b"HTTP/1.1 502")
+        p.bodies.append(resp.decode("latin-1"))  # the fixture greps it for the key
+
+
+async def test_reset_mid_body_cuts_the_client(make_proxy, secret_env) -> None:
+    async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply("HTTP/1.1 200 OK", "Content-Length: 100000", body=b"x" * 5000))
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.transport.abort()
+        return False
+
+    async with raw(script) as up:
+        p = await _proxy_for(make_proxy, secret_env, up.authority)
+        resp = await _raw_get(p.port, f"http://{up.authority}/x")
+        head, _, body = resp.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 100000" in head.lower()
+        assert 0 < len(body) < 100000  # cut short, never padded
+        assert "error=upstream_broke_off" in p.access_lines()[-1]
+
+
+async def test_proxy_shutdown_closes_pooled_connections(make_proxy, secret_env) -> None:
+    async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_reply("HTTP/1.1 200 OK", "Content-Length: 2", body=b"ok"))
+        return True
+
+    async with raw(script) as up:
+        p = await _proxy_for(make_proxy, secret_env, up.authority)
+        for _ in range(2):
+            assert (await _raw_get(p.port, f"http://{up.authority}/x")).endswith(b"ok")
+        assert up.accepted == 1
+        await p.server.drain(1.0)
+        await p.runtime.close()
+        await asyncio.wait_for(up.closed.wait(), 10)
