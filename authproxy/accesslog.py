@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,11 +35,15 @@ class AccessRecord:
 
 
 class TextFormatter(logging.Formatter):
+    # "worker 2: " in front of messages (not access lines) of a worker process,
+    # so that an operator can tell which of several processes said what.
+    tag = ""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
-            return f"{ts} {record.levelname.lower()} {record.getMessage()}"
+            return f"{ts} {record.levelname.lower()} {self.tag}{record.getMessage()}"
         line = (
             f"{ts} {rec.method} {rec.mode} {rec.host} {rec.path} route={rec.route or '-'}"
             f" status={rec.status} in={rec.bytes_in} out={rec.bytes_out} ms={rec.ms:.1f}"
@@ -54,11 +59,14 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    tag = ""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created))
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
-            return json.dumps({"time": ts, "level": record.levelname.lower(), "message": record.getMessage()})
+            message = self.tag + record.getMessage()
+            return json.dumps({"time": ts, "level": record.levelname.lower(), "message": message})
         data = {"time": ts, **asdict(rec)}
         data["ms"] = round(rec.ms, 1)
         return json.dumps(data)
@@ -77,10 +85,14 @@ class BatchingStderrHandler(logging.Handler):
     access line (warnings, errors) is written at once, after what is queued.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         super().__init__()
         self._lines: list[str] = []
         self._scheduled = False
+        # Several processes write to one stderr (``run --workers``): a pipe write
+        # of at most PIPE_BUF bytes is never interleaved with another's, so
+        # batches are cut there, at line ends.
+        self._shared = shared
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -105,18 +117,39 @@ class BatchingStderrHandler(logging.Handler):
         self._scheduled = False
         if not self._lines:
             return
-        text, self._lines = "".join(self._lines), []
+        lines, self._lines = self._lines, []
         stream = sys.stderr
         try:
-            stream.write(text)
-            stream.flush()
+            for text in _pieces(lines) if self._shared else ["".join(lines)]:
+                stream.write(text)
+                stream.flush()
         except (OSError, ValueError):
             pass  # stderr is gone: nothing useful left to do with a log line
 
 
-def setup(fmt: str, level: int = logging.INFO) -> None:
-    handler = BatchingStderrHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+def _pieces(lines: list[str]) -> list[str]:
+    """Whole lines joined into pieces of at most PIPE_BUF bytes (a longer line alone)."""
+    out: list[str] = []
+    piece: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode("utf-8", "replace"))
+        if piece and size + n > select.PIPE_BUF:
+            out.append("".join(piece))
+            piece, size = [], 0
+        piece.append(line)
+        size += n
+    if piece:
+        out.append("".join(piece))
+    return out
+
+
+def setup(fmt: str, level: int = logging.INFO, shared: bool = False, tag: str = "") -> None:
+    """``shared``: other processes write to the same stderr; ``tag`` prefixes this one's messages."""
+    handler = BatchingStderrHandler(shared)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    formatter.tag = tag
+    handler.setFormatter(formatter)
     root = logging.getLogger("authproxy")
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -10,36 +10,29 @@ header, token or request-derived value reaches any page.
 Reload problems are shown without the values they quote (see
 ``_quoted_values_elided``).
 
-Request and error rates are computed here: every few seconds the admin server
-samples the per-route counters into a small ring, and a rate is the growth
-from the oldest sample in the last minute to now.
+``AdminBase`` is the listener and its five paths; what they show comes from
+a subclass: ``AdminServer`` for one proxy process, ``fleetadmin.FleetAdmin``
+for the supervisor of ``run --workers``. Rates are computed in ``rates.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
 import json
 import re
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .config import Route
+from .rates import UNMATCHED, Rates
 from .runtime import Runtime
-
-RATE_WINDOW = 60.0  # seconds the rates look back over
-_TICK = 5.0  # seconds between samples
-_MIN_SPAN = 1.0  # a rate never divides by less than this (just after start)
-_UNMATCHED = "-"  # the route label of requests no route matched
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
@@ -50,145 +43,62 @@ _STATE_HINT = {
     "unavailable": "the route has no credential (its secret is not set)",
     "none yet": "no request has needed it yet",
 }
+_NO_TRAFFIC = {"requests": 0, "errors": 0, "req_rate": 0.0, "err_rate": 0.0, "latency_ms": None}
 
 
-@dataclass(frozen=True, slots=True)
-class _Totals:
-    requests: float = 0.0
-    errors: float = 0.0
-    latency_sum: float = 0.0
-    latency_count: float = 0.0
+class AdminBase:
+    """The admin listener's pages over a metrics registry; subclasses say what is ready and what runs."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Sample:
-    at: float  # time.monotonic()
-    totals: dict[str, _Totals]
-
-
-def _by_route(collected: Iterable[Any], suffix: str) -> dict[str, float]:
-    """Sum one sample kind (``_total``, ``_sum``, ``_count``) of a metric over every label but ``route``."""
-    out: dict[str, float] = {}
-    for family in collected:
-        for s in family.samples:
-            if s.name.endswith(suffix):
-                route = s.labels.get("route", _UNMATCHED)
-                out[route] = out.get(route, 0.0) + s.value
-    return out
-
-
-class AdminServer:
-    """The running admin listener; ``status()`` is what ``/status.json`` serves."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rates = Rates(registry)
         self.host = ""
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._ring: deque[_Sample] = deque(maxlen=int(RATE_WINDOW / _TICK) + 1)
-        self.sample()
 
-    # -- rates -------------------------------------------------------------
+    def is_ready(self) -> bool:
+        raise NotImplementedError
 
-    def _totals(self) -> dict[str, _Totals]:
-        m = self.rt.metrics
-        requests = _by_route(m.requests.collect(), "_total")
-        errors = _by_route(m.errors.collect(), "_total")
-        lat = list(m.latency.collect())
-        lat_sum, lat_count = _by_route(lat, "_sum"), _by_route(lat, "_count")
-        names = set(requests) | set(errors) | set(lat_count)
-        return {
-            n: _Totals(requests.get(n, 0.0), errors.get(n, 0.0), lat_sum.get(n, 0.0), lat_count.get(n, 0.0))
-            for n in names
-        }
+    async def current_status(self) -> dict[str, Any]:
+        """What ``/status.json`` serves and the page shows."""
+        raise NotImplementedError
 
-    def sample(self) -> None:
-        """Add the counters as they are now to the ring (the ticker calls this every few seconds)."""
-        self._ring.append(_Sample(time.monotonic(), self._totals()))
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(_TICK)
-            self.sample()
-
-    def _baseline(self, now: float) -> _Sample:
-        for s in self._ring:  # oldest first
-            if now - s.at <= RATE_WINDOW + _TICK:
-                return s
-        return self._ring[-1]
-
-    # -- what the pages show ---------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        rt = self.rt
-        cfg = rt.snapshot.config
-        now_mono, now = time.monotonic(), time.time()
-        totals = self._totals()
-        base = self._baseline(now_mono)
-        span = max(now_mono - base.at, _MIN_SPAN)
-
-        def traffic(name: str) -> dict[str, Any]:
-            cur, old = totals.get(name, _Totals()), base.totals.get(name, _Totals())
-            d_count = cur.latency_count - old.latency_count
-            return {
-                "requests": int(cur.requests),
-                "errors": int(cur.errors),
-                "req_rate": round((cur.requests - old.requests) / span, 3),
-                "err_rate": round((cur.errors - old.errors) / span, 3),
-                "latency_ms": (round((cur.latency_sum - old.latency_sum) / d_count * 1000, 1) if d_count > 0 else None),
-            }
-
-        by_status = self._status_counts()
-        routes = []
-        for r in cfg.routes:
-            routes.append(
-                {
-                    **_route_fields(r),
-                    "token": rt.tokens.status(r),
-                    **traffic(r.name),
-                    "statuses": by_status.get(r.name, {}),
-                }
-            )
-        reg = rt.metrics.registry
+    def build_status(
+        self,
+        *,
+        routes: list[dict[str, Any]],
+        reloads: list[dict[str, Any]],
+        started_at: float,
+        listen: str,
+        config_file: str,
+    ) -> dict[str, Any]:
+        """The status document: ``routes`` (route fields and ``token``) with their traffic, and the totals."""
+        now = time.time()
+        traffic, span = self.rates.traffic()
+        by_status = self.rates.status_counts()
+        reg = self.rates.registry
         tunnels = {
             kind: int(reg.get_sample_value("authproxy_active_tunnels", {"kind": kind}) or 0)
             for kind in ("tunnel", "intercept")
         }
-        listen = f"{_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
         return {
             "version": __version__,
             "now": round(now, 3),
-            "started_at": round(rt.started_at, 3),
-            "uptime": round(now - rt.started_at, 1),
-            "ready": rt.ready,
+            "started_at": round(started_at, 3),
+            "uptime": round(now - started_at, 1),
+            "ready": self.is_ready(),
             "listen": listen,
             "admin": f"{_host(self.host)}:{self.port}",
-            "config_file": str(cfg.file),
+            "config_file": config_file,
             "rate_window": round(span, 1),
             "connections": int(reg.get_sample_value("authproxy_active_connections") or 0),
             "tunnels": tunnels,
             "certificates_cached": int(reg.get_sample_value("authproxy_certificates_cached") or 0),
-            "routes": routes,
-            "unmatched": {**traffic(_UNMATCHED), "statuses": by_status.get(_UNMATCHED, {})},
-            "reloads": [
-                {"at": round(ev.at, 3), "ok": ev.ok, "detail": _quoted_values_elided(ev.detail)}
-                for ev in reversed(rt.reloads)
+            "routes": [
+                {**r, **traffic.get(r["name"], _NO_TRAFFIC), "statuses": by_status.get(r["name"], {})} for r in routes
             ],
+            "unmatched": {**traffic.get(UNMATCHED, _NO_TRAFFIC), "statuses": by_status.get(UNMATCHED, {})},
+            "reloads": reloads,
         }
-
-    def _status_counts(self) -> dict[str, dict[str, int]]:
-        """Requests by route and status class ("2xx", ...), from the counter."""
-        out: dict[str, dict[str, int]] = {}
-        for family in self.rt.metrics.requests.collect():
-            for s in family.samples:
-                if not s.name.endswith("_total"):
-                    continue
-                code = s.labels.get("status", "0")
-                cls = f"{code[0]}xx" if len(code) == 3 and code.isdigit() else "other"
-                per = out.setdefault(s.labels.get("route", _UNMATCHED), {})
-                per[cls] = per.get(cls, 0) + int(s.value)
-        return {r: dict(sorted(v.items())) for r, v in out.items()}
 
     # -- handlers ----------------------------------------------------------
 
@@ -196,36 +106,64 @@ class AdminServer:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.rt.ready:
+        if self.is_ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
 
     async def metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.rt.metrics.registry), headers={"Content-Type": content_type})
+        return web.Response(body=encoder(self.rates.registry), headers={"Content-Type": content_type})
 
     async def status_json(self, request: web.Request) -> web.Response:
         return web.Response(
-            text=json.dumps(self.status(), indent=2) + "\n",
+            text=json.dumps(await self.current_status(), indent=2) + "\n",
             content_type="application/json",
         )
 
     async def page(self, request: web.Request) -> web.Response:
-        resp = web.Response(text=render_page(self.status()), content_type="text/html")
+        resp = web.Response(text=render_page(await self.current_status()), content_type="text/html")
         resp.headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
         return resp
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await self.rates.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class AdminServer(AdminBase):
+    """The admin pages of one proxy process; ``status()`` is what ``/status.json`` serves."""
+
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt.metrics.registry)
+        self.rt = rt
+
+    def is_ready(self) -> bool:
+        return self.rt.ready
+
+    async def current_status(self) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        rt = self.rt
+        cfg = rt.snapshot.config
+        routes, reloads = runtime_view(rt)
+        listen = f"{_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
+        return self.build_status(
+            routes=routes, reloads=reloads, started_at=rt.started_at, listen=listen, config_file=str(cfg.file)
+        )
+
+
+def runtime_view(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The routes (fields and token state, no traffic) and recent reloads of a running proxy, newest first."""
+    routes = [{**route_fields(r), "token": rt.tokens.status(r)} for r in rt.snapshot.config.routes]
+    reloads = [
+        {"at": round(ev.at, 3), "ok": ev.ok, "detail": _quoted_values_elided(ev.detail)} for ev in reversed(rt.reloads)
+    ]
+    return routes, reloads
 
 
 @web.middleware
@@ -242,6 +180,11 @@ async def _headers(
 async def start_admin(rt: Runtime, host: str, port: int) -> AdminServer:
     """Listen on ``host:port`` (0: any free port) in the running loop; ``.port`` is the port bound."""
     admin = AdminServer(rt)
+    await listen_admin(admin, host, port)
+    return admin
+
+
+async def listen_admin(admin: AdminBase, host: str, port: int) -> None:
     app = web.Application(middlewares=[_headers])
     app.router.add_get("/", admin.page)
     app.router.add_get("/healthz", admin.healthz)
@@ -259,8 +202,7 @@ async def start_admin(rt: Runtime, host: str, port: int) -> AdminServer:
     admin._runner = runner
     bound = runner.addresses[0]
     admin.host, admin.port = host, int(bound[1])
-    admin._ticker = asyncio.create_task(admin._tick())
-    return admin
+    admin.rates.start()
 
 
 # -- formatting shared by the page and the table ------------------------------
@@ -281,7 +223,7 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _route_fields(r: Route) -> dict[str, Any]:
+def route_fields(r: Route) -> dict[str, Any]:
     up = None
     if r.upstream is not None:
         u = r.upstream
@@ -336,6 +278,11 @@ def _rate(x: float) -> str:
     if x == 0:
         return "0"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _workers_ready(workers: list[dict[str, Any]]) -> str:
+    """``2 of 2 ready``: the workers of ``run --workers`` accepting connections."""
+    return f"{sum(w.get('state') == 'ready' for w in workers)} of {len(workers)} ready"
 
 
 def _clock(at: float) -> str:
@@ -470,6 +417,8 @@ def render_page(data: dict[str, Any]) -> str:
         ("Intercepted", tunnels.get("intercept", 0)),
         ("Certificates cached", data.get("certificates_cached", 0)),
     ]
+    if data.get("workers"):
+        cards.insert(1, ("Workers", _workers_ready(data["workers"])))
     card_html = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in cards
     )
@@ -551,12 +500,14 @@ def status_table(data: dict[str, Any]) -> str:
     """The status page as text for a terminal: a line about the proxy, the routes, the recent reloads."""
     now = float(data.get("now") or time.time())
     tunnels = data.get("tunnels") or {}
+    workers = data.get("workers")
+    fleet = _workers_ready(workers).replace(" ready", " workers ready") + "; " if workers else ""
     head = (
         f"authproxy {_one_line(data.get('version', '?'))} on {_one_line(data.get('listen', '?'))}, "
         f"up {_span(float(data.get('uptime') or 0))}, {'ready' if data.get('ready') else 'NOT READY'}; "
         f"{int(data.get('connections') or 0)} connections, "
         f"{int(tunnels.get('tunnel', 0)) + int(tunnels.get('intercept', 0))} tunnels; "
-        f"rates over {_span(float(data.get('rate_window') or 0))}"
+        f"{fleet}rates over {_span(float(data.get('rate_window') or 0))}"
     )
     rows = []
     for r in data.get("routes") or []:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 from . import __version__, accesslog
 from .access import hash_password
-from .admin import fetch_status, start_admin, status_table
+from .admin import fetch_status, status_table
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
 from .envvars import DEFAULT_NO_PROXY, render, variables
@@ -23,11 +21,12 @@ from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .login import LoginError, login
 from .problems import ConfigError
-from .reload import Reloader
 from .runtime import Runtime
-from .server import ProxyServer
+from .serve import serve
 from .state import ensure_dir
 from .store import StateStore
+from .supervisor import WorkerArgs, supervise
+from .worker import WorkerLink, pinned, reuse_port_loop
 
 log = logging.getLogger("authproxy")
 
@@ -57,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         help="listen beyond loopback without proxy_auth (anyone who reaches it spends your credentials)",
     )
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="processes sharing the port (SO_REUSEPORT) under a supervisor; auto: one per CPU (default 1)",
+    )
+    # Set by the supervisor on the processes it starts (see worker.py), never by hand.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-pin", help=argparse.SUPPRESS)
 
     check = sub.add_parser("check", help="validate the route table and print it")
     check.add_argument("-c", "--config", default="routes.yaml")
@@ -308,9 +317,27 @@ def cmd_env(path: str, shell: str, no_proxy: str, listen: str | None) -> int:
     return 0
 
 
+def _worker_count(text: str) -> int:
+    if text == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))  # the CPUs this process may use (containers, taskset)
+        except AttributeError:
+            return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--workers: `{text}` is not a number of processes (1 or more) or `auto`.")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    workers = _worker_count(args.workers)
     cfg = load(args.config)
-    accesslog.setup(args.log_format, getattr(logging, args.log_level.upper()))
+    level = getattr(logging, args.log_level.upper())
+    if args.worker_index is not None:
+        accesslog.setup(args.log_format, level, shared=True, tag=f"worker {args.worker_index}: ")
+        host, port = parse_listen(args.listen)
+        link = WorkerLink(args.worker_index, args.worker_fd)
+        return _serve(pinned(cfg, args.worker_pin), host, port, args.loop, link)
+    accesslog.setup(args.log_format, level, shared=workers > 1)
     host, port = cfg.listen_host, cfg.listen_port
     if args.listen:
         try:
@@ -330,77 +357,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     for w in cfg.warnings:
         log.warning("%s", w.located())
+    if workers > 1:
+        return supervise(cfg, host, port, workers, WorkerArgs(args.config, args.log_format, args.log_level, args.loop))
     return _serve(cfg, host, port, args.loop)
 
 
-def _run_loop(main: Coroutine[Any, Any, int], loop: str) -> int:
+def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = False) -> int:
     """asyncio's own loop unless `--loop uvloop` (the `fast` extra) is asked for.
 
     uvloop is opt-in for now: hey's TLS handshakes through interception failed
-    on it in the bench (README, "The event loop").
+    on it in the bench (README, "The event loop"). ``reuse_port``: a worker's
+    loop, whose listener shares the port with the other workers'.
     """
     if loop == "asyncio":
-        return asyncio.run(main)
+        if not reuse_port:
+            return asyncio.run(main)
+        with asyncio.Runner(loop_factory=reuse_port_loop(asyncio.SelectorEventLoop)) as runner:
+            return runner.run(main)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         main.close()
         raise UsageError("--loop uvloop needs the `fast` extra: pip install 'authproxy[fast]'.") from None
+    if reuse_port:
+        return int(uvloop.run(main, loop_factory=reuse_port_loop(uvloop.Loop)))
     return int(uvloop.run(main))
 
 
-def _serve(cfg: Config, host: str, port: int, loop: str) -> int:
+def _serve(cfg: Config, host: str, port: int, loop: str, link: WorkerLink | None = None) -> int:
     try:
-        return _run_loop(_main(cfg, host, port), loop)
+        return _run_loop(serve(cfg, host, port, link), loop, reuse_port=link is not None)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}.", file=sys.stderr)
         return 1
-
-
-async def _main(cfg: Config, host: str, port: int) -> int:
-    rt = Runtime(cfg)
-    try:
-        rt.enable_interception()
-    except CAError as exc:
-        await rt.close()
-        raise UsageError(str(exc)) from None
-    server = ProxyServer(rt)
-    # Handlers first: a SIGTERM that arrives as soon as we say "listening" must drain, not kill.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    reloader = Reloader(rt, cfg.file)
-    pending: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        t = asyncio.create_task(reloader.reload("SIGHUP"))
-        pending.add(t)
-        t.add_done_callback(pending.discard)
-
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-    watcher = asyncio.create_task(reloader.watch())
-    try:
-        bound = await server.start(host, port)
-    except OSError:
-        await rt.close()
-        raise
-    log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
-    admin = None
-    if cfg.admin is not None:
-        admin = await start_admin(rt, *cfg.admin)
-        log.info("admin listener on %s", format_authority(cfg.admin[0], admin.port))
-    rt.ready = True
-    await stop.wait()
-    rt.ready = False
-    watcher.cancel()
-    grace = rt.snapshot.config.timeouts.drain
-    log.info("draining (up to %g s)", grace)
-    await server.drain(grace)
-    if admin is not None:
-        await admin.close()
-    await rt.close()
-    log.info("stopped")
-    return 0

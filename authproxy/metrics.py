@@ -4,6 +4,11 @@ Labels carry route names, modes, status codes and error codes: values the
 config or the proxy chose, never anything from a request or a credential.
 Requests are counted from the access record at the one place a request ends
 (``Connection._one``), so the log line and the metrics cannot disagree.
+
+With ``run --workers N`` every worker keeps its values in prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor) and the
+supervisor's admin listener adds them up; each gauge says how (``multiprocess_mode``,
+ignored in a single process).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess = multiprocess
+        self._certificate_count: Callable[[], int] | None = None
         r = self.registry
         self.requests = Counter(
             "authproxy_requests",
@@ -55,16 +62,24 @@ class Metrics:
             ["route", "outcome"],
             registry=r,
         )
-        self.connections = Gauge("authproxy_active_connections", "Client connections open now.", registry=r)
+        self.connections = Gauge(
+            "authproxy_active_connections", "Client connections open now.", registry=r, multiprocess_mode="livesum"
+        )
         self.tunnels = Gauge(
             "authproxy_active_tunnels",
             "CONNECT tunnels open now, by kind (tunnel, intercept).",
             ["kind"],
             registry=r,
+            multiprocess_mode="livesum",
         )
-        self.certificates = Gauge("authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r)
+        self.certificates = Gauge(
+            "authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r, multiprocess_mode="livesum"
+        )
         self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
-        self.routes = Gauge("authproxy_routes", "Routes in the table in force.", registry=r)
+        # Every worker loads the same file; the latest value is the table in force.
+        self.routes = Gauge(
+            "authproxy_routes", "Routes in the table in force.", registry=r, multiprocess_mode="livemostrecent"
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def request_done(self, rec: AccessRecord) -> None:
@@ -89,4 +104,14 @@ class Metrics:
             self.retries.labels(route, rec.retry).inc()
 
     def watch_certificates(self, count: Callable[[], int]) -> None:
-        self.certificates.set_function(lambda: float(count()))
+        if self._multiprocess:
+            # A function gauge is read at scrape time, in the scraping process:
+            # the supervisor cannot call it, so publish() copies the count.
+            self._certificate_count = count
+        else:
+            self.certificates.set_function(lambda: float(count()))
+
+    def publish(self) -> None:
+        """Copy values that are computed, not counted, to where the supervisor reads them."""
+        if self._certificate_count is not None:
+            self.certificates.set(self._certificate_count())

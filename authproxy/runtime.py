@@ -41,14 +41,18 @@ class Snapshot:
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: bool = False) -> None:
+        """``worker``: one of several processes (``run --workers``): tokens are
+        shared through the state store, metrics through the multiprocess files."""
         self.snapshot = Snapshot.of(config)
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = token_session(config.timeouts)
         self.store = StateStore(config.state_dir)
-        self.metrics = Metrics()
+        self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
-        self.tokens = TokenManager(self._token_session, config.timeouts.token_fetch, self.store, self.metrics)
+        self.tokens = TokenManager(
+            self._token_session, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+        )
         self.bound: tuple[str, int] | None = None  # the address actually listened on
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()

@@ -7,6 +7,9 @@ awaits through ``asyncio.shield`` (a client that goes away cannot cancel the
 fetch others wait for). After a failure the route backs off; callers in the
 backoff window get the cached token while it is valid, else the last error,
 so a dead token endpoint is not hammered by a storm of retries.
+
+With several worker processes (``shared``), a fetch goes through the state
+store (``sharedtokens.py``), so that the workers share one token per route.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from cachetools import TLRUCache
 from .config import Route
 from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
 from .grants import Credential, GrantContext
+from .grants.base import refresh_point
 from .metrics import Metrics
+from .sharedtokens import SharedTokens
 from .store import StateStore
 
 log = logging.getLogger("authproxy.tokens")
@@ -66,6 +71,9 @@ class _RouteState:
     last_fetch_at: float | None = None
     last_error_at: float | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Headers an upstream refused when no retry could follow: the next fetch must
+    # not take them back from the store.
+    stale: tuple[tuple[str, str], ...] | None = None
 
 
 class TokenManager:
@@ -78,12 +86,18 @@ class TokenManager:
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, fetch_deadline: float, store: StateStore, metrics: Metrics
+        self,
+        session: aiohttp.ClientSession,
+        fetch_deadline: float,
+        store: StateStore,
+        metrics: Metrics,
+        shared: bool = False,
     ) -> None:
         self._session = session
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
+        self._shared = SharedTokens(store) if shared else None
         self._cache: TLRUCache[_Key, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
         self._states: dict[_Key, _RouteState] = {}
 
@@ -169,6 +183,7 @@ class TokenManager:
         current = self._cache.get(_key(route))
         if current is not None and current.generation == used.generation:
             self._cache.pop(_key(route), None)
+            self._state(route).stale = used.headers
 
     def _refresh_in_background(self, route: Route) -> None:
         st = self._state(route)
@@ -190,16 +205,19 @@ class TokenManager:
         if st.task is None:
             if time.monotonic() < st.retry_at and st.last_error is not None:
                 raise st.last_error
-            st.task = asyncio.create_task(self._fetch(route, st, rejected))
+            st.task = asyncio.create_task(self._fetch(route, st, rejected or st.stale))
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
         ctx = GrantContext(route.name, self._session, self._deadline, self._store, rejected)
-        st.fetches += 1
         try:
-            cred = await route.auth.fetch(ctx)
+            if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
+                cred = await self._shared.fetch(route, ctx)
+            else:
+                cred = await route.auth.fetch(ctx)
         except ProxyError as exc:
             exc.with_route(route.name)
+            st.fetches += 1
             self._metrics.token_fetches.labels(route.name, exc.code).inc()
             st.last_error = exc
             st.last_error_at = time.time()
@@ -212,15 +230,14 @@ class TokenManager:
         finally:
             st.task = None
         st.generation += 1
-        st.backoff, st.retry_at, st.last_error = 0.0, 0.0, None
+        st.backoff, st.retry_at, st.last_error, st.stale = 0.0, 0.0, None, None
         st.last_fetch_at = time.time()
-        self._metrics.token_fetches.labels(route.name, "ok").inc()
-        refresh_at = None
-        if cred.expires_at is not None:
-            now = time.time()
-            refresh_at = cred.expires_at - route.auth.refresh_skew()
-            if refresh_at <= now:
-                refresh_at = now + (cred.expires_at - now) / 2
+        # "stored": no fetch happened here; the token came from the store.
+        st.fetches += 0 if cred.stored else 1
+        self._metrics.token_fetches.labels(route.name, "stored" if cred.stored else "ok").inc()
+        refresh_at = cred.refresh_at  # the store's record says when it is due, for every worker alike
+        if refresh_at is None:
+            refresh_at = refresh_point(cred.expires_at, route.auth.refresh_skew(), time.time())
         cred = replace(cred, generation=st.generation, refresh_at=refresh_at)
         if not cred.expired() and self._states.get(_key(route)) is st:  # not forgotten by a reload meanwhile
             self._cache[_key(route)] = cred

@@ -596,6 +596,8 @@ routes:
         routes = routes or self.write_routes(t)
         cmd = [self.args.python, "-m", "authproxy", "run", "-c", str(routes)]
         cmd += ["--log-level", self.args.proxy_log_level]
+        if self.args.authproxy_workers != "1":  # a supervisor and N workers on one port; CPU and RSS are the tree's
+            cmd += ["--workers", self.args.authproxy_workers]
         return cmd, {"BENCH_TOKEN": TOKEN, "PYTHONPATH": project_pythonpath()}  # this checkout, installed or not
 
     def own_dir(self, name: str, owner: str | None = None) -> Path:
@@ -1230,6 +1232,8 @@ def add_notes(notes: list[str], rows: list[dict[str, Any]], what: str) -> None:
 
 def label(b: Bench, name: str, scenario: str) -> str:
     t = b.targets[name]
+    if name == "authproxy" and b.args.authproxy_workers != "1":
+        name = f"authproxy --workers {b.args.authproxy_workers}"
     if scenario == "small_tls":
         return "direct (hey)" if not t.is_proxy else f"{name} (hey -x)"
     if scenario == "download_tls" and t.insecure:
@@ -1590,6 +1594,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes; default 1")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs `-m authproxy`")
     ap.add_argument(
+        "--authproxy-workers",
+        default="1",
+        metavar="N|auto",
+        help="authproxy run --workers: N processes on one port (SO_REUSEPORT); default 1, a single process",
+    )
+    ap.add_argument(
         "--proxy-log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -1627,6 +1637,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--scaling-levels: comma-separated connection counts")
     if "authproxy" not in args.proxy_list:
         args.extra_list = []
+    if args.authproxy_workers != "auto" and not (args.authproxy_workers.isdigit() and int(args.authproxy_workers) >= 1):
+        ap.error("--authproxy-workers: a number of processes (1 or more) or `auto`")
     return args
 
 

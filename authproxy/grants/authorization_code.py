@@ -21,6 +21,7 @@ from .refreshing import refresh
 class AuthorizationCode(OAuthClientGrant):
     type_name = "authorization_code"
     fetches = True
+    uses_store = True
 
     client: OAuthClient  # token_url may be empty: then discovery (at login) supplies it
     issuer: Value | None

@@ -38,6 +38,9 @@ class Credential:
     generation: int = 0
     # Grant-specific marker of where the value came from (a token file's stat).
     origin: object = field(default=None, compare=False)
+    # Taken from the state store (fetched earlier, or by another process), not
+    # from the token endpoint just now: counted apart, so the metrics show real fetches.
+    stored: bool = field(default=False, compare=False)
 
     def __repr__(self) -> str:
         names = [h for h, _ in self.headers] + [f"?{q}" for q, _ in self.query]
@@ -60,6 +63,15 @@ class Credential:
         return [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
 
 
+def refresh_point(expires_at: float | None, skew: float, now: float) -> float | None:
+    """When to start refreshing a credential obtained at ``now``: ``skew`` ahead of
+    expiry, or halfway through its life when the skew is longer than the whole life."""
+    if expires_at is None:
+        return None
+    at = expires_at - skew
+    return at if at > now else now + (expires_at - now) / 2
+
+
 @dataclass(frozen=True, slots=True)
 class GrantContext:
     """What a grant may use while fetching."""
@@ -80,6 +92,10 @@ class Grant(ABC):
     # Fetches from somewhere that can hand out a new value: cached until expiry,
     # refreshed ahead of it, and refreshed once more after a 401.
     fetches: ClassVar[bool] = False
+    # Keeps its own record in the state store under the route's lock (refresh
+    # tokens): tokens.py must not wrap its fetch in that lock again, since a
+    # second flock on the route's lock file in one process would wait on itself.
+    uses_store: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

@@ -111,6 +111,7 @@ def check_access_token(sec: Section, key: str, token: Secret) -> None:
 class Bws(Grant):
     type_name = "bws"
     fetches = True
+    uses_store = True
 
     access_token: Secret
     identity_url: str
@@ -183,7 +184,7 @@ class Bws(Grant):
         headers = (("Authorization", value),)
         if ctx.rejected is not None and headers == ctx.rejected:
             return None  # the upstream just refused this one
-        return Credential(headers=headers, expires_at=float(expires))
+        return Credential(headers=headers, expires_at=float(expires), stored=True)
 
     async def _login(self, ctx: GrantContext, token: AccessToken) -> dict[str, Any]:
         """POST the client credentials to the identity server; 429/5xx retried within the deadline."""

@@ -16,6 +16,7 @@ from .refreshing import refresh
 class RefreshToken(OAuthClientGrant):
     type_name = "refresh_token"
     fetches = True
+    uses_store = True
 
     client: OAuthClient
     refresh_token: Secret

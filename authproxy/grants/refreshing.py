@@ -39,7 +39,7 @@ def _stored_access(rec: dict[str, Any], ctx: GrantContext, skew: float) -> Crede
     headers = (("Authorization", value),)
     if ctx.rejected is not None and headers == ctx.rejected:
         return None  # the upstream just refused this one
-    return Credential(headers=headers, expires_at=float(expires))
+    return Credential(headers=headers, expires_at=float(expires), stored=True)
 
 
 async def refresh(

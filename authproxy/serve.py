@@ -1,0 +1,83 @@
+"""What ``authproxy run`` does once its arguments are checked: serve, reload, drain.
+
+The same for a single process and for each worker of ``run --workers``; a
+worker only leaves "listening on" and the admin listener to its supervisor
+and reports to it (``worker.WorkerLink``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from .admin import start_admin
+from .ca import CAError
+from .config import Config
+from .hosts import format_authority
+from .reload import Reloader
+from .runtime import Runtime
+from .server import ProxyServer
+from .worker import WorkerLink
+
+log = logging.getLogger("authproxy")
+
+
+async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; the exit code. ``link``: this process is
+    a worker of ``run --workers``, and its supervisor says "listening" and runs the
+    admin listener."""
+    rt = Runtime(cfg, worker=link is not None)
+    try:
+        rt.enable_interception()
+    except CAError:
+        await rt.close()
+        raise  # the command says it as the usage error it is
+    server = ProxyServer(rt)
+    # Handlers first: a SIGTERM that arrives as soon as we say "listening" must drain, not kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    reloader = Reloader(rt, cfg.file)
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        t = asyncio.create_task(reloader.reload("SIGHUP"))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watcher = asyncio.create_task(reloader.watch())
+    try:
+        bound = await server.start(host, port)
+    except OSError:
+        await rt.close()
+        raise
+    admin = None
+    if link is None:
+        log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
+        if cfg.admin is not None:
+            admin = await start_admin(rt, *cfg.admin)
+            log.info("admin listener on %s", format_authority(cfg.admin[0], admin.port))
+    rt.ready = True
+    if link is not None:
+        await link.started(rt, stop)
+    await stop.wait()
+    rt.ready = False
+    watcher.cancel()
+    grace = rt.snapshot.config.timeouts.drain
+    if link is not None:
+        link.draining(grace)
+    log.info("draining (up to %g s)", grace)
+    await server.drain(grace)
+    if admin is not None:
+        await admin.close()
+    if link is not None:
+        await link.close()
+    await rt.close()
+    log.info("stopped")
+    return 0
