@@ -79,7 +79,7 @@ class H1Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
-        self._exc: BaseException | None = None
+        self._exc: UpstreamBodyError | None = None
         self._malformed = ""  # why the body was refused, when it was
         self._paused = False
         self._last_read = 0.0
@@ -194,7 +194,9 @@ class H1Connection(asyncio.Protocol):
             if self._phase == _DONE:
                 return b""
             if self._exc is not None:
-                raise self._exc
+                # A fresh instance: the stored one would hold this frame (and so
+                # this connection) in a cycle through its traceback.
+                raise UpstreamBodyError(*self._exc.args)
             waiter = self._body_waiter = self._loop.create_future()
             try:
                 await waiter
@@ -257,6 +259,9 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The parser holds our bound methods: without this the connection, and
+        # any body it buffered, would wait for the cycle collector to be freed.
+        self._parser = None
         self._stop_timer()
         phase = self._phase
         if phase == _HEAD:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,6 +509,25 @@ async def test_idle_connections_expire_and_close_with_the_pool() -> None:
             await asyncio.wait_for(up.closed.wait(), 10)
     finally:
         await short.close()
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(pool: Pool) -> None:
+    """Freed by reference counting alone: a cycle would keep its buffers until a full collection."""
+    async with counted() as up:
+        gc.disable()
+        try:
+            headers = [(b"Host", up.authority.encode())]
+            resp = await pool.request(_origin(up.port), None, "GET", "/close", headers, None, None, 5)
+            ref = weakref.ref(next(iter(pool._all)))
+            assert b"".join([chunk async for chunk in resp]) == b"bye"
+            del resp
+            for _ in range(100):  # loop turns, until connection_lost has run
+                if ref() is None:
+                    break
+                await asyncio.sleep(0)
+            assert ref() is None
+        finally:
+            gc.enable()
 
 
 @pytest.mark.parametrize(("size", "ok"), [(60 * 1024, True), (100 * 1024, False), (400 * 1024, False)])
