@@ -20,6 +20,7 @@ from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .login import LoginError, login
+from .memory import tune_malloc
 from .problems import ConfigError
 from .runtime import Runtime
 from .serve import serve
@@ -369,6 +370,7 @@ def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = Fals
     on it in the bench (README, "The event loop"). ``reuse_port``: a worker's
     loop, whose listener shares the port with the other workers'.
     """
+    tune_malloc()
     if loop == "asyncio":
         if not reuse_port:
             return asyncio.run(main)

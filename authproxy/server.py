@@ -36,6 +36,7 @@ from .errors import (
     render,
 )
 from .hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
+from .memory import Trimmer
 from .messages import Origin, ProxyRequest, Reply, RequestBody
 from .runtime import Runtime, Snapshot
 from .tunnel import pump_both
@@ -45,6 +46,7 @@ log = logging.getLogger("authproxy.server")
 
 _READ = 256 * 1024
 _HEAD_KEEP = 16 * 1024  # raw head bytes kept to explain a refusal
+_LINGER = 2.0  # how long a closing connection reads what the client still sends
 
 
 class ClientGone(Exception):
@@ -65,6 +67,7 @@ class Connection:
         self.tunnel: Origin | None = None
         self.head = b""
         self.user: User | None = None  # who proved themselves with Proxy-Authorization
+        self.eof = False  # the client has closed its sending side
 
     def _new_h11(self) -> h11.Connection:
         limits = self.rt.snapshot.config.limits
@@ -79,6 +82,8 @@ class Connection:
             raise
         except OSError as exc:
             raise ClientGone() from exc
+        if not data:
+            self.eof = True
         self.h11.receive_data(data)
         return data
 
@@ -124,6 +129,9 @@ class Connection:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError:
+                if self.eof:
+                    # h11 calls an end of stream mid-body a protocol error; it is a client gone.
+                    raise ClientGone("the client closed while sending its body") from None
                 # A bad chunk size, more data than a chunk declared: the client's fault.
                 raise BadRequest("the request body is malformed (bad chunked framing).") from None
             if isinstance(event, h11.Data):
@@ -190,10 +198,28 @@ class Connection:
             pass
         finally:
             self.busy = False
-            if not self.writer.is_closing():
-                self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+            await self._close()
+
+    async def _close(self) -> None:
+        """Close so that what was sent last is read, not destroyed by a reset.
+
+        Closing a socket with unread bytes in it makes the kernel answer with
+        RST, and a client that just reused the idle connection then sees
+        ECONNRESET instead of a clean end. A half-close (FIN) first, then
+        reading until the client closes too (bounded), turns that race into
+        the EOF that clients recognise and retry (RFC 9112 §9.3.1).
+        """
+        w = self.writer
+        if not w.is_closing():
+            if w.can_write_eof():
+                with contextlib.suppress(OSError, TimeoutError, ConnectionError):
+                    w.write_eof()
+                    async with asyncio.timeout(_LINGER):
+                        while await self.reader.read(_READ):
+                            pass
+            w.close()
+        with contextlib.suppress(Exception):
+            await w.wait_closed()
 
     async def _serve_requests(self) -> None:
         """Requests one after another on this connection (or TLS layer) until it ends."""
@@ -506,9 +532,11 @@ class ProxyServer:
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self.trimmer = Trimmer()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._accept, host, port, limit=_READ, backlog=1024)
+        self.trimmer.start()
         sock = self._server.sockets[0].getsockname()
         self.rt.bound = (normalize_host(str(sock[0])), int(sock[1]))
         return self.rt.bound
@@ -539,12 +567,15 @@ class ProxyServer:
         finally:
             self.connections.discard(conn)
             self.rt.metrics.connections.dec()
+            if not self.connections:
+                self.trimmer.idle()
             if task is not None:
                 self._tasks.discard(task)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; let requests in flight finish within ``grace``; close the rest."""
         self.draining = True
+        self.trimmer.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

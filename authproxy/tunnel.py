@@ -25,7 +25,8 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: floa
     try:
         while True:
             try:
-                data = await asyncio.wait_for(src.read(_CHUNK), idle)
+                async with asyncio.timeout(idle):
+                    data = await src.read(_CHUNK)
             except TimeoutError:
                 if time.monotonic() - act.last < idle:
                     continue
@@ -35,11 +36,17 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: floa
             act.last = time.monotonic()
             act.counts[i] += len(data)
             dst.write(data)
-            await dst.drain()
+            # A peer that stops reading must not pin the tunnel: the write
+            # gets the same idle allowance as a read.
+            async with asyncio.timeout(idle):
+                await dst.drain()
         if dst.can_write_eof() and not dst.is_closing():
             dst.write_eof()
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
-        dst.close()
+        if dst.transport.get_write_buffer_size():
+            dst.transport.abort()  # close() would wait for a peer that does not read
+        else:
+            dst.close()
 
 
 async def pump_both(

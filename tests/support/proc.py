@@ -19,6 +19,7 @@ class ProxyProcess:
     port: int
     url: str
     err_lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -33,10 +34,13 @@ class ProxyProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(wait)
+            rc = self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait(5)
+            rc = self.proc.wait(5)
+        if self.reader is not None:
+            self.reader.join(5)  # the last lines may still be in the pipe
+        return rc
 
 
 def start_proxy(config: Path, *args: str, env: dict[str, str] | None = None) -> ProxyProcess:
@@ -63,11 +67,12 @@ def start_proxy(config: Path, *args: str, env: dict[str, str] | None = None) -> 
                 port_box.append(int(m.group(1)))
                 found.set()
 
-    threading.Thread(target=reader, daemon=True).start()
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
     deadline = time.monotonic() + 20
     while not found.wait(0.05):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("the proxy did not start:\n" + "\n".join(lines))
     port = port_box[0]
-    return ProxyProcess(proc, port, f"http://127.0.0.1:{port}", lines)
+    return ProxyProcess(proc, port, f"http://127.0.0.1:{port}", lines, thread)
