@@ -65,6 +65,9 @@ if [ "$PEERS" = 1 ]; then
     venv authproxy-bench-proxypy "proxy.py==$PROXYPY_VERSION" proxy
 fi
 
+# matplotlib for bench/plot.py (the scaling curve as a PNG), into the Python that runs the bench.
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check 'matplotlib>=3.6'
+
 # What is installed (run.py prints the same facts into its report). nginx -v prints to stderr;
 # wrk -v exits 1.
 set +o pipefail
