@@ -16,9 +16,9 @@ from .admin import start_admin
 from .ca import CAError
 from .config import Config
 from .hosts import format_authority
+from .listener import ProxyServer
 from .reload import Reloader
 from .runtime import Runtime
-from .server import ProxyServer
 from .worker import WorkerLink
 
 log = logging.getLogger("authproxy")

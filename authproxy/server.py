@@ -1,9 +1,10 @@
-"""The client-facing HTTP/1.1 server: accept loop, one h11 connection per client.
+"""The client-facing HTTP/1.1 server: one Connection per client (the accept loop is listener's).
 
-h11 is strict and sans-IO; this module owns the sockets, the timeouts, the
-request framing checks that h11 leaves to us, and the choice between the
-three request forms (absolute → plain, origin → gateway, CONNECT → tunnel or
-interception). Everything about credentials happens in ``pipeline.handle``.
+This module owns the sockets, the timeouts, the request loop (keep-alive,
+pipelining, Expect) and the choice between the three request forms
+(absolute → plain, origin → gateway, CONNECT → tunnel or interception).
+Parsing a request is h1request's, framing a response h1response's;
+everything about credentials happens in ``pipeline.handle``.
 """
 
 from __future__ import annotations
@@ -13,38 +14,48 @@ import contextlib
 import logging
 import ssl
 import time
-
-import h11
+from typing import TYPE_CHECKING
 
 from . import accesslog, pipeline
 from .access import User
 from .accesslog import AccessRecord
-from .config import Limits
 from .errors import (
     BadRequest,
     Denied,
-    HeadersTooLarge,
     NotImplementedByProxy,
     ProxyError,
     RequestTimeout,
-    Unavailable,
     UpstreamError,
     UpstreamTimeout,
-    UriTooLong,
-    from_status_hint,
-    one_line,
     render,
 )
-from .hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
-from .memory import Trimmer
+from .h1request import (
+    ChunkedBody,
+    Head,
+    LengthBody,
+    check_framing,
+    check_size,
+    connect_target,
+    head_end,
+    log_path,
+    parse_head,
+    too_large,
+)
+from .h1request import FramingError as BodyFramingError
+from .h1response import FramingError as ResponseFramingError
+from .h1response import ResponseFramer, informational, raw_response, reason_phrase
+from .hosts import format_authority
 from .messages import Origin, ProxyRequest, Reply, RequestBody
-from .runtime import Runtime, Snapshot
+from .runtime import Snapshot
 from .tunnel import pump_both
 from .upgrade import is_upgrade, switch_headers
 
+if TYPE_CHECKING:
+    from .listener import ProxyServer
+
 log = logging.getLogger("authproxy.server")
 
-_READ = 256 * 1024
+READ_SIZE = 256 * 1024
 _HEAD_KEEP = 16 * 1024  # raw head bytes kept to explain a refusal
 _LINGER = 2.0  # how long a closing connection reads what the client still sends
 
@@ -54,7 +65,7 @@ class ClientGone(Exception):
 
 
 class Connection:
-    """One client connection: a loop of requests over h11 (keep-alive, pipelining)."""
+    """One client connection: a loop of requests (keep-alive, pipelining), each head parsed on its own."""
 
     def __init__(self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server = server
@@ -62,130 +73,146 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.busy = False
-        self.h11 = self._new_h11()
+        self.buf = bytearray()  # read and not yet parsed: the next head, body bytes, a tunnel's early bytes
         # Inside an intercepted CONNECT: where the tunnel goes.
         self.tunnel: Origin | None = None
-        self.head = b""
+        self.head = b""  # the current head's raw bytes (bounded), to explain a refusal
         self.user: User | None = None  # who proved themselves with Proxy-Authorization
         self.eof = False  # the client has closed its sending side
-
-    def _new_h11(self) -> h11.Connection:
-        limits = self.rt.snapshot.config.limits
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        # The exchange in progress: its head, its body, whether we started answering.
+        self.req: Head | None = None
+        self.body: LengthBody | ChunkedBody = LengthBody(0)
+        self.req_done = True  # the request's body has been read to its end
+        self.waiting_100 = False  # Expect: 100-continue, not yet answered
+        self.responding = False
+        self.keep_alive = True
 
     # -- reading ---------------------------------------------------------
 
-    async def _fill(self, wait: float) -> bytes:
+    async def _fill(self, wait: float) -> None:
+        # asyncio.timeout arms one timer; wait_for would start a task per read.
         try:
-            data = await asyncio.wait_for(self.reader.read(_READ), wait)
+            async with asyncio.timeout(wait):
+                data = await self.reader.read(READ_SIZE)
         except TimeoutError:
-            raise
+            raise  # an OSError too, but the caller's to judge
         except OSError as exc:
             raise ClientGone() from exc
-        if not data:
+        if data:
+            self.buf += data
+        else:
             self.eof = True
-        self.h11.receive_data(data)
-        return data
 
-    async def _next_request(self) -> h11.Request | None:
+    async def _next_request(self) -> Head | None:
         """The next request's head, or None when the client is done."""
         t = self.rt.snapshot.config.timeouts
-        deadline = None
-        # The head's raw bytes, kept (bounded) to say precisely why h11 refused one.
-        self.head = bytes(self.h11.trailing_data[0][:_HEAD_KEEP])
-        if self.head:
-            deadline = time.monotonic() + t.client_header
+        limits = self.rt.snapshot.config.limits
+        self.req, self.responding, self.req_done, self.waiting_100 = None, False, True, False
+        deadline = time.monotonic() + t.client_header if self.buf else None
+        scanned = 0
         while True:
-            event = self.h11.next_event()
-            if isinstance(event, h11.Request):
-                return event
-            if event is h11.NEED_DATA:
-                if self.server.draining and deadline is None:
-                    return None
-                wait = t.idle if deadline is None else deadline - time.monotonic()
-                try:
-                    data = await self._fill(max(wait, 0.0))
-                    if len(self.head) < _HEAD_KEEP:
-                        self.head += data[: _HEAD_KEEP - len(self.head)]
-                except TimeoutError:
-                    if deadline is None:
-                        return None  # an idle keep-alive connection: close quietly
-                    raise RequestTimeout(f"the request headers did not arrive within {t.client_header:g} s.") from None
-                if deadline is None:
-                    deadline = time.monotonic() + t.client_header
-                continue
-            if isinstance(event, h11.ConnectionClosed):
+            end = head_end(self.buf, max(scanned - 3, 0))
+            if end >= 0:
+                raw = bytes(self.buf[:end])
+                del self.buf[:end]
+                self.head = raw[:_HEAD_KEEP]
+                return parse_head(raw, limits)
+            scanned = len(self.buf)
+            if scanned > limits.max_header_bytes:
+                self.head = bytes(self.buf[:_HEAD_KEEP])
+                raise too_large(self.head)
+            if self.eof:
+                if self.buf:
+                    self.head = bytes(self.buf[:_HEAD_KEEP])
+                    raise BadRequest("malformed request (the client closed in the middle of a request head).")
                 return None
-            # Anything else between requests is a protocol error h11 has flagged.
-            return None
+            if self.server.draining and deadline is None:
+                return None
+            wait = t.idle if deadline is None else deadline - time.monotonic()
+            try:
+                await self._fill(max(wait, 0.0))
+            except TimeoutError:
+                if deadline is None:
+                    return None  # an idle keep-alive connection: close quietly
+                raise RequestTimeout(f"the request headers did not arrive within {t.client_header:g} s.") from None
+            if deadline is None:
+                deadline = time.monotonic() + t.client_header
 
     async def _receive_body(self) -> bytes | None:
         """One chunk of the request body, None at its end."""
-        if self.h11.they_are_waiting_for_100_continue:
+        if self.waiting_100:
             # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
-            self._write(h11.InformationalResponse(status_code=100, headers=[]))
+            self.waiting_100 = False
+            self.writer.write(informational(100, b"", []))
         idle = self.rt.snapshot.config.timeouts.idle
         while True:
             try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError:
+                chunk = self.body.next(self.buf)
+            except BodyFramingError:
                 if self.eof:
-                    # h11 calls an end of stream mid-body a protocol error; it is a client gone.
                     raise ClientGone("the client closed while sending its body") from None
                 # A bad chunk size, more data than a chunk declared: the client's fault.
+                self.keep_alive = False
                 raise BadRequest("the request body is malformed (bad chunked framing).") from None
-            if isinstance(event, h11.Data):
-                return bytes(event.data)
-            if isinstance(event, h11.EndOfMessage):
+            if chunk is None:
+                self.req_done = True
                 return None
-            if event is h11.NEED_DATA:
-                try:
-                    await self._fill(idle)
-                except TimeoutError:
-                    raise ClientGone("the client stopped sending its body") from None
-                continue
-            raise ClientGone("the client closed while sending its body")
+            if chunk:
+                return chunk
+            if self.eof:
+                raise ClientGone("the client closed while sending its body")
+            try:
+                await self._fill(idle)
+            except TimeoutError:
+                raise ClientGone("the client stopped sending its body") from None
 
     # -- writing ---------------------------------------------------------
 
-    def _write(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
-        if data:
-            self.writer.write(data)
+    def _framer(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> ResponseFramer:
+        req = self.req
+        assert req is not None
+        self.responding = True
+        self.waiting_100 = False  # a final answer ends the wait (RFC 9110 §10.1.1)
+        framer = ResponseFramer(status, reason, headers, req.method, req.version, self.keep_alive)
+        self.keep_alive = framer.keep_alive
+        return framer
 
-    async def _send_reply(self, reply: Reply, rec: AccessRecord, head: bool) -> None:
+    async def _send_reply(self, reply: Reply, rec: AccessRecord) -> None:
         headers = reply.headers
         if self.server.draining:
             headers = [*headers, (b"connection", b"close")]
+        framer = self._framer(reply.status, reply.reason, headers)
         # The head waits for the first chunk so that a small response leaves in
         # one send: each transport.write() is a syscall when the buffer is empty.
-        pending = self.h11.send(h11.Response(status_code=reply.status, headers=headers, reason=reply.reason)) or b""
-        if reply.body is not None and not head:
+        pending = framer.head
+        if reply.body is not None and not framer.bodyless:
             async for chunk in reply.body:
                 if chunk:
                     rec.bytes_out += len(chunk)
-                    self.writer.write(pending + (self.h11.send(h11.Data(data=chunk)) or b""))
+                    self.writer.write(pending + framer.data(chunk))
                     pending = b""
                     await self.writer.drain()
-        self.writer.write(pending + (self.h11.send(h11.EndOfMessage()) or b""))
+        self.writer.write(pending + framer.end())
         await self.writer.drain()
 
-    async def _send_error(self, err: ProxyError, rec: AccessRecord, head: bool) -> None:
+    async def _send_error(self, err: ProxyError, rec: AccessRecord) -> None:
         status, headers, body = render(err)
         rec.status, rec.error = status, err.code
-        if self.h11.their_state is not h11.DONE or err.status in (400, 408, 431, 501, 503):
+        if self.req is None or not self.req_done or err.status in (400, 408, 431, 501, 503):
             headers.append((b"connection", b"close"))
-        if self.h11.our_state is h11.SEND_RESPONSE:
-            self._write(h11.Response(status_code=status, headers=headers))
-            if not head:
-                rec.bytes_out += len(body)
-                self._write(h11.Data(data=body))
-            self._write(h11.EndOfMessage())
-        elif self.h11.our_state in (h11.IDLE, h11.ERROR) or self.h11.their_state is h11.ERROR:
-            # h11 refuses to speak after a protocol error: write the answer by hand.
-            self.writer.write(_raw_response(status, headers, b"" if head else body))
-        else:
+            self.keep_alive = False
+        if self.responding:
             raise ClientGone("the response had already started")
+        if self.req is None:
+            # No request head to answer: a refusal of the head itself.
+            self.writer.write(raw_response(status, headers, body))
+        else:
+            framer = self._framer(status, reason_phrase(status), headers)
+            if framer.bodyless:
+                self.writer.write(framer.head + framer.end())
+            else:
+                rec.bytes_out += len(body)
+                self.writer.write(framer.head + framer.data(body) + framer.end())
         with contextlib.suppress(OSError):
             await self.writer.drain()
 
@@ -194,7 +221,7 @@ class Connection:
     async def run(self) -> None:
         try:
             await self._serve_requests()
-        except (ClientGone, OSError, h11.LocalProtocolError, h11.RemoteProtocolError):
+        except (ClientGone, OSError, ResponseFramingError):
             pass
         finally:
             self.busy = False
@@ -215,7 +242,7 @@ class Connection:
                 with contextlib.suppress(OSError, TimeoutError, ConnectionError):
                     w.write_eof()
                     async with asyncio.timeout(_LINGER):
-                        while await self.reader.read(_READ):
+                        while await self.reader.read(READ_SIZE):
                             pass
             w.close()
         with contextlib.suppress(Exception):
@@ -225,83 +252,71 @@ class Connection:
         """Requests one after another on this connection (or TLS layer) until it ends."""
         while True:
             try:
-                event = await self._next_request()
-            except h11.RemoteProtocolError as exc:
-                err = _refusal(exc, self.head)
+                req = await self._next_request()
+            except ProxyError as err:
                 if self.tunnel is not None and err.status == 400:
                     err.detail = "the bytes inside the intercepted connection are not a valid HTTP/1.1 request."
                 await self._refuse(err)
                 return
-            except RequestTimeout as err:
-                await self._refuse(err)
+            if req is None:
                 return
-            if event is None:
-                return
-            keep = await self._one(event)
-            if not keep or self.server.draining:
-                return
-            if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-                self.h11.start_next_cycle()
-            else:
+            self.req, self.keep_alive = req, req.keep_alive
+            self.req_done = False  # until the body's end is read, even an empty one's: an error before closes
+            keep = await self._one(req)
+            if not keep or self.server.draining or not (self.keep_alive and self.req_done):
                 return
 
     async def _refuse(self, err: ProxyError) -> None:
         """Answer a request that never got as far as a request head, and log it like any other."""
         rec = AccessRecord(method="-", mode="intercept" if self.tunnel else "plain", host="-", path="-")
         try:
-            await self._send_error(err, rec, False)
+            await self._send_error(err, rec)
         finally:
             accesslog.emit(rec)
             self.rt.metrics.request_done(rec)
 
-    async def _one(self, event: h11.Request) -> bool:
+    async def _one(self, req: Head) -> bool:
         """Serve one request; False when the connection must close after it."""
         self.busy = True
         started = time.perf_counter()
         snap = self.rt.snapshot  # kept to the end, whatever a reload does
-        method = event.method.decode("ascii", "replace")
-        target = event.target.decode("latin-1")
-        rec = AccessRecord(method=method, mode="plain", host="-", path=_log_path(target))
-        head = method == "HEAD"
+        method = req.method.decode("ascii", "replace")
+        target = req.target.decode("latin-1")
+        rec = AccessRecord(method=method, mode="plain", host="-", path=log_path(target))
         try:
-            _check_framing(event)
-            _check_size(event, snap.config.limits)
+            check_framing(req)
+            check_size(req, snap.config.limits)
+            length = req.content_length()
+            self.body = ChunkedBody() if length is None else LengthBody(length)
+            self.waiting_100 = req.expect_continue
             if self.tunnel is None and snap.auth is not None:
                 # Inside an intercepted CONNECT the user is the one the CONNECT proved.
-                self.user = await snap.auth.check(list(event.headers.raw_items()))
+                self.user = await snap.auth.check(req.headers)
             if method == "CONNECT":
                 if self.tunnel is not None:
                     raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
                 return await self._connect(target, snap, rec)
-            body = RequestBody(self._receive_body, _content_length(event))
-            req = ProxyRequest(
-                method,
-                target,
-                list(event.headers.raw_items()),
-                body,
-                event.http_version.decode("ascii"),
-                self.tunnel,
-                self.user,
-            )
-            reply = await pipeline.handle(req, self.rt, snap, rec)
+            body = RequestBody(self._receive_body, length)
+            preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
+            reply = await pipeline.handle(preq, self.rt, snap, rec)
             rec.status = reply.status
             rec.bytes_in = body.bytes_in
             if reply.upgraded is not None:
-                return await self._switch(reply, req, rec)
+                return await self._switch(reply, preq, rec)
             try:
-                await self._send_reply(reply, rec, head)
+                await self._send_reply(reply, rec)
             finally:
                 reply.release()
-            if self.h11.their_state is h11.SEND_BODY:
+            if not self.req_done:
                 return await self._finish_body(body)
         except ProxyError as err:
             err.with_route(rec.route)
-            await self._send_error(err, rec, head)
+            await self._send_error(err, rec)
         except ClientGone:
             rec.error = "client_gone"
             self.writer.transport.abort()
             return False
-        except (h11.LocalProtocolError, OSError) as exc:
+        except (ResponseFramingError, OSError) as exc:
             # The upstream's body broke off mid-way (or lied about its length):
             # the only honest signal left is to cut the client connection.
             log.debug("aborting a response: %s", type(exc).__name__)
@@ -326,16 +341,15 @@ class Connection:
         up = reply.upgraded
         assert up is not None
         try:
-            while self.h11.their_state is h11.SEND_BODY:  # h11 sends a 101 only after the request
+            while not self.req_done:  # the 101 goes out only after the whole request
                 if await self._receive_body() is None:
                     break
             value = is_upgrade(req.headers) or b"websocket"
-            self._write(
-                h11.InformationalResponse(status_code=101, headers=switch_headers(reply, value), reason=reply.reason)
-            )
+            self.writer.write(informational(101, reply.reason, switch_headers(reply, value)))
             if up.early:
                 self.writer.write(up.early)
-            client_early = self.h11.trailing_data[0]
+            client_early = bytes(self.buf)
+            self.buf.clear()
             if client_early:
                 up.writer.write(client_early)
             idle = self.rt.snapshot.config.timeouts.idle
@@ -353,16 +367,16 @@ class Connection:
         is cheaper to drop with the connection than to read and discard.
         """
         left = None if body.length is None else body.length - body.bytes_in
-        if left is None or left > 65536 or self.h11.they_are_waiting_for_100_continue:
+        if left is None or left > 65536 or self.waiting_100:
             return False
-        while self.h11.their_state is h11.SEND_BODY:
+        while not self.req_done:
             if await self._receive_body() is None:
                 break
-        return self.h11.their_state is h11.DONE
+        return self.req_done
 
     async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord) -> bool:
         """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
-        host, port = _connect_target(target)
+        host, port = connect_target(target)
         rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
         matched = snap.table.candidates(host, port, 443)
         if matched:
@@ -377,9 +391,10 @@ class Connection:
             raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}.") from None
-        self._write(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        self.writer.write(self._framer(200, b"Connection established", []).head)
         rec.status = 200
-        early = self.h11.trailing_data[0]
+        early = bytes(self.buf)
+        self.buf.clear()
         if early:
             up_writer.write(early)
         tunnels = self.rt.metrics.tunnels.labels("tunnel")
@@ -398,11 +413,11 @@ class Connection:
         if ca is None:
             raise NotImplementedByProxy(f"{rec.host} matches a route, but interception is not enabled.")
         ctx = await ca.context_for(host)
-        if self.h11.trailing_data[0]:
+        if self.buf:
             # Bytes sent before our 200 would be lost by start_tls
             # (python/cpython#142352); a conforming client waits for the 200.
             raise BadRequest("the client sent data before the CONNECT was answered.")
-        self._write(h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        self.writer.write(self._framer(200, b"Connection established", []).head)
         rec.status = 200
         # No await between the 200 and start_tls: nothing may sit in the reader.
         try:
@@ -411,7 +426,7 @@ class Connection:
             rec.error = "client_tls_failed"
             log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
             return False
-        self.h11 = self._new_h11()  # a fresh HTTP/1.1 connection on the TLS layer
+        # A fresh HTTP/1.1 connection on the TLS layer.
         self.tunnel = Origin("https", host, port)
         self.busy = False
         tunnels = self.rt.metrics.tunnels.labels("intercept")
@@ -423,168 +438,7 @@ class Connection:
         return False
 
 
-def _log_path(target: str) -> str:
-    """The path to log before the target is understood: never the authority (it may hold user:password)."""
-    if target.startswith("/"):
-        return target.partition("?")[0][:200]
-    scheme, sep, rest = target.partition("://")
-    if sep and scheme.isalpha():
-        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        return rest[cut:].partition("?")[0][:200] or "/"
-    return "-"
-
-
-def _refusal(exc: h11.RemoteProtocolError, head: bytes) -> ProxyError:
-    """Turn h11's refusal into ours, looking at the raw head to be precise where h11 is not."""
-    hint = exc.error_status_hint
-    if hint == 431 and b"\n" not in head:
-        return UriTooLong("the request line is longer than the proxy accepts.")
-    if hint == 431:
-        return HeadersTooLarge("the request headers are larger than the proxy accepts.")
-    if hint == 501:
-        codings = _transfer_encodings(head)
-        # RFC 9112 §6.3: chunked that is not the final coding, or a repeated
-        # Transfer-Encoding, is a framing error (400, close); an unknown coding is 501.
-        if len(codings) > 1 or any("chunked" in c for c in codings):
-            return BadRequest("the request's Transfer-Encoding is not a single final `chunked`.")
-        return NotImplementedByProxy("the request uses a Transfer-Encoding the proxy does not support.")
-    return from_status_hint(hint, f"malformed request ({one_line(str(exc))[:120]}).")
-
-
-def _transfer_encodings(head: bytes) -> list[str]:
-    values = []
-    for line in head.split(b"\n")[1:]:
-        if not line.strip():
-            break
-        name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"transfer-encoding":
-            values.append(value.strip().lower().decode("latin-1"))
-    return values
-
-
-def _check_framing(event: h11.Request) -> None:
-    """Reject what request smuggling is made of (RFC 9112 §6.1, §6.3)."""
-    names = [n for n, _ in event.headers]
-    if b"transfer-encoding" in names:
-        if b"content-length" in names:
-            raise BadRequest("the request has both Content-Length and Transfer-Encoding.")
-        if event.http_version == b"1.0":
-            raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
-        if names.count(b"transfer-encoding") > 1:
-            raise BadRequest("the request repeats Transfer-Encoding.")
-
-
-def _check_size(event: h11.Request, limits: Limits) -> None:
-    """h11 bounds only a head still incomplete; one arriving whole is measured here."""
-    if len(event.method) + len(event.target) + 10 > limits.max_request_line:
-        # RFC 9112 §3: a request-target longer than we parse gets 414.
-        raise UriTooLong(f"the request line is longer than {limits.max_request_line} bytes.")
-    if len(event.headers) > limits.max_headers:
-        raise HeadersTooLarge(f"the request has more than {limits.max_headers} header fields.")
-    size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-    if size > limits.max_header_bytes:
-        raise HeadersTooLarge("the request headers are larger than the proxy accepts.")
-
-
-def _content_length(event: h11.Request) -> int | None:
-    for name, value in event.headers:
-        if name == b"content-length":
-            return int(value)
-        if name == b"transfer-encoding":
-            return None
-    return 0
-
-
-def _connect_target(target: str) -> tuple[str, int]:
-    try:
-        host, port = split_hostport(target)
-        if port is None:
-            raise HostError("a CONNECT target needs a port")
-        return normalize_host(host), parse_port(port)
-    except HostError as exc:
-        raise BadRequest(f"bad CONNECT target `{target[:100]}`: {exc}.") from None
-
-
-def _raw_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    from http import HTTPStatus
-
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b"Error"
-    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
-    lines += [n + b": " + v for n, v in headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
 def _is_upstream_body_error(exc: BaseException) -> bool:
     import aiohttp
 
     return isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError))
-
-
-class ProxyServer:
-    """The accept loop, the connection limit, and the drain on shutdown."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.draining = False
-        self.connections: set[Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.trimmer = Trimmer()
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=_READ, backlog=1024)
-        self.trimmer.start()
-        sock = self._server.sockets[0].getsockname()
-        self.rt.bound = (normalize_host(str(sock[0])), int(sock[1]))
-        return self.rt.bound
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        limits = self.rt.snapshot.config.limits
-        if self.draining or len(self.connections) >= limits.max_connections:
-            why = "the proxy is shutting down." if self.draining else "the proxy is at its connection limit."
-            # Take the request off the wire first: closing a socket with unread
-            # data sends a reset, which would destroy the 503 before it is read.
-            with contextlib.suppress(TimeoutError, OSError):
-                await asyncio.wait_for(reader.read(65536), 0.5)
-            status, headers, body = render(Unavailable(why))
-            headers.append((b"connection", b"close"))
-            writer.write(_raw_response(status, headers, body))
-            with contextlib.suppress(OSError):
-                await writer.drain()
-            writer.close()
-            return
-        conn = Connection(self, reader, writer)
-        self.connections.add(conn)
-        self.rt.metrics.connections.inc()
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await conn.run()
-        finally:
-            self.connections.discard(conn)
-            self.rt.metrics.connections.dec()
-            if not self.connections:
-                self.trimmer.idle()
-            if task is not None:
-                self._tasks.discard(task)
-
-    async def drain(self, grace: float) -> None:
-        """Stop accepting; let requests in flight finish within ``grace``; close the rest."""
-        self.draining = True
-        self.trimmer.stop()
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            if not conn.busy:
-                conn.writer.close()
-        pending = {t for t in self._tasks if not t.done()}
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still, timeout=1.0)

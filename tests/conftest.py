@@ -28,8 +28,8 @@ from aiohttp import web
 
 from authproxy import accesslog
 from authproxy.config import load
+from authproxy.listener import ProxyServer
 from authproxy.runtime import Runtime
-from authproxy.server import ProxyServer
 
 pytest_plugins = ["tests.support.oauth_server"]
 

@@ -1,0 +1,125 @@
+"""Framing the responses the server writes to its client (RFC 9112 §6), the rules h11 applied.
+
+A body of known length keeps its Content-Length; one of unknown length is
+chunked to an HTTP/1.1 client and delimited by the close to an HTTP/1.0 one;
+HEAD, 204, 304 and a CONNECT's 2xx carry none. Whatever ends keep-alive
+(the request, the response, a close-delimited body) puts ``Connection:
+close`` on the response.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+_LENGTH, _CHUNKED, _CLOSE, _NONE = 0, 1, 2, 3
+
+
+class FramingError(Exception):
+    """The body sent does not match the length its head declared."""
+
+
+class ResponseFramer:
+    """One response: its head as bytes, then each body chunk framed, then its end."""
+
+    __slots__ = ("_kind", "_left", "head", "keep_alive")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        method: bytes,
+        version: bytes,
+        keep_alive: bool,
+    ) -> None:
+        kind, left = _LENGTH, 0
+        need_close = False
+        if not (status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)):
+            # A HEAD response's headers are the ones a GET would get (RFC 9110 §9.3.2).
+            te = _tokens(headers, b"transfer-encoding")
+            cl = _tokens(headers, b"content-length")
+            if te:
+                kind = _CHUNKED
+            elif cl:
+                left = int(cl[0])
+            else:
+                kind = _CLOSE
+            if kind != _LENGTH:
+                headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
+                if version == b"1.1":
+                    kind = _CHUNKED
+                    headers.append((b"Transfer-Encoding", b"chunked"))
+                elif method != b"HEAD":
+                    need_close = True
+        connection = _tokens(headers, b"connection")
+        if b"close" in connection:
+            keep_alive = False
+        if not keep_alive or need_close:
+            keep_alive = False
+            if connection != [b"close"]:
+                tokens = sorted((set(connection) - {b"keep-alive"}) | {b"close"})
+                headers = [(n, v) for n, v in headers if n.lower() != b"connection"]
+                headers.append((b"Connection", b", ".join(tokens)))
+        if method == b"HEAD":
+            kind, left = _NONE, 0
+        self._kind = kind
+        self._left = left
+        self.keep_alive = keep_alive
+        self.head = _head(status, reason, headers)
+
+    @property
+    def bodyless(self) -> bool:
+        return self._kind == _NONE or (self._kind == _LENGTH and self._left == 0)
+
+    def data(self, chunk: bytes) -> bytes:
+        if self._kind == _CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        if self._kind == _LENGTH:
+            if len(chunk) > self._left:
+                raise FramingError("more body than the declared Content-Length")
+            self._left -= len(chunk)
+            return chunk
+        if self._kind == _CLOSE:
+            return chunk
+        raise FramingError("a body on a response that has none")
+
+    def end(self) -> bytes:
+        if self._kind == _CHUNKED:
+            return b"0\r\n\r\n"
+        if self._kind == _LENGTH and self._left:
+            raise FramingError("less body than the declared Content-Length")
+        return b""
+
+
+def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [t.strip().lower() for n, v in headers if n.lower() == name for t in v.split(b",") if t.strip()]
+
+
+def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # One line per field: a CR or LF inside a value would split the response.
+    lines = len(headers) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise FramingError("a response header holds a line break")
+    return head
+
+
+def informational(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A 1xx head (100 Continue, 101 Switching Protocols): no framing, no body."""
+    return _head(status, reason, headers)
+
+
+def reason_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Error"
+
+
+def raw_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A complete answer outside any request (a refusal, the connection limit); ``headers`` frame it."""
+    return _head(status, reason_phrase(status), headers) + body
