@@ -143,6 +143,22 @@ async def test_pipelined_requests_answered_in_order(make_proxy, upstream) -> Non
     assert resp.index(b'"/p1"') < resp.index(b'"/p2"')
 
 
+async def test_pipelined_after_a_chunked_body_and_an_unusual_head(make_proxy, upstream) -> None:
+    """The server frames bodies itself so that the next pipelined head starts where a chunked body ended;
+    a head llhttp refuses but the grammar allows (bare LF) takes the other path and the loop goes on."""
+    p = await _proxy(make_proxy, upstream)
+    a = upstream.authority
+    req1 = f"POST {upstream.url}/c1 HTTP/1.1\r\nHost: {a}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    req1 += "5;x=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
+    req2 = f"GET {upstream.url}/c2 HTTP/1.1\nHost: {a}\n\n"
+    req3 = f"GET {upstream.url}/c3 HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n"
+    resp = await _exchange(p, (req1 + req2 + req3).encode())
+    assert resp.count(b"HTTP/1.1 200") == 3, resp[:500]
+    assert resp.index(b'"/c1"') < resp.index(b'"/c2"') < resp.index(b'"/c3"')
+    assert [s["path"] for s in upstream.seen] == ["/c1", "/c2", "/c3"]
+    assert upstream.seen[0]["body_size"] == 5
+
+
 async def test_http10_client_gets_close_delimited_answer(make_proxy, upstream) -> None:
     p = await _proxy(make_proxy, upstream)
     resp = await _exchange(p, f"GET {upstream.url}/big?size=1000&chunked=1 HTTP/1.0\r\n\r\n".encode())
