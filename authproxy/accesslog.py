@@ -38,9 +38,15 @@ class TextFormatter(logging.Formatter):
     # "worker 2: " in front of messages (not access lines) of a worker process,
     # so that an operator can tell which of several processes said what.
     tag = ""
+    # Under load many lines share a second: its timestamp is formatted once.
+    _second = -1
+    _stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
+        ts = self._stamp
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
             return f"{ts} {record.levelname.lower()} {self.tag}{record.getMessage()}"
@@ -74,7 +80,10 @@ class JsonFormatter(logging.Formatter):
 
 def emit(rec: AccessRecord) -> None:
     if log.isEnabledFor(logging.INFO):
-        log.info("access", extra={"access": rec})
+        # Made directly: Logger.info would walk the stack for a caller no access line prints.
+        record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "access", None, None)
+        record.__dict__["access"] = rec
+        log.handle(record)
 
 
 class BatchingStderrHandler(logging.Handler):
