@@ -89,8 +89,9 @@ class Runtime:
             for key in ("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file", "admin")
             if getattr(old, key) != getattr(config, key)
         ]
-        if old.timeouts.connect != config.timeouts.connect or old.timeouts.idle != config.timeouts.idle:
-            restart.append("timeouts.connect/idle (upstream pool)")
+        pool = ("connect", "idle", "tls_handshake")
+        if any(getattr(old.timeouts, k) != getattr(config.timeouts, k) for k in pool):
+            restart.append("timeouts.connect/idle/tls_handshake (upstream pool)")
         return restart
 
     async def close(self) -> None:

@@ -429,3 +429,16 @@ def test_parse_expiry_forms() -> None:
     for bad in ("soon", "", None, True, [], -5, float("nan")):
         assert parse_expiry(bad, False, now) is None
     assert parse_expiry("2023-11-14T22:15:00Z", True, now) is None
+
+
+async def test_the_workers_metrics_folder_is_not_passed_to_the_helper(
+    make_proxy, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under `run --workers` the proxy's environment names its private metrics folder ($$ is a literal $).
+    argv = '["sh", "-c", "printf %s tok-$${PROMETHEUS_MULTIPROC_DIR:-absent}-$${HOME:+home}"]'
+    p = await _proxy(make_proxy, upstream, argv)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/env")
+    # The rest of the environment still reaches it (HOME here).
+    assert _header(r.json(), "Authorization") == ["Bearer tok-absent-home"]

@@ -1,7 +1,8 @@
 """A credential printed by a helper program (``gcloud auth print-access-token``, ``vault read``, ``op read``).
 
 The helper runs without a shell (``argv`` as written, ``${VAR}`` resolved at
-load time), with stdin from ``/dev/null``, the proxy's environment, in a
+load time), with stdin from ``/dev/null``, the proxy's environment (less
+what is the proxy's own business: the metrics folder of ``run --workers``), in a
 process group of its own so that a timeout kills it and everything it
 started. Its stdout (at most 64 KiB) is the credential, stripped, or a field
 of the JSON it prints; its stderr is read and thrown away. A failure names
@@ -279,6 +280,7 @@ class Command(Grant):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args,
+                env=_helper_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -377,3 +379,12 @@ class Command(Grant):
         if expires_at is None:
             expires_at = expiry_of(token, None, self.ttl)
         return token, expires_at
+
+
+# A helper that is itself a Python program using prometheus_client would write its
+# metrics into the workers' shared folder and show up in the proxy's /metrics.
+_PRIVATE_ENV = frozenset({"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"})
+
+
+def _helper_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
