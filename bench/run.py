@@ -598,6 +598,8 @@ routes:
         cmd += ["--log-level", self.args.proxy_log_level]
         if self.args.authproxy_workers != "1":  # a supervisor and N workers on one port; CPU and RSS are the tree's
             cmd += ["--workers", self.args.authproxy_workers]
+        if self.args.authproxy_loop != "asyncio":
+            cmd += ["--loop", self.args.authproxy_loop]
         return cmd, {"BENCH_TOKEN": TOKEN, "PYTHONPATH": project_pythonpath()}  # this checkout, installed or not
 
     def own_dir(self, name: str, owner: str | None = None) -> Path:
@@ -1234,6 +1236,8 @@ def label(b: Bench, name: str, scenario: str) -> str:
     t = b.targets[name]
     if name == "authproxy" and b.args.authproxy_workers != "1":
         name = f"authproxy --workers {b.args.authproxy_workers}"
+    if name.startswith("authproxy") and b.args.authproxy_loop != "asyncio":
+        name = f"{name} --loop {b.args.authproxy_loop}"
     if scenario == "small_tls":
         return "direct (hey)" if not t.is_proxy else f"{name} (hey -x)"
     if scenario == "download_tls" and t.insecure:
@@ -1598,6 +1602,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="1",
         metavar="N|auto",
         help="authproxy run --workers: N processes on one port (SO_REUSEPORT); default 1, a single process",
+    )
+    ap.add_argument(
+        "--authproxy-loop",
+        default="asyncio",
+        choices=("asyncio", "uvloop"),
+        help="authproxy run --loop: the event loop (uvloop needs the `fast` extra)",
     )
     ap.add_argument(
         "--proxy-log-level",
