@@ -34,56 +34,97 @@ class AccessRecord:
     note: str | None = None  # e.g. "unverified-tls" for verify: false routes
 
 
+class _Clock:
+    """Under load many lines share a second: its timestamp is formatted once."""
+
+    __slots__ = ("_fmt", "_second", "_stamp")
+
+    def __init__(self, fmt: str) -> None:
+        self._fmt, self._second, self._stamp = fmt, -1, ""
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime(self._fmt, time.localtime(second))
+        return self._stamp
+
+
+def text_line(rec: AccessRecord, ts: str) -> str:
+    line = (
+        f"{ts} {rec.method} {rec.mode} {rec.host} {rec.path} route={rec.route or '-'}"
+        f" status={rec.status} in={rec.bytes_in} out={rec.bytes_out} ms={rec.ms:.1f}"
+        f" token={rec.token}"
+    )
+    if rec.retry:
+        line += f" retry={rec.retry}"
+    if rec.error:
+        line += f" error={rec.error}"
+    if rec.note:
+        line += f" note={rec.note}"
+    return line
+
+
+def json_line(rec: AccessRecord, ts: str) -> str:
+    data = {"time": ts, **asdict(rec)}
+    data["ms"] = round(rec.ms, 1)
+    return json.dumps(data)
+
+
 class TextFormatter(logging.Formatter):
     # "worker 2: " in front of messages (not access lines) of a worker process,
     # so that an operator can tell which of several processes said what.
     tag = ""
-    # Under load many lines share a second: its timestamp is formatted once.
-    _second = -1
-    _stamp = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = _Clock("%Y-%m-%dT%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
-        ts = self._stamp
+        ts = self.clock.stamp(record.created)
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
             return f"{ts} {record.levelname.lower()} {self.tag}{record.getMessage()}"
-        line = (
-            f"{ts} {rec.method} {rec.mode} {rec.host} {rec.path} route={rec.route or '-'}"
-            f" status={rec.status} in={rec.bytes_in} out={rec.bytes_out} ms={rec.ms:.1f}"
-            f" token={rec.token}"
-        )
-        if rec.retry:
-            line += f" retry={rec.retry}"
-        if rec.error:
-            line += f" error={rec.error}"
-        if rec.note:
-            line += f" note={rec.note}"
-        return line
+        return text_line(rec, ts)
+
+    def access(self, rec: AccessRecord) -> str:
+        return text_line(rec, self.clock.stamp(time.time()))
 
 
 class JsonFormatter(logging.Formatter):
     tag = ""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = _Clock("%Y-%m-%dT%H:%M:%S%z")
+
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created))
+        ts = self.clock.stamp(record.created)
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
             message = self.tag + record.getMessage()
             return json.dumps({"time": ts, "level": record.levelname.lower(), "message": message})
-        data = {"time": ts, **asdict(rec)}
-        data["ms"] = round(rec.ms, 1)
-        return json.dumps(data)
+        return json_line(rec, ts)
+
+    def access(self, rec: AccessRecord) -> str:
+        return json_line(rec, self.clock.stamp(time.time()))
+
+
+# Set by setup() when our own stderr handler is the only one: access lines then
+# skip the logging machinery (a LogRecord and three dispatch calls per request).
+_direct: BatchingStderrHandler | None = None
 
 
 def emit(rec: AccessRecord) -> None:
-    if log.isEnabledFor(logging.INFO):
-        # Made directly: Logger.info would walk the stack for a caller no access line prints.
-        record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "access", None, None)
-        record.__dict__["access"] = rec
-        log.handle(record)
+    if not log.isEnabledFor(logging.INFO):
+        return
+    sink = _direct
+    if sink is not None:
+        sink.access(rec)
+        return
+    # Made directly: Logger.info would walk the stack for a caller no access line prints.
+    record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "access", None, None)
+    record.__dict__["access"] = rec
+    log.handle(record)
 
 
 class BatchingStderrHandler(logging.Handler):
@@ -113,6 +154,16 @@ class BatchingStderrHandler(logging.Handler):
         if getattr(record, "access", None) is None:
             self.flush()
             return
+        self._schedule()
+
+    def access(self, rec: AccessRecord) -> None:
+        """An access line without a LogRecord (see ``_direct``)."""
+        fmt = self.formatter
+        assert isinstance(fmt, (TextFormatter, JsonFormatter))
+        self._lines.append(fmt.access(rec) + "\n")
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -163,3 +214,7 @@ def setup(fmt: str, level: int = logging.INFO, shared: bool = False, tag: str = 
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    global _direct
+    access = logging.getLogger("authproxy.access")
+    # Only while nothing else listens for access records (a filter, another handler).
+    _direct = handler if not access.handlers and not access.filters and access.propagate else None

@@ -34,10 +34,9 @@ class ResponseFramer:
     ) -> None:
         kind, left = _LENGTH, 0
         need_close = False
+        te, cl, connection = _framing(headers)
         if not (status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)):
             # A HEAD response's headers are the ones a GET would get (RFC 9110 §9.3.2).
-            te = _tokens(headers, b"transfer-encoding")
-            cl = _tokens(headers, b"content-length")
             if te:
                 kind = _CHUNKED
             elif cl:
@@ -51,7 +50,6 @@ class ResponseFramer:
                     headers.append((b"Transfer-Encoding", b"chunked"))
                 elif method != b"HEAD":
                     need_close = True
-        connection = _tokens(headers, b"connection")
         if b"close" in connection:
             keep_alive = False
         if not keep_alive or need_close:
@@ -91,8 +89,25 @@ class ResponseFramer:
         return b""
 
 
-def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    return [t.strip().lower() for n, v in headers if n.lower() == name for t in v.split(b",") if t.strip()]
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The tokens of Transfer-Encoding, Content-Length and Connection, in one pass.
+
+    Only names of those lengths are lowercased: this runs for every response.
+    """
+    te: list[bytes] = []
+    cl: list[bytes] = []
+    connection: list[bytes] = []
+    for name, value in headers:
+        k = len(name)
+        if k != 10 and k != 14 and k != 17:
+            continue
+        low = name.lower()
+        into = te if low == b"transfer-encoding" else cl if low == b"content-length" else None
+        if into is None and low == b"connection":
+            into = connection
+        if into is not None:
+            into += [t.strip().lower() for t in value.split(b",") if t.strip()]
+    return te, cl, connection
 
 
 def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

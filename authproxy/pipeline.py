@@ -236,19 +236,27 @@ def _host_header(o: Origin) -> str:
 
 def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
-    drop = _DROPPED
-    tokens = connection_tokens(raw)
-    if tokens:
-        drop = drop | tokens
-    injected: list[tuple[bytes, bytes]] = []
-    if cred is not None and cred.headers:
-        # UTF-8, as the aiohttp client sent them: a secret is whatever the route says.
-        injected = [(n.encode("latin-1"), v.encode()) for n, v in cred.headers]
-        drop = drop | {n.lower() for n, _ in injected}
+    drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
     out = [(b"Host", host.encode("ascii"))]
-    out += [(n, v) for n, v in raw if n.lower() not in drop]
-    out += injected
+    listed: set[bytes] | None = None
+    for name, value in raw:
+        low = name.lower()
+        if low in drop:
+            if low == b"connection":
+                listed = (listed or set()) | connection_tokens([(name, value)])
+            continue
+        out.append((name, value))
+    if listed:
+        # Names the client's Connection header lists are hop-by-hop too (RFC 9110 §7.6.1).
+        out = [out[0], *((n, v) for n, v in out[1:] if n.lower() not in listed)]
+    if cred is not None:
+        out += cred.wire
     return out
+
+
+@lru_cache(maxsize=256)
+def _drop_with(names: frozenset[bytes]) -> frozenset[bytes]:
+    return _DROPPED | names
 
 
 def _with_query(path: str, cred: Credential | None) -> str:

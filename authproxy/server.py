@@ -86,22 +86,58 @@ class Connection:
         self.waiting_100 = False  # Expect: 100-continue, not yet answered
         self.responding = False
         self.keep_alive = True
+        # The read deadline (see _fill): one timer, checked when it fires.
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline: float | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._expired = False
 
     # -- reading ---------------------------------------------------------
 
     async def _fill(self, wait: float) -> None:
-        # asyncio.timeout arms one timer; wait_for would start a task per read.
+        """Read more into ``buf``; TimeoutError after ``wait`` seconds without a byte.
+
+        One timer per connection, moved only when a read needs an earlier
+        deadline: under load most reads just store a number, where
+        asyncio.timeout would create and cancel a timer for each.
+        """
+        loop = self._loop
+        deadline = loop.time() + wait
+        self._deadline = deadline
+        watch = self._watch
+        if watch is None or watch.when() > deadline:
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(deadline, self._expire)
         try:
-            async with asyncio.timeout(wait):
-                data = await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            raise  # an OSError too, but the caller's to judge
+            data = await self.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
+            self._expired = False
+            if self._task is not None:
+                self._task.uncancel()
+            raise TimeoutError from None
         except OSError as exc:
             raise ClientGone() from exc
+        finally:
+            self._deadline = None
         if data:
             self.buf += data
         else:
             self.eof = True
+
+    def _expire(self) -> None:
+        self._watch = None
+        deadline = self._deadline
+        if deadline is None or self._task is None:
+            return  # not reading: the next read arms the timer again
+        if self._loop.time() < deadline:
+            self._watch = self._loop.call_at(deadline, self._expire)
+            return
+        self._expired = True
+        self._task.cancel()
 
     async def _next_request(self) -> Head | None:
         """The next request's head, or None when the client is done."""
@@ -225,6 +261,9 @@ class Connection:
             pass
         finally:
             self.busy = False
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
             await self._close()
 
     async def _close(self) -> None:

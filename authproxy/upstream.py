@@ -38,10 +38,18 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    raw = list(raw)
-    tokens = connection_tokens(raw)
-    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
-    return [(n, v) for n, v in raw if n.lower() not in drop]
+    out: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] | None = None
+    for name, value in raw:
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                listed = (listed or set()) | connection_tokens([(name, value)])
+            continue
+        out.append((name, value))
+    if listed:
+        out = [(n, v) for n, v in out if n.lower() not in listed]
+    return out
 
 
 class Upstreams:

@@ -41,6 +41,16 @@ class Credential:
     # Taken from the state store (fetched earlier, or by another process), not
     # from the token endpoint just now: counted apart, so the metrics show real fetches.
     stored: bool = field(default=False, compare=False)
+    # The headers as sent, encoded once per token rather than once per request
+    # (UTF-8 values: a secret is whatever the route says), and their lowercased
+    # names, which replace any the client sent.
+    wire: tuple[tuple[bytes, bytes], ...] = field(default=(), init=False, compare=False)
+    wire_names: frozenset[bytes] = field(default=frozenset(), init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        wire = tuple((n.encode("latin-1"), v.encode()) for n, v in self.headers)
+        object.__setattr__(self, "wire", wire)
+        object.__setattr__(self, "wire_names", frozenset(n.lower() for n, _ in wire))
 
     def __repr__(self) -> str:
         names = [h for h, _ in self.headers] + [f"?{q}" for q, _ in self.query]
