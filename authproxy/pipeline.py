@@ -26,7 +26,7 @@ from .messages import Origin, ProxyRequest, Reply
 from .runtime import Runtime, Snapshot
 from .tokens import TokenState
 from .upgrade import is_upgrade, open_upgrade
-from .upstream import HOP_BY_HOP, connection_tokens, filter_response_headers
+from .upstream import HOP_BY_HOP, OWN_TOKENS, connection_tokens, filter_response_headers
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us.
@@ -246,7 +246,7 @@ def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential
                 listed = (listed or set()) | connection_tokens([(name, value)])
             continue
         out.append((name, value))
-    if listed:
+    if listed and not listed <= OWN_TOKENS:
         # Names the client's Connection header lists are hop-by-hop too (RFC 9110 §7.6.1).
         out = [out[0], *((n, v) for n, v in out[1:] if n.lower() not in listed)]
     if cred is not None:

@@ -1,12 +1,12 @@
 """Credential cache, single flight, refresh ahead of expiry, one forced refresh per 401 burst.
 
-Fast path: a lock-free read of a cachetools ``TLRUCache`` whose per-item
-time-to-use is the token's expiry, so a known-expired token can never be
-handed out. Slow path: one ``asyncio.Task`` per route that every caller
-awaits through ``asyncio.shield`` (a client that goes away cannot cancel the
-fetch others wait for). After a failure the route backs off; callers in the
-backoff window get the cached token while it is valid, else the last error,
-so a dead token endpoint is not hammered by a storm of retries.
+Fast path: a dict read that checks the token's expiry on the way out (one
+entry per route), so a known-expired token can never be handed out. Slow
+path: one ``asyncio.Task`` per route that every caller awaits through
+``asyncio.shield`` (a client that goes away cannot cancel the fetch others
+wait for). After a failure the route backs off; callers in the backoff
+window get the cached token while it is valid, else the last error, so a
+dead token endpoint is not hammered by a storm of retries.
 
 With several worker processes (``shared``), a fetch goes through the state
 store (``sharedtokens.py``), so that the workers share one token per route.
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import aiohttp
-from cachetools import TLRUCache
 
 from .config import Route
 from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
@@ -56,8 +55,30 @@ def _key(route: Route) -> _Key:
     return (route.name, id(route.auth))
 
 
-def _ttu(_k: object, cred: Credential, now: float) -> float:
-    return cred.expires_at if cred.expires_at is not None else float("inf")
+class _Fresh:
+    """One credential per route, dropped on read once it has expired.
+
+    Every request reads it: a plain dict and one clock read cost a fraction
+    of a general TTL cache's layers.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[_Key, Credential] = {}
+
+    def get(self, key: _Key) -> Credential | None:
+        cred = self._items.get(key)
+        if cred is not None and cred.expires_at is not None and time.time() >= cred.expires_at:
+            del self._items[key]
+            return None
+        return cred
+
+    def __setitem__(self, key: _Key, cred: Credential) -> None:
+        self._items[key] = cred
+
+    def pop(self, key: _Key, default: None = None) -> Credential | None:
+        return self._items.pop(key, default)
 
 
 @dataclass(slots=True)
@@ -98,7 +119,7 @@ class TokenManager:
         self._store = store
         self._metrics = metrics
         self._shared = SharedTokens(store) if shared else None
-        self._cache: TLRUCache[_Key, Credential] = TLRUCache(maxsize=65536, ttu=_ttu, timer=time.time)
+        self._cache = _Fresh()
         self._states: dict[_Key, _RouteState] = {}
 
     def _state(self, route: Route) -> _RouteState:

@@ -28,6 +28,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# Connection options that name no header (RFC 9112 §9.6); the common case skips a second pass.
+OWN_TOKENS = frozenset({b"close", b"keep-alive"})
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
     out: set[bytes] = set()
@@ -47,7 +51,7 @@ def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[by
                 listed = (listed or set()) | connection_tokens([(name, value)])
             continue
         out.append((name, value))
-    if listed:
+    if listed and not listed <= OWN_TOKENS:
         out = [(n, v) for n, v in out if n.lower() not in listed]
     return out
 
