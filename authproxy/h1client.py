@@ -84,6 +84,7 @@ class H1Connection(asyncio.Protocol):
         self._paused = False
         self._last_read = 0.0
         self._head_timeout = 0.0
+        self._head_due = 0.0
 
     # -- the exchange ------------------------------------------------------
 
@@ -98,7 +99,14 @@ class H1Connection(asyncio.Protocol):
         self._head_timeout = head_timeout
         loop = self._loop
         waiter = self._head_waiter = loop.create_future()
-        self._timer = loop.call_later(head_timeout, self._on_timer)
+        # The timer outlives the exchange (see _on_timer): moved only when this
+        # deadline comes before the one it is set for, not created per request.
+        due = self._head_due = loop.time() + head_timeout
+        timer = self._timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(due, self._on_timer)
         try:
             if body is None:
                 transport.write(head)
@@ -205,7 +213,6 @@ class H1Connection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """After the response is released: True when this connection may carry another request."""
-        self._stop_timer()
         ok = self._phase == _DONE and self.sent and self._keep_alive and self.reusable and not self.closed
         if ok:
             if self._paused:  # the whole body came, unread (a 401 before its retry, say)
@@ -233,6 +240,10 @@ class H1Connection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self._phase == _HEAD:
+            if self._loop.time() < self._head_due:
+                # Set for an earlier exchange: this one's deadline is later.
+                self._timer = self._loop.call_at(self._head_due, self._on_timer)
+                return
             self._fail_head(UpstreamTimeout(f"{self.authority} did not answer within {self._head_timeout:g} s."))
         elif self._phase == _BODY:
             # One timer per stalled body, not one per chunk: it checks when data
@@ -314,10 +325,14 @@ class H1Connection(asyncio.Protocol):
             # in a single read and was measured field by field.
             if self._head_size > self._max_head or self._too_large:
                 self._bad("the response head is too large")
-        elif self._phase == _BODY and self._timer is None and not self.closed:
+        elif self._phase == _BODY and not self.closed:
             # Armed only for a body still coming: a small response never pays for it.
-            self._last_read = self._loop.time()
-            self._timer = self._loop.call_later(self._idle_timeout, self._on_timer)
+            now = self._last_read = self._loop.time()
+            timer = self._timer
+            if timer is None or timer.when() > now + self._idle_timeout:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(now + self._idle_timeout, self._on_timer)
 
     def _bad(self, what: str) -> None:
         """The upstream's bytes are not HTTP we accept."""
@@ -390,7 +405,6 @@ class H1Connection(asyncio.Protocol):
             return
         self._status = status
         self._keep_alive = parser.should_keep_alive()
-        self._stop_timer()
         if self._is_head:
             # httptools cannot tell llhttp that a HEAD response has no body:
             # the message ends here and a fresh parser takes the next one.
@@ -418,7 +432,6 @@ class H1Connection(asyncio.Protocol):
         phase = self._phase
         if phase == _BODY:
             self._phase = _DONE
-            self._stop_timer()
             _wake(self._body_waiter)
         elif phase == _HEAD and self._interim:
             self._interim = False

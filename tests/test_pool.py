@@ -492,6 +492,35 @@ async def test_head_timeout_and_stalled_body(pool: Pool) -> None:
         await short.close()
 
 
+async def test_a_reused_connection_watches_its_body_by_the_idle_timeout_not_an_old_head_deadline() -> None:
+    """The connection's one timer is left set after an exchange; a later stalled body must still be caught.
+
+    The head deadline (60 s) would fire long after the guard below; the body
+    stall (0.3 s without a byte) is what must end the second exchange.
+    """
+    release = asyncio.Event()
+
+    async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if b"/stall" in head:
+            w.write(_reply("HTTP/1.1 200 OK", "Content-Length: 10", body=b"12345"))
+            await release.wait()
+            return False
+        w.write(_reply("HTTP/1.1 200 OK", "Content-Length: 2", body=b"ok"))
+        return True
+
+    short = Pool(Timeouts(connect=5, idle=0.3, upstream_headers=60), 64 * 1024)
+    try:
+        async with raw(script) as up:
+            _, data = await fetch(short, up.port, "/first", head_timeout=60)
+            assert data == b"ok"
+            with pytest.raises(UpstreamBodyError):
+                await asyncio.wait_for(fetch(short, up.port, "/stall", head_timeout=60), 20)
+            assert up.accepted == 1, "the stalled request did not reuse the first connection"
+            release.set()
+    finally:
+        await short.close()
+
+
 async def test_idle_connections_expire_and_close_with_the_pool() -> None:
     async def script(n: int, head: bytes, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         w.write(_reply("HTTP/1.1 200 OK", "Content-Length: 2", body=b"ok"))
