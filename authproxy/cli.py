@@ -20,7 +20,7 @@ from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .login import LoginError, login
-from .memory import tune_malloc
+from .memory import tune_asyncio_tls, tune_malloc
 from .problems import ConfigError
 from .runtime import Runtime
 from .serve import serve
@@ -372,6 +372,7 @@ def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = Fals
     """
     tune_malloc()
     if loop == "asyncio":
+        tune_asyncio_tls()
         if not reuse_port:
             return asyncio.run(main)
         with asyncio.Runner(loop_factory=reuse_port_loop(asyncio.SelectorEventLoop)) as runner:

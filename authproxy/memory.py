@@ -1,7 +1,8 @@
 """glibc allocator settings for a long-running proxy, so freed memory goes back to the OS.
 
 Every TLS connection (intercepted clients and TLS upstreams) carries a
-256 KiB read buffer in asyncio's SSL protocol, and bodies move in chunks of
+read buffer in asyncio's SSL protocol (256 KiB unless tune_asyncio_tls
+shrinks it), and bodies move in chunks of
 64-256 KiB. glibc serves allocations that large with mmap at first, but
 raises its mmap threshold each time one is freed (the "dynamic threshold");
 after that they come from the heap, whose free space fragments between
@@ -30,6 +31,21 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD = 64 * 1024
 ARENA_MAX = 2
+
+
+# asyncio's SSL protocol zero-fills a read buffer of this size for every TLS
+# connection, so each one costs it in RSS from the first byte. TLS records
+# are at most 16 KiB: 64 KiB holds four, and a 100 MB download through
+# interception is no slower for it (README, Performance).
+TLS_READ_BUFFER = 64 * 1024
+
+
+def tune_asyncio_tls() -> None:
+    """Shrink asyncio's per-connection TLS read buffer from 256 KiB (uvloop has its own, allocated lazily)."""
+    from asyncio import sslproto
+
+    if sslproto.SSLProtocol.max_size > TLS_READ_BUFFER:
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 def tune_malloc() -> bool:
