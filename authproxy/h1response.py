@@ -69,6 +69,11 @@ class ResponseFramer:
     def bodyless(self) -> bool:
         return self._kind == _NONE or (self._kind == _LENGTH and self._left == 0)
 
+    @property
+    def complete(self) -> bool:
+        """A Content-Length body has been framed to its last byte: nothing more may follow."""
+        return self._kind == _LENGTH and self._left == 0
+
     def data(self, chunk: bytes) -> bytes:
         if self._kind == _CHUNKED:
             return b"%x\r\n%b\r\n" % (len(chunk), chunk)

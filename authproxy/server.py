@@ -220,15 +220,23 @@ class Connection:
         framer = self._framer(reply.status, reply.reason, headers)
         # The head waits for the first chunk so that a small response leaves in
         # one send: each transport.write() is a syscall when the buffer is empty.
-        pending = framer.head
+        pending: bytes | None = framer.head
         if reply.body is not None and not framer.bodyless:
             async for chunk in reply.body:
                 if chunk:
                     rec.bytes_out += len(chunk)
-                    self.writer.write(pending + framer.data(chunk))
+                    data = (pending or b"") + framer.data(chunk)
+                    if framer.complete:
+                        # The last byte of a sized body: no wait for the body's end to be
+                        # signalled (one turn of the loop per response), the pool learns it on release.
+                        self.writer.write(data)
+                        pending = None
+                        break
+                    self.writer.write(data)
                     pending = b""
                     await self.writer.drain()
-        self.writer.write(pending + framer.end())
+        if pending is not None:
+            self.writer.write(pending + framer.end())
         await self.writer.drain()
 
     async def _send_error(self, err: ProxyError, rec: AccessRecord) -> None:
@@ -321,7 +329,8 @@ class Connection:
         snap = self.rt.snapshot  # kept to the end, whatever a reload does
         method = req.method.decode("ascii", "replace")
         target = req.target.decode("latin-1")
-        rec = AccessRecord(method=method, mode="plain", host="-", path=log_path(target))
+        # The path is the pipeline's to log once it understood the target; log_path only if it never did.
+        rec = AccessRecord(method=method, mode="plain", host="-", path="")
         try:
             check_framing(req)
             check_size(req, snap.config.limits)
@@ -370,6 +379,8 @@ class Connection:
             return False
         finally:
             rec.ms = (time.perf_counter() - started) * 1000
+            if not rec.path:
+                rec.path = log_path(target)
             accesslog.emit(rec)
             self.rt.metrics.request_done(rec)
             self.busy = False
