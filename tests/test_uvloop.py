@@ -129,6 +129,7 @@ async def test_hey_through_interception_keeps_its_connections(make_proxy, tls_up
         await asyncio.sleep(0.05)
     lines = [x for x in p.access_lines() if " CONNECT intercept " in x]
     connects, failed = len(lines), sum("error=client_tls_failed" in x for x in lines)
-    # Before the fix: ~440 CONNECTs and ~380 failures in these 2 s; after: 64 and 0 here.
-    assert connects <= 2 * conns, f"{connects} CONNECTs for {conns} workers, {failed} client TLS handshakes failed"
-    assert failed <= conns // 4, f"{failed} of {connects} client TLS handshakes failed"
+    # One accept per iteration: 400-1,100 CONNECTs in these 2 s, nearly all reset. Now 64, and 0 failed here; a
+    # loaded machine can lose a few dozen dials to Go's start-up race on either loop, never hundreds.
+    assert connects <= 3 * conns, f"{connects} CONNECTs for {conns} workers, {failed} client TLS handshakes failed"
+    assert failed <= conns, f"{failed} of {connects} client TLS handshakes failed"
