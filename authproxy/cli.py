@@ -366,8 +366,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = False) -> int:
     """asyncio's own loop unless `--loop uvloop` (the `fast` extra) is asked for.
 
-    uvloop is opt-in for now: hey's TLS handshakes through interception failed
-    on it in the bench (README, "The event loop"). ``reuse_port``: a worker's
+    uvloop is opt-in for now: the soak's RSS growth was first seen on it
+    (README, "The event loop"). ``reuse_port``: a worker's
     loop, whose listener shares the port with the other workers'.
     """
     tune_malloc()

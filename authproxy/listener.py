@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 
 from .errors import Unavailable, render
 from .h1response import raw_response
@@ -11,6 +13,9 @@ from .hosts import normalize_host
 from .memory import Trimmer
 from .runtime import Runtime
 from .server import READ_SIZE, Connection
+
+_BACKLOG = 1024
+_ACCEPT_RETRY = 1.0  # after an accept() error other than "nothing pending" (EMFILE...), as asyncio waits
 
 
 class ProxyServer:
@@ -22,10 +27,15 @@ class ProxyServer:
         self.connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []  # our own accept path (uvloop), duplicates of the server's sockets
+        self._adopting: set[asyncio.Task[None]] = set()
         self.trimmer = Trimmer()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE, backlog=1024)
+        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE, backlog=_BACKLOG)
+        if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+            # uvloop: its libuv takes one connection per loop iteration (see _accept_greedily).
+            self._accept_greedily()
         self.trimmer.start()
         sock = self._server.sockets[0].getsockname()
         self.rt.bound = (normalize_host(str(sock[0])), int(sock[1]))
@@ -62,10 +72,70 @@ class ProxyServer:
             if task is not None:
                 self._tasks.discard(task)
 
+    def _accept_greedily(self) -> None:
+        """Take every pending connection when a listening socket is readable, not one per loop iteration.
+
+        uvloop's libuv accepts a single connection per readiness (since 1.45,
+        libuv/libuv#3696); under load one loop iteration takes milliseconds, so
+        a burst of new clients waited that long each in the backlog while the
+        open connections kept being served. Go's net/http (hey) dials for every
+        request that finds no idle connection and cancels the dial when another
+        connection serves that request first: behind the late accepts ~98% of
+        its intercepted CONNECTs were reset mid-handshake, and its pool never
+        grew. asyncio's own loop takes up to ``backlog`` connections per
+        readiness; this does the same, from a duplicate of each listening
+        socket (libuv's watcher stays: both take from the one queue).
+        """
+        assert self._server is not None
+        for server_sock in self._server.sockets:
+            sock = socket.socket(fileno=os.dup(server_sock.fileno()))
+            sock.setblocking(False)
+            self._listeners.append(sock)
+            self._watch(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        if not self.draining and sock.fileno() != -1:
+            asyncio.get_running_loop().add_reader(sock, self._take, sock)
+
+    def _take(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(_BACKLOG):
+            try:
+                client, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError:
+                # EMFILE and the like: libuv's own watcher sheds that load; retrying
+                # here at once would spin on a socket that stays readable.
+                loop.remove_reader(sock)
+                loop.call_later(_ACCEPT_RETRY, self._watch, sock)
+                return
+            client.setblocking(False)
+            task = loop.create_task(self._adopt(client))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, client: socket.socket) -> None:
+        """The accepted socket as start_server would have made it: streams, then ``_accept``."""
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol, client)
+        except OSError:
+            client.close()
+
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), self._accept)
+
     async def drain(self, grace: float) -> None:
         """Stop accepting; let requests in flight finish within ``grace``; close the rest."""
         self.draining = True
         self.trimmer.stop()
+        # Our duplicates first: the listening socket lives on while any of them is open.
+        for sock in self._listeners:
+            asyncio.get_running_loop().remove_reader(sock)
+            sock.close()
+        self._listeners.clear()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
