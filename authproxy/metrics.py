@@ -80,7 +80,7 @@ class Metrics:
         self.routes = Gauge(
             "authproxy_routes", "Routes in the table in force.", registry=r, multiprocess_mode="livemostrecent"
         )
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def request_done(self, rec: AccessRecord) -> None:
         route = rec.route or "-"
@@ -91,15 +91,17 @@ class Metrics:
             children = self._children[key] = (
                 self.requests.labels(route, rec.mode, str(rec.status)),
                 self.latency.labels(route, rec.mode),
+                self.bytes_in.labels(route),
+                self.bytes_out.labels(route),
             )
         children[0].inc()
         children[1].observe(rec.ms / 1000)
+        if rec.bytes_in:
+            children[2].inc(rec.bytes_in)
+        if rec.bytes_out:
+            children[3].inc(rec.bytes_out)
         if rec.error:
             self.errors.labels(route, rec.error).inc()
-        if rec.bytes_in:
-            self.bytes_in.labels(route).inc(rec.bytes_in)
-        if rec.bytes_out:
-            self.bytes_out.labels(route).inc(rec.bytes_out)
         if rec.retry:
             self.retries.labels(route, rec.retry).inc()
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cachetools import LRUCache
-
 from .config import Route
 from .errors import BadRequest
 from .hosts import PathError, normalize_path, prefix_matches
+
+_CANDIDATES_MAX = 4096
 
 
 def _rank(route: Route) -> tuple[int, int, int, int, int]:
@@ -47,17 +47,26 @@ class RouteTable:
             key=lambda r: -len(r.gateway or ""),
         )
         self._by_name = {r.name: r for r in routes}
-        self._candidates: LRUCache[tuple[str, int, int], tuple[Route, ...]] = LRUCache(4096)
+        # Per (host, port): the candidates, and whether any of them matches on a path. A plain
+        # dict read on every request; emptied when full (hosts beyond 4096 come from a scan or a
+        # hostile client, and recomputing them is cheap), where an LRU would pay on every read.
+        self._candidates: dict[tuple[str, int, int], tuple[tuple[Route, ...], bool]] = {}
 
     def get(self, name: str) -> Route | None:
         return self._by_name.get(name)
 
     def candidates(self, host: str, port: int, default_port: int) -> tuple[Route, ...]:
         """Routes whose host and port match, best first (path not yet considered)."""
+        return self._lookup(host, port, default_port)[0]
+
+    def _lookup(self, host: str, port: int, default_port: int) -> tuple[tuple[Route, ...], bool]:
         key = (host, port, default_port)
         found = self._candidates.get(key)
         if found is None:
-            found = tuple(self._compute(host, port, default_port))
+            routes = tuple(self._compute(host, port, default_port))
+            found = (routes, any(r.match is not None and r.match.path for r in routes))
+            if len(self._candidates) >= _CANDIDATES_MAX:
+                self._candidates.clear()
             self._candidates[key] = found
         return found
 
@@ -76,10 +85,10 @@ class RouteTable:
 
     def match(self, host: str, port: int, default_port: int, path: str) -> Route | None:
         """The route for a request to ``host:port`` with ``path`` (no query)."""
-        routes = self.candidates(host, port, default_port)
+        routes, by_path = self._lookup(host, port, default_port)
         if not routes:
             return None
-        if all(r.match is not None and not r.match.path for r in routes):
+        if not by_path:
             return routes[0]
         norm = _normalized(path)
         for r in routes:

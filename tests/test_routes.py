@@ -67,6 +67,16 @@ def test_host_is_case_insensitive(tmp_path: Path) -> None:
     assert m(t, "API.EXAMPLE.COM") == "a"
 
 
+def test_matching_stays_right_after_the_per_host_memo_fills_and_is_emptied(tmp_path: Path) -> None:
+    """The memo of candidates per host is bounded: a scan of many hosts empties it, answers stay the same."""
+    t = table(tmp_path, "a api.example.com", "w *.example.org", "p api.example.com/v2")
+    for i in range(5000):
+        assert m(t, f"host{i}.example.net") is None
+        assert m(t, f"h{i}.example.org") == "w"
+    assert m(t, "api.example.com", "/v2/x") == "p"
+    assert m(t, "api.example.com", "/v1") == "a"
+
+
 def test_trailing_dot_is_ignored_both_sides(tmp_path: Path) -> None:
     t = table(tmp_path, "a api.example.com.")
     assert m(t, "api.example.com") == "a"
