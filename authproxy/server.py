@@ -111,15 +111,22 @@ class Connection:
                 watch.cancel()
             self._watch = loop.call_at(deadline, self._expire)
         try:
-            data = await self.reader.read(READ_SIZE)
-        except asyncio.CancelledError:
-            if not self._expired:
-                raise
-            self._expired = False
-            if self._task is not None:
-                self._task.uncancel()
-            raise TimeoutError from None
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except asyncio.CancelledError:
+                if not self._expired:
+                    raise
+                self._expired = False
+                if self._task is not None:
+                    self._task.uncancel()
+                # A late loop turn can run the read's callback and then the expired timer:
+                # what arrived is read (a read that needs no wait ends before a zero
+                # timeout fires), not dropped with the connection as if it never came.
+                async with asyncio.timeout(0):
+                    data = await self.reader.read(READ_SIZE)
         except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
             raise ClientGone() from exc
         finally:
             self._deadline = None
