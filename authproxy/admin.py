@@ -8,7 +8,7 @@ registry (whose labels are route names, modes, status and error codes). No
 header, token or request-derived value reaches any page.
 
 Reload problems are shown without the values they quote (see
-``_quoted_values_elided``).
+``statusview.quoted_values_elided``).
 
 ``AdminBase`` is the listener and its five paths; what they show comes from
 a subclass: ``AdminServer`` for one proxy process, ``fleetadmin.FleetAdmin``
@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
-from .config import Route
 from .rates import UNMATCHED, Rates
-from .runtime import Runtime
+from .statusview import runtime_view, url_host
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
@@ -87,7 +88,7 @@ class AdminBase:
             "uptime": round(now - started_at, 1),
             "ready": self.is_ready(),
             "listen": listen,
-            "admin": f"{_host(self.host)}:{self.port}",
+            "admin": f"{url_host(self.host)}:{self.port}",
             "config_file": config_file,
             "rate_window": round(span, 1),
             "connections": int(reg.get_sample_value("authproxy_active_connections") or 0),
@@ -151,19 +152,10 @@ class AdminServer(AdminBase):
         rt = self.rt
         cfg = rt.snapshot.config
         routes, reloads = runtime_view(rt)
-        listen = f"{_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
+        listen = f"{url_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
         return self.build_status(
             routes=routes, reloads=reloads, started_at=rt.started_at, listen=listen, config_file=str(cfg.file)
         )
-
-
-def runtime_view(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The routes (fields and token state, no traffic) and recent reloads of a running proxy, newest first."""
-    routes = [{**route_fields(r), "token": rt.tokens.status(r)} for r in rt.snapshot.config.routes]
-    reloads = [
-        {"at": round(ev.at, 3), "ok": ev.ok, "detail": _quoted_values_elided(ev.detail)} for ev in reversed(rt.reloads)
-    ]
-    return routes, reloads
 
 
 @web.middleware
@@ -206,44 +198,6 @@ async def listen_admin(admin: AdminBase, host: str, port: int) -> None:
 
 
 # -- formatting shared by the page and the table ------------------------------
-
-
-def _quoted_values_elided(detail: str) -> str:
-    """A reload problem without the values it quotes.
-
-    Config problems quote the offending value (`...`), and a value may be an
-    expanded ``${VAR}`` that holds a secret (``verify: ${API_KEY}`` by
-    mistake). The location and the sentence stay; ``authproxy check`` and
-    the log have the whole message for whoever runs the proxy.
-    """
-    return re.sub(r"`[^`]*`", "`…`", detail)
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def route_fields(r: Route) -> dict[str, Any]:
-    up = None
-    if r.upstream is not None:
-        u = r.upstream
-        # The origin only: a base path can hold a secret (webhook URLs do).
-        up = f"{u.scheme}://{_host(u.host)}" + ("" if u.port == u.default_port else f":{u.port}")
-    allow = None
-    if r.allow is not None:
-        allow = [
-            {"methods": sorted(a.methods) if a.methods is not None else None, "paths": list(a.paths or ()) or None}
-            for a in r.allow
-        ]
-    return {
-        "name": r.name,
-        "mode": r.mode,
-        "match": r.match.text if r.match is not None else None,
-        "gateway": r.gateway,
-        "upstream": up,
-        "grant": r.auth.type_name,
-        "allow": allow,
-    }
 
 
 def _span(seconds: float) -> str:
@@ -478,7 +432,7 @@ def fetch_status(host: str, port: int, timeout: float = 5) -> dict[str, Any]:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    url = f"http://{_host(host)}:{port}/status.json"
+    url = f"http://{url_host(host)}:{port}/status.json"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=timeout) as resp:
         data = json.loads(resp.read().decode("utf-8"))

@@ -13,20 +13,17 @@ from typing import Any
 
 from . import __version__, accesslog
 from .access import hash_password
-from .admin import fetch_status, status_table
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
 from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
-from .login import LoginError, login
 from .memory import tune_asyncio_tls, tune_malloc
 from .problems import ConfigError
 from .runtime import Runtime
 from .serve import serve
 from .state import ensure_dir
 from .store import StateStore
-from .supervisor import WorkerArgs, supervise
 from .worker import WorkerLink, pinned, reuse_port_loop
 
 log = logging.getLogger("authproxy")
@@ -194,6 +191,8 @@ def cmd_token(path: str, name: str, show: bool) -> int:
 
 
 def cmd_status(path: str, admin: str | None) -> int:
+    from .admin import fetch_status, status_table  # with aiohttp.web: only this command needs it
+
     if admin is not None:
         try:
             where = parse_listen(admin)
@@ -231,6 +230,8 @@ def cmd_hash_password() -> int:
 
 
 def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
+    from .login import LoginError, login  # with aiohttp: only this command needs it
+
     cfg = load(path)
     route = _route(cfg, name, path)
 
@@ -359,6 +360,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for w in cfg.warnings:
         log.warning("%s", w.located())
     if workers > 1:
+        from .supervisor import WorkerArgs, supervise  # not needed by a worker, nor by a single process
+
         return supervise(cfg, host, port, workers, WorkerArgs(args.config, args.log_format, args.log_level, args.loop))
     return _serve(cfg, host, port, args.loop)
 

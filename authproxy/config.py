@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import yaml
 
 from .access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
-from .bws import Resolver, SyncClient, parse_access_token
 from .grants import LATER, REGISTRY, Grant
 from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
@@ -260,6 +259,9 @@ def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSet
     sec = top.section("bws")
     if sec is None:
         return None
+    # Imported only for a config with a `bws:` block: it loads PyJWT and cryptography's ciphers.
+    from .bws import Resolver, SyncClient, parse_access_token
+
     token = sec.secret("access_token", required=True) or Secret("", "", ("bws.access_token",))
     check_access_token(sec, "access_token", token)
     endpoints = parse_endpoints(sec)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .admin import AdminBase, listen_admin, route_fields
+from .admin import AdminBase, listen_admin
+from .statusview import route_fields
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

@@ -188,7 +188,7 @@ async def login(
             raise LoginError("the redirect carried no authorization code.")
 
         client = dataclasses.replace(grant.client, token_url=Value(ends.token, ends.token))
-        ctx = GrantContext(route.name, session, deadline, store)
+        ctx = GrantContext(route.name, lambda: session, deadline, store)
         params_tok = {
             "grant_type": "authorization_code",
             "code": code,

@@ -18,7 +18,7 @@ from .metrics import Metrics
 from .routes import RouteTable
 from .store import StateStore
 from .tokens import TokenManager
-from .upstream import Upstreams, token_session
+from .upstream import TokenSession, Upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +46,12 @@ class Runtime:
         shared through the state store, metrics through the multiprocess files."""
         self.snapshot = Snapshot.of(config)
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
-        self._token_session = token_session(config.timeouts)
+        self._token_session = TokenSession(config.timeouts)
         self.store = StateStore(config.state_dir)
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
         self.tokens = TokenManager(
-            self._token_session, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
         )
         self.bound: tuple[str, int] | None = None  # the address actually listened on
         self.ca: LocalCA | None = None  # set by enable_interception()

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import signal
 
-from .admin import start_admin
 from .ca import CAError
 from .config import Config
 from .hosts import format_authority
@@ -34,6 +33,10 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     except CAError:
         await rt.close()
         raise  # the command says it as the usage error it is
+    if link is None and cfg.admin is not None:
+        # The admin listener is aiohttp.web, which a proxy without one never loads; imported
+        # before we listen, so that no client's first request waits on the import.
+        from .admin import start_admin
     server = ProxyServer(rt)
     # Handlers first: a SIGTERM that arrives as soon as we say "listening" must drain, not kill.
     stop = asyncio.Event()

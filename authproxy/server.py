@@ -496,6 +496,10 @@ class Connection:
 
 
 def _is_upstream_body_error(exc: BaseException) -> bool:
-    import aiohttp
+    import sys
 
+    # An aiohttp exception needs aiohttp loaded: a proxy that never loaded it must not load it here.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return isinstance(exc, TimeoutError)
     return isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -33,9 +33,11 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from .ca import LocalCA, ensure_ca
 from .config import Config
 from .fleet import Channel, MetricsDir, reserve
-from .fleetadmin import FleetAdmin
 from .hosts import format_authority, normalize_host
 from .worker import pin
+
+if TYPE_CHECKING:
+    from .fleetadmin import FleetAdmin
 
 log = logging.getLogger("authproxy.supervisor")
 
@@ -293,6 +295,9 @@ class Supervisor:
     async def _start_admin(self) -> FleetAdmin | None:
         if self.cfg.admin is None:
             return None
+        # Only now: the admin listener is aiohttp.web, which a proxy without one never loads.
+        from .fleetadmin import FleetAdmin
+
         admin = FleetAdmin(self)
         host, port = self.cfg.admin
         try:

@@ -18,11 +18,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from .config import Route
 from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
@@ -31,6 +30,9 @@ from .grants.base import refresh_point
 from .metrics import Metrics
 from .sharedtokens import SharedTokens
 from .store import StateStore
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -108,13 +110,14 @@ class TokenManager:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        get_session: Callable[[], aiohttp.ClientSession],
         fetch_deadline: float,
         store: StateStore,
         metrics: Metrics,
         shared: bool = False,
     ) -> None:
-        self._session = session
+        # Called by a grant that fetches, when it fetches: the session is made on first use.
+        self._get_session = get_session
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
@@ -230,7 +233,7 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._session, self._deadline, self._store, rejected)
+        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected)
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from .ca import system_roots
 from .config import Limits, Route, Timeouts
 from .pool import Pool
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # RFC 9110 §7.6.1, plus headers only a proxy hop uses.
 HOP_BY_HOP = frozenset(
@@ -93,10 +95,35 @@ class Upstreams:
         await self.pool.close()
 
 
-def token_session(timeouts: Timeouts) -> aiohttp.ClientSession:
-    """A separate session for token endpoints: no proxy, its own pool."""
-    return aiohttp.ClientSession(
-        trust_env=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
-    )
+class TokenSession:
+    """The session for token endpoints: no proxy, its own pool, made on first use.
+
+    Only fetching grants (OAuth, bws) talk to a token endpoint. A table of
+    static credentials (api_key, bearer, basic, command) never calls ``get``,
+    so aiohttp's client (some 13 MB of the proxy's memory) is never imported.
+    """
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self._connect = timeouts.connect
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            if self._closed:
+                # As a closed aiohttp session would: a fetch that starts during shutdown
+                # must not leave behind a new session that nothing closes.
+                raise RuntimeError("the token endpoint session is closed")
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()

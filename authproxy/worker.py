@@ -27,9 +27,9 @@ import socket
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .admin import runtime_view
 from .config import Config
 from .runtime import Runtime
+from .statusview import runtime_view
 
 log = logging.getLogger("authproxy.worker")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -87,12 +88,18 @@ class GrantContext:
     """What a grant may use while fetching."""
 
     route: str
-    session: aiohttp.ClientSession
+    # The token endpoints' session, made on the first call: a grant that never
+    # fetches never loads aiohttp.
+    get_session: Callable[[], aiohttp.ClientSession]
     deadline: float  # seconds the whole fetch (with retries) may take
     store: StateStore
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.get_session()
 
 
 class Grant(ABC):

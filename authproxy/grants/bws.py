@@ -20,25 +20,20 @@ import asyncio
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..bws import (
-    REGIONS,
-    AccessToken,
-    BwsError,
-    login_form,
-    login_headers,
-    organization_key,
-    parse_access_token,
-    read_login,
-    token_url,
-)
 from ..errors import CredentialUnavailable, TokenEndpointError
 from ..secrets import Secret
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext, register
 from .oauth import authorization_value, expiry_of, post_with_retries
+
+if TYPE_CHECKING:
+    from ..bws import AccessToken
+
+# ``..bws`` is imported in the functions that use it, not here: it loads PyJWT and
+# cryptography's ciphers, and the registry imports this module for every config.
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,6 +68,8 @@ def _endpoint(sec: Section, key: str) -> str | None:
 
 def parse_endpoints(sec: Section) -> tuple[str, str] | None:
     """``region: us | eu`` (default ``us``), or ``identity_url`` + ``api_url`` for a self-hosted server."""
+    from ..bws import REGIONS
+
     region = sec.text("region")
     identity = _endpoint(sec, "identity_url")
     api = _endpoint(sec, "api_url")
@@ -100,6 +97,8 @@ def check_access_token(sec: Section, key: str, token: Secret) -> None:
     """Report a malformed access token at load time; the message never quotes it."""
     if token.missing:
         return
+    from ..bws import parse_access_token
+
     try:
         parse_access_token(token.reveal())
     except ValueError as exc:
@@ -121,6 +120,8 @@ class Bws(Grant):
 
     @classmethod
     def parse(cls, sec: Section) -> Bws:
+        from ..bws import REGIONS
+
         token = sec.secret("access_token", required=True) or Secret("", "", ("access_token",))
         check_access_token(sec, "access_token", token)
         identity_url, api_url = parse_endpoints(sec) or REGIONS["us"]
@@ -142,6 +143,8 @@ class Bws(Grant):
         return self.skew
 
     async def fetch(self, ctx: GrantContext) -> Credential:
+        from ..bws import BwsError, organization_key, parse_access_token, read_login
+
         try:
             token = parse_access_token(self.access_token.reveal())
         except ValueError as exc:
@@ -188,6 +191,8 @@ class Bws(Grant):
 
     async def _login(self, ctx: GrantContext, token: AccessToken) -> dict[str, Any]:
         """POST the client credentials to the identity server; 429/5xx retried within the deadline."""
+        from ..bws import login_form, login_headers, token_url
+
         url = token_url(self.identity_url)
         hide = [self.access_token, Secret(token.client_secret, "(client secret)")]
         return await post_with_retries(

@@ -16,26 +16,22 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
-import jwt
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_before_delay,
-    wait_random_exponential,
-)
 
 from ..errors import TokenEndpointError, TokenEndpointTimeout, one_line
 from ..secrets import Secret, Value
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext
 
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+# aiohttp, tenacity and PyJWT are imported where a fetch uses them: the registry
+# imports every grant module (so this one) at start, and a proxy whose grants
+# never fetch (api_key, bearer, basic, command) need not load them.
+
 _MAX_DETAIL = 200
-_backoff = wait_random_exponential(multiplier=0.25, max=8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +111,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retryable) and exc.retry_after is not None:
-        return exc.retry_after
-    return float(_backoff(state))
-
-
 def _retry_after(value: str | None) -> float | None:
     """RFC 9110 §10.2.3: seconds, or an HTTP date."""
     if not value:
@@ -154,6 +143,8 @@ def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
                 return now + secs
         except ValueError:
             pass
+    import jwt  # only now: most endpoints send expires_in
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
         exp = claims.get("exp")
@@ -221,13 +212,23 @@ async def post_with_retries(
     who: str = "the token endpoint",
 ) -> dict[str, Any]:
     """POST a form (or JSON) body; 429, 5xx and connection failures retried within ``ctx.deadline``."""
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
+
+    backoff = wait_random_exponential(multiplier=0.25, max=8)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(backoff(state))
+
     start = time.monotonic()
     failures: list[_Retryable] = []
     try:
         async with asyncio.timeout(ctx.deadline):
             async for attempt in AsyncRetrying(
                 stop=stop_before_delay(ctx.deadline),
-                wait=_wait,
+                wait=wait,
                 retry=retry_if_exception_type(_Retryable),
                 reraise=True,
             ):
@@ -255,6 +256,8 @@ async def _post(
     headers: dict[str, str],
     secrets: list[Secret],
 ) -> dict[str, Any]:
+    import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
+
     kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
     try:
         async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:

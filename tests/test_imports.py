@@ -1,0 +1,94 @@
+"""What a running proxy loads: aiohttp only once a grant fetches from a token endpoint.
+
+Observed from outside, as anyone could: a real ``authproxy run`` process, and
+the shared objects in its ``/proc/PID/maps``. aiohttp's compiled extensions
+(``_http_parser``, ``_http_writer``, ``_websocket``) are mapped as soon as any
+part of it (client or web) is imported, so their absence means aiohttp was not.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.oauth_server import OAuthServer
+from tests.support.proc import ProxyProcess, start_proxy
+
+from .conftest import Upstream
+
+BEARER = "imports-bearer-token-5150"
+CC_SECRET = "imports-client-secret-9090"
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/PID/maps")
+
+
+def _aiohttp_extensions(p: ProxyProcess) -> set[str]:
+    """The file names of aiohttp's compiled modules mapped into the proxy process."""
+    maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
+    return set(re.findall(r"/aiohttp/(?:_websocket/)?(_\w+|\w+)\.[\w.-]*\.so$", maps, re.M))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+async def test_bearer_only_proxy_never_imports_aiohttp(tmp_path: Path, upstream: Upstream) -> None:
+    path = _write(
+        tmp_path,
+        f"""
+        state_dir: {tmp_path / "state"}
+        routes:
+          - name: local
+            match: {upstream.authority}
+            auth: {{type: bearer, token: "${{IMPORTS_BEARER}}"}}
+        """,
+    )
+    p = start_proxy(path, env={"IMPORTS_BEARER": BEARER})
+    try:
+        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+            r = await client.get(f"{upstream.url}/one")
+        assert r.status_code == 200, r.text
+        assert ["Authorization", f"Bearer {BEARER}"] in upstream.seen[-1]["headers"]
+        assert _aiohttp_extensions(p) == set(), p.stderr_text()
+    finally:
+        assert p.stop() == 0, p.stderr_text()
+
+
+async def test_client_credentials_route_imports_aiohttp_on_its_first_fetch(
+    tmp_path: Path, upstream: Upstream, oauth_server: OAuthServer
+) -> None:
+    """The token session is made on first use, and works: also the control that the maps check sees aiohttp."""
+    oauth_server.add_client("imports", CC_SECRET)
+    path = _write(
+        tmp_path,
+        f"""
+        state_dir: {tmp_path / "state"}
+        routes:
+          - name: local
+            match: {upstream.authority}
+            auth:
+              type: client_credentials
+              token_url: {oauth_server.token_url}
+              client_id: imports
+              client_secret: ${{IMPORTS_CC_SECRET}}
+        """,
+    )
+    p = start_proxy(path, env={"IMPORTS_CC_SECRET": CC_SECRET})
+    try:
+        assert _aiohttp_extensions(p) == set()  # no token needed yet
+        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+            r = await client.get(f"{upstream.url}/one")
+        assert r.status_code == 200, r.text
+        issued = oauth_server.issued()
+        assert len(issued) == 1
+        assert ["Authorization", f"Bearer {issued[0]}"] in upstream.seen[-1]["headers"]
+        assert "_http_parser" in _aiohttp_extensions(p)
+    finally:
+        assert p.stop() == 0, p.stderr_text()
+    assert "Unclosed" not in p.stderr_text()  # the session made on first use is closed at shutdown
