@@ -411,9 +411,10 @@ class Bench:
         display = AUTHPROXY
         if workers != "1":
             display += f" --workers {workers}"
+            many = "one worker process per CPU" if workers == "auto" else f"{workers} worker processes"
             how += (
-                f"; `run --workers {workers}`: a supervisor and {workers} worker processes on one port "
-                "(SO_REUSEPORT), CPU and RSS are the whole process tree's"
+                f"; `run --workers {workers}`: a supervisor and {many} on one port (SO_REUSEPORT), CPU and RSS "
+                "are the whole process tree's"
             )
         if self.args.authproxy_loop != "asyncio":
             display += f" --loop {self.args.authproxy_loop}"
