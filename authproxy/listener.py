@@ -64,6 +64,10 @@ class ProxyServer:
             self._tasks.add(task)
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # Only drain cancels a connection (past its grace): ending here, rather than
+            # as a cancelled task, spares asyncio's stream callback a traceback per connection.
+            pass
         finally:
             self.connections.discard(conn)
             self.rt.metrics.connections.dec()
@@ -139,8 +143,7 @@ class ProxyServer:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
-            if not conn.busy:
-                conn.writer.close()
+            conn.end_if_idle()
         pending = {t for t in self._tasks if not t.done()}
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)

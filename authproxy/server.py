@@ -135,6 +135,20 @@ class Connection:
         else:
             self.eof = True
 
+    def end_if_idle(self) -> None:
+        """At drain: a connection waiting for its next request ends now (one in flight finishes first).
+
+        Closing the writer is not enough for an intercepted one: the TLS layer
+        waits for the client's close_notify, which a client idling in its pool
+        never sends, and the connection held the drain for its whole grace.
+        Waking the read as if the idle timeout had passed ends it the way an
+        idle connection always ends.
+        """
+        if self.busy or self.buf or self._deadline is None or self._task is None:
+            return  # answering, or a request head is arriving; the loop checks `draining` after it
+        self._expired = True
+        self._task.cancel()
+
     def _expire(self) -> None:
         self._watch = None
         deadline = self._deadline
@@ -299,8 +313,14 @@ class Connection:
                         while await self.reader.read(READ_SIZE):
                             pass
             w.close()
-        with contextlib.suppress(Exception):
-            await w.wait_closed()
+        try:
+            # A TLS peer that never answers our close_notify would hold this for
+            # the loop's TLS shutdown timeout (30 s): cut it after the linger.
+            async with asyncio.timeout(_LINGER):
+                with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
+                    await w.wait_closed()
+        except TimeoutError:
+            w.transport.abort()
 
     async def _serve_requests(self) -> None:
         """Requests one after another on this connection (or TLS layer) until it ends."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -239,6 +241,54 @@ async def test_run_serves_logs_and_drains_on_sigterm(tmp_path: Path, upstream: U
         "token",
     }
     assert any("CLI_TEST_UNSET_VAR is not set" in x.get("message", "") for x in records)
+    assert_no_secrets(p.err_lines, [API_KEY])
+
+
+def _idle_intercepted(port: int, ca: Path, n: int) -> list[ssl.SSLSocket]:
+    """Intercepted connections left idle after the handshake, as a client's pool keeps them."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    out = []
+    for _ in range(n):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += raw.recv(1024)
+        assert got.startswith(b"HTTP/1.1 200"), got
+        out.append(ctx.wrap_socket(raw, server_hostname="127.0.0.1"))
+    return out
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_sigterm_ends_idle_intercepted_connections_at_once(tmp_path: Path, loop: str) -> None:
+    """Idle intercepted keep-alive connections are not requests in flight: they must not hold the drain.
+
+    The clients never answer the proxy's TLS close_notify (a pool does not read
+    an idle connection). The grace is 60 s: the proxy used to wait all of it,
+    then log a traceback per cancelled connection.
+    """
+    state = tmp_path / "state"
+    path = _write(
+        tmp_path,
+        f"""
+        state_dir: {state}
+        timeouts: {{drain: 60}}
+        routes:
+          - name: local
+            match: 127.0.0.1:9
+            auth: {{type: api_key, header: X-API-Key, value: "${{CLI_API_KEY}}"}}
+        """,
+    )
+    p = start_proxy(path, "--loop", loop, env=ENV)
+    conns = _idle_intercepted(p.port, state / "ca.pem", 4)
+    try:
+        p.proc.send_signal(15)
+        assert p.proc.wait(30) == 0
+    finally:
+        for c in conns:
+            c.close()
+        p.stop()
+    assert not [line for line in p.err_lines if "Traceback" in line or "Exception in callback" in line]
     assert_no_secrets(p.err_lines, [API_KEY])
 
 
