@@ -22,7 +22,8 @@ Scenarios (--scenarios):
 After the rounds, for authproxy alone (--extras): `cold`, the first request after a start with an
 empty token cache on a client_credentials route (a real token fetch from a token endpoint that
 nginx serves); `scaling`, the plain small GET at --scaling-levels connections; `idle`, RSS per idle
-keep-alive connection (plain and intercepted).
+keep-alive connection (plain and intercepted); `refresh`, a forced token refresh under load (the upstream
+revokes the token mid-run: a burst of 401s, one fetch, and the latency the other requests see).
 
 Load runs report req/s, p50/p99 latency, errors and non-2xx, connections opened, the client's
 and the proxy's CPU time per 1000 requests and the proxy's peak RSS; downloads report seconds,
@@ -41,7 +42,9 @@ import base64
 import contextlib
 import datetime
 import hashlib
+import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -64,6 +67,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 LUA = HERE / "wrk_absolute.lua"
+LUA_REFRESH = HERE / "wrk_refresh.lua"  # every request timed on its own (the refresh extra)
+REFRESH_UPSTREAM = HERE / "refresh_upstream.py"  # the refresh extra's resource server and token endpoint
 PEER_FILES = HERE / "peers"
 HOST = "127.0.0.1"
 TOKEN = "test-token"
@@ -94,7 +99,7 @@ SCENARIOS: dict[str, Scenario] = {
     "small_tls": Scenario("https", "hey"),
     "small_tls_wrk": Scenario("https", "wrk", direct_only=True),
 }
-EXTRAS = ("cold", "scaling", "idle")
+EXTRAS = ("cold", "scaling", "idle", "refresh")
 
 # name -> (schemes it runs, how it injects). Rows appear in this order.
 TARGET_INFO: dict[str, tuple[tuple[str, ...], str]] = {
@@ -391,6 +396,8 @@ class Bench:
         self.https_port = pick(args.https_port if args.https_port is not None else (443 if os.geteuid() == 0 else 0))
         self.status_port = pick(0)
         self.token_port = pick(0)
+        self.refresh_port = pick(0)  # the refresh extra's resource server (proxied)...
+        self.refresh_token_port = pick(0)  # ...and its token endpoint + admin paths (not proxied)
         self.targets: dict[str, Target] = {}
         for name in ["direct", *args.proxy_list]:
             schemes, how = TARGET_INFO[name]
@@ -405,6 +412,7 @@ class Bench:
                 t.missing = self.missing(name)
             self.targets[name] = t
         self.nginx: subprocess.Popen[bytes] | None = None
+        self.refresh_loop = "asyncio"  # the refresh upstream's loop: uvloop when --python has it (main)
 
     def authproxy_target(self, workers: str, port: int) -> Target:
         schemes, how = TARGET_INFO[AUTHPROXY]
@@ -760,15 +768,17 @@ AddHeader "Authorization" "{AUTH}"
         timeout: float = 30,
         scheme: str = "http",
         extra: tuple[str, ...] = (),
+        url: str | None = None,
     ) -> dict[str, Any]:
-        """One curl request, straight to nginx (port None) or through the proxy on `port`."""
+        """One curl request, straight to nginx (port None) or through the proxy on `port`; `url`
+        instead of nginx's `path` (the refresh extra's upstream)."""
         cmd = ["curl", "-sS", "-o", out, "-w", "%{http_code} %{size_download} %{time_total}"]
         cmd += ["--max-time", str(timeout), "--noproxy", "", "--cacert", str(self.ca_cert), *extra]
         if port:
             cmd += ["-x", f"http://{HOST}:{port}"]
         for h in headers:
             cmd += ["-H", h]
-        r = run([*cmd, self.url(path, scheme)], timeout + 15)
+        r = run([*cmd, url or self.url(path, scheme)], timeout + 15)
         code, size, secs = ([*r.stdout.split(), "000", "0", "0"])[:3]
         return {"code": int(code), "size": int(size), "secs": float(secs), "stderr": r.stderr.strip()}
 
@@ -865,10 +875,14 @@ AddHeader "Authorization" "{AUTH}"
             return "yes"
         return f"no: {answers} {first_line(r.stderr)}".strip()
 
-    def wrk(self, port: int | None, secs: int, conns: int, scheme: str = "http") -> dict[str, Any]:
+    def wrk(
+        self, port: int | None, secs: int, conns: int, scheme: str = "http", target: str | None = None
+    ) -> dict[str, Any]:
+        """wrk with wrk_absolute.lua; through a proxy, `target` (default nginx's /small.txt) is the
+        absolute URL requested."""
         a = self.args
         if port:
-            url, extra = f"http://{HOST}:{port}/", [self.url("/small.txt"), "-"]
+            url, extra = f"http://{HOST}:{port}/", [target or self.url("/small.txt"), "-"]
         else:
             url, extra = self.url("/small.txt", scheme), ["-", AUTH]
         threads = min(a.threads, conns)
@@ -1145,6 +1159,267 @@ routes:
             "kb_per_conn": (rss1 - rss0) / 1024 / ok if ok else None,
             "upstream_conns": accepts1 - accepts0 - 1 if accepts0 is not None and accepts1 is not None else None,
         }
+
+    # -- authproxy alone: a forced refresh under load ----------------------------------------
+    def refresh_url(self) -> str:
+        return f"http://{HOST}:{self.refresh_port}/small.txt"
+
+    def refresh(self, t: Target, i: int) -> dict[str, Any]:
+        """A forced token refresh under load: a fresh upstream (bench/refresh_upstream.py: a resource
+        that takes only the token its endpoint issued last, and that endpoint) and a fresh authproxy
+        (variant `t`, empty state dir) with a client_credentials route to it. wrk (wrk_refresh.lua,
+        every request timed) drives --connections through the proxy for --refresh-duration s; at
+        --refresh-revoke-at s the upstream revokes the token: every request in flight gets a 401 from
+        it, the proxy fetches one new token and retries them."""
+        a = self.args
+        tag = f"refresh{i + 1}"
+        row: dict[str, Any] = {"scenario": "refresh", "target": t.name, "rep": i, "load1": load1()}
+        state = self.work / f"state-{t.name}-{tag}"
+        shutil.rmtree(state, ignore_errors=True)
+        ctl = self.refresh_token_port
+        for port in (self.refresh_port, ctl, t.port):
+            check_port_free(port)
+        up_cmd = [a.python, str(REFRESH_UPSTREAM), "--resource-port", str(self.refresh_port), "--token-port",
+                  str(ctl), "--delay-ms", str(a.refresh_delay_ms), "--loop", self.refresh_loop]  # fmt: skip
+        up_log = self.logs / f"refresh-upstream-{t.name}-{tag}.log"
+        log, wrk_log = self.proxy_log(t, tag), self.logs / f"refresh-wrk-{t.name}-{tag}.log"
+        up = spawn(up_cmd, up_log)
+        proxy: subprocess.Popen[bytes] | None = None
+        records = self.work / f"refresh-{t.name}-{tag}.rec"
+        try:
+            for port in (self.refresh_port, ctl):
+                wait_port(port, up, up_log)
+            routes = self.work / f"routes-refresh-{t.name}.yaml"
+            routes.write_text(f"""# generated by bench/run.py: a forced token refresh under load
+listen: {HOST}:{t.port}
+state_dir: {state}
+routes:
+  - name: bench-refresh
+    match: {HOST}:{self.refresh_port}
+    auth:
+      type: client_credentials
+      token_url: http://{HOST}:{ctl}/token
+      client_id: {CLIENT_ID}
+      client_secret: "${{BENCH_CLIENT_SECRET}}"
+      client_auth: client_secret_basic
+""")
+            cmd, env = self.cmd_authproxy(t, tag, routes)
+            env["BENCH_CLIENT_SECRET"] = CLIENT_SECRET
+            proxy = spawn(cmd, log, env=env, cwd=self.work)
+            wait_port(t.port, proxy, log, timeout=30)
+            # The initial fetch (tok-1), then warm every worker and both connection pools.
+            first = self.curl("", t.port, url=self.refresh_url())
+            if first["code"] != 200:
+                raise RuntimeError(f"first GET through the proxy: {first['code']} {first_line(first['stderr'])}")
+            if a.warmup:
+                self.wrk(t.port, a.warmup, a.connections, target=self.refresh_url())
+            if t.workers != "1":  # which worker fetched, and which had aiohttp's client (imported on first fetch)
+                workers = {p: n for n, p in worker_pids(log).items()}
+                row["initial_fetcher"] = workers.get(shared_token_pid(state, "bench-refresh") or 0)
+                row["aiohttp_loaded"] = sorted(n for p, n in workers.items() if maps_mention(p, "/aiohttp/"))
+            for old in self.work.glob(f"{records.name}.*"):
+                old.unlink()
+            up_cpu0 = cpu_seconds([up.pid])
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with Meter(proxy.pid) as m:
+                wrk_cmd = ["wrk", "-t1", f"-c{a.connections}", f"-d{a.refresh_duration}s", "--timeout", "5s",
+                           "-s", str(LUA_REFRESH), f"http://{HOST}:{t.port}/", "--", self.refresh_url(),
+                           str(records)]  # fmt: skip
+                t0 = time.monotonic()
+                wrk = spawn(wrk_cmd, wrk_log)
+                try:
+                    time.sleep(max(0.0, t0 + a.refresh_revoke_at - time.monotonic()))
+                    if wrk.poll() is not None:
+                        raise RuntimeError(f"wrk exited {wrk.returncode} before the revocation; see {wrk_log}")
+                    revoke = ctl_json(ctl, "POST", "/admin/revoke")
+                    wrk.wait(a.refresh_duration + 30)
+                finally:
+                    stop(wrk)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            up_cpu = cpu_seconds([up.pid]) - up_cpu0
+            stats = ctl_json(ctl, "GET", "/admin/stats")
+            if t.workers != "1":
+                row["refresh_fetcher"] = workers.get(shared_token_pid(state, "bench-refresh") or 0)
+        finally:
+            if proxy is not None:
+                row["stop"] = stop(proxy)
+            stop(up)
+        found = re.search(r"WRKJSON (\{.*\})", wrk_log.read_text(errors="replace"))
+        if not found:
+            raise RuntimeError(f"wrk printed no summary; see {wrk_log}")
+        j = json.loads(found.group(1))
+        recs = read_refresh_records(records)
+        kinds = ("connect", "read", "write", "timeout")
+        row.update(
+            requests=j["requests"],
+            wrk_p99_ms=j["p99_us"] / 1e3,
+            errors=sum(j[k] for k in kinds),
+            error_detail=" ".join(f"{k}={j[k]}" for k in kinds if j[k]),
+            non2xx=sum(1 for r in recs if not 200 <= r[3] < 300),
+            client_401=sum(1 for r in recs if r[3] == 401),
+            unpaired=sum(1 for r in recs if r[0] < 0),
+            records=len(recs),
+            upstream_401=stats["unauthorized_after_revoke"],
+            upstream_refused_fetches=stats["refused_fetches"],
+            revoked_token=revoke["token"],
+            tokens=[f["token"] for f in stats["fetches"]],
+        )
+        row.update(refresh_window(recs, revoke["at"], stats["fetches"]))
+        if stats["first_401_after_revoke"] is not None and "revoke_to_fetch_ms" in row:
+            row["revoke_to_401_ms"] = (stats["first_401_after_revoke"] - revoke["at"]) * 1e3
+            row["first_401_to_fetch_ms"] = row["revoke_to_fetch_ms"] - row["revoke_to_401_ms"]
+        requests = j["requests"] or None
+        client_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        if requests:
+            row["client_cpu_ms_per_1k"] = client_cpu * 1e3 / requests * 1000
+            row["upstream_cpu_ms_per_1k"] = up_cpu * 1e3 / requests * 1000
+        row.update(m.fields(requests))
+        scan = scan_proxy_log(log)
+        text = log.read_text(errors="replace")
+        row.update(
+            retry_done=text.count(" retry=done"),
+            retry_skipped=text.count(" retry=skipped"),
+            log_non2xx=scan["non2xx_lines"],
+            log_problems=scan["problem_lines"],
+            log_examples=scan["examples"][:4],
+        )
+        row["other_errors"] = row["errors"] + row["non2xx"] - row["client_401"]
+        row["violations"] = refresh_violations(row)
+        return row
+
+
+# --------------------------------------------------------------------------- the refresh extra
+def ctl_json(port: int, method: str, path: str) -> dict[str, Any]:
+    """A request to the refresh upstream's admin paths (straight, never through a proxy)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"{method} {path}: {resp.status} {body[:100]!r}")
+    return dict(json.loads(body))
+
+
+def worker_pids(log: Path) -> dict[int, int]:
+    """authproxy --workers: worker number -> pid, from its `worker N (pid P) ready` lines."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return {int(n): int(p) for n, p in re.findall(r"worker (\d+) \(pid (\d+)\) ready", text)}
+
+
+def shared_token_pid(state: Path, route: str) -> int | None:
+    """The pid of the worker that wrote the route's shared token (authproxy/sharedtokens.py's record in
+    the state store), None when there is none."""
+    try:
+        rec = json.loads((state / "tokens" / f"{route}.json").read_text())
+        return int(rec["data"]["shared"]["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def maps_mention(pid: int, text: str) -> bool:
+    """Does the process have a file whose path holds `text` mapped (a loaded C extension, say)?"""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return any(text in ln for ln in f)
+    except OSError:
+        return False
+
+
+Record = tuple[int, float, float, int, str]  # id, start, end (CLOCK_MONOTONIC s), status, X-Bench-Token
+
+
+def read_refresh_records(prefix: Path) -> list[Record]:
+    """wrk_refresh.lua's lines from every thread's file (PREFIX.1, ...), by answer time."""
+    out: list[Record] = []
+    for f in sorted(prefix.parent.glob(f"{prefix.name}.*")):
+        with open(f) as lines:
+            for ln in lines:
+                p = ln.split()
+                if len(p) == 5:
+                    out.append((int(p[0]), float(p[1]), float(p[2]), int(p[3]), p[4]))
+    out.sort(key=lambda r: r[2])
+    return out
+
+
+def pct(vals: list[float], q: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not vals:
+        return None
+    s = sorted(vals)
+    return s[min(len(s), max(1, math.ceil(len(s) * q / 100))) - 1]
+
+
+def latency_fields(prefix: str, recs: list[Record], span: float | None) -> dict[str, Any]:
+    ms = [(r[2] - r[1]) * 1e3 for r in recs]
+    out: dict[str, Any] = {f"{prefix}_n": len(recs)}
+    if span:
+        out[f"{prefix}_rps"] = len(recs) / span
+    for name, q in (("p50", 50), ("p99", 99), ("max", 100)):
+        out[f"{prefix}_{name}_ms"] = pct(ms, q)
+    return out
+
+
+def refresh_window(
+    recs: list[Record], revoked: float, fetches: list[dict[str, Any]], skip: float = 0.5
+) -> dict[str, Any]:
+    """The refresh window of one run: from the revocation to the first 200 with a token issued after it.
+
+    `before`: requests started `skip` s or more after the load began and answered before the
+    revocation (the steady state); `window`: requests in flight during the window (started before its
+    end, answered after the revocation); `after`: requests started after the window. Only requests
+    paired with their start (the upstream echoed their X-Bench-Id) have a latency."""
+    paired = [r for r in recs if r[0] >= 0 and r[1] >= 0]
+    out: dict[str, Any] = {}
+    new = [f for f in fetches if f["answered"] > revoked]
+    out["fetches_before"] = len(fetches) - len(new)
+    out["fetches_after"] = len(new)
+    if not paired:
+        return out
+    t0 = min(r[1] for r in paired) + skip
+    out["revoke_at_s"] = revoked - (t0 - skip)
+    before = [r for r in paired if r[1] >= t0 and r[2] <= revoked]
+    out.update(latency_fields("before", before, revoked - t0))
+    end = None
+    if new:
+        out["revoke_to_fetch_ms"] = (new[0]["received"] - revoked) * 1e3
+        out["fetch_ms"] = (new[0]["answered"] - new[0]["received"]) * 1e3
+        issued = {f["token"] for f in new}
+        end = min((r[2] for r in recs if r[3] == 200 and r[4] in issued), default=None)
+    if end is None:
+        return out  # no 200 with a new token: the window never closed (refresh_violations says so)
+    out["window_ms"] = (end - revoked) * 1e3
+    out["fetch_to_first_ms"] = (end - new[0]["answered"]) * 1e3
+    out.update(latency_fields("window", [r for r in paired if r[1] < end and r[2] > revoked], None))
+    out["window_answered"] = sum(1 for r in recs if revoked < r[2] < end)
+    last = max(r[2] for r in paired)
+    out.update(latency_fields("after", [r for r in paired if r[1] >= end], last - end))
+    return out
+
+
+def refresh_violations(row: dict[str, Any]) -> list[str]:
+    """What the refresh run was to show and did not: one initial fetch, exactly one after the
+    revocation, no 401 (nor any other error) reaching the client, a window that closed."""
+    bad = []
+    if row.get("fetches_before") != 1:
+        bad.append(f"{row.get('fetches_before')} token fetches before the revocation (expected 1)")
+    if row.get("fetches_after") != 1:
+        bad.append(f"{row.get('fetches_after')} token fetches after the revocation (expected 1)")
+    if row.get("client_401"):
+        bad.append(f"{row['client_401']} 401s reached the client (expected 0)")
+    if row.get("non2xx", 0) - row.get("client_401", 0) > 0:
+        bad.append(f"{row['non2xx'] - row.get('client_401', 0)} other non-2xx reached the client")
+    if row.get("errors"):
+        bad.append(f"{row['errors']} socket errors ({row.get('error_detail')})")
+    if row.get("unpaired"):
+        bad.append(f"{row['unpaired']} answers without the request's X-Bench-Id")
+    if "window_ms" not in row:
+        bad.append("no 200 with a token issued after the revocation")
+    if row.get("retry_skipped"):
+        bad.append(f"{row['retry_skipped']} retry=skipped lines in the proxy's log")
+    return bad
 
 
 # --------------------------------------------------------------------------- logs
@@ -1548,6 +1823,88 @@ def idle_table(t: Target, rows: list[dict[str, Any]], explain: bool = True) -> l
     return lines
 
 
+def refresh_tables(b: Bench, results: list[dict[str, Any]], refresh: list[dict[str, Any]]) -> list[str]:
+    """The forced refresh under load: a table per variant, a measure per line, the median and every run."""
+    a = b.args
+    lines = [
+        f"### Forced token refresh under load ({a.connections} connections, the upstream revokes the token at "
+        f"{a.refresh_revoke_at:g} s of {a.refresh_duration} s)",
+        "",
+        "Per run: a fresh upstream (`bench/refresh_upstream.py`, aiohttp on "
+        f"{b.refresh_loop}: a resource that takes only the token its endpoint issued last, and an OAuth "
+        f"client_credentials token endpoint that waits {a.refresh_delay_ms:g} ms per fetch) and a fresh authproxy "
+        "(empty state dir) with one `client_credentials` route to it; one GET (the initial fetch), "
+        f"{a.warmup} s of warm-up, then wrk (`wrk_refresh.lua`: every request timed, paired with its answer by "
+        "an `X-Bench-Id` the upstream echoes). At the revocation the token is refused: the requests in flight "
+        "get a 401 upstream, the proxy forces one fetch, they join it and are retried once. The window runs "
+        "from the revocation to the first 200 with the new token. Steady state before: requests started "
+        "0.5 s or more into the load and answered before the revocation; in the window: requests started "
+        "before its end and answered after the revocation; after: started after the window.",
+    ]
+    for t in b.authproxies(extras=True):
+        mine = [r for r in refresh if r["target"] == t.name]
+        if mine:
+            small = med(ok_rows(pick(results, "small", t.name)), "rps")
+            lines += ["", f"#### {t.display}: {len(mine)} run(s)", "", *refresh_table(b, mine, small)]
+    return lines
+
+
+def refresh_table(b: Bench, mine: list[dict[str, Any]], small: float | None) -> list[str]:
+    """One variant's refresh runs: a measure per line, the median and every run; then what went wrong."""
+    a = b.args
+    measures = [
+        ("token fetches before the revocation (the initial one; expected 1)", "fetches_before", ".0f"),
+        ("token fetches after the revocation (expected 1)", "fetches_after", ".0f"),
+        ("401s the upstream sent after the revocation (the burst)", "upstream_401", ".0f"),
+        ("proxy log: `retry=done` lines", "retry_done", ".0f"),
+        ("proxy log: `retry=skipped` lines", "retry_skipped", ".0f"),
+        ("401s seen by the client (expected 0)", "client_401", ".0f"),
+        ("socket errors + other non-2xx at the client", "other_errors", ".0f"),
+        ("revocation to the first 200 with the new token (the window), ms", "window_ms", ".1f"),
+        ("of which: revocation to the first 401 the upstream sent, ms", "revoke_to_401_ms", ".1f"),
+        ("of which: that 401 to the token request arriving (the proxy's reaction), ms", "first_401_to_fetch_ms", ".1f"),
+        (f"of which: the token endpoint (its delay {a.refresh_delay_ms:g} ms), ms", "fetch_ms", ".1f"),
+        ("of which: token answered to the first 200 with it, ms", "fetch_to_first_ms", ".1f"),
+    ]
+    for phase, what in (("before", "steady state before"), ("window", "in flight during the window"),
+                        ("after", "after the window")):  # fmt: skip
+        if phase != "window":
+            measures.append((f"{what}: req/s", f"{phase}_rps", ".0f"))
+        measures.append((f"{what}: requests", f"{phase}_n", ".0f"))
+        measures += [(f"{what}: {q} ms", f"{phase}_{q}_ms", ".2f") for q in ("p50", "p99", "max")]
+    measures += [
+        ("requests answered inside the window", "window_answered", ".0f"),
+        ("client (wrk) CPU ms / 1k req", "client_cpu_ms_per_1k", ".0f"),
+        ("upstream (aiohttp) CPU ms / 1k req", "upstream_cpu_ms_per_1k", ".0f"),
+        ("proxy CPU ms / 1k req", "cpu_ms_per_1k", ".0f"),
+        ("proxy peak RSS MB", "peak_rss_mb", ".1f"),
+    ]
+    ok = [r for r in mine if "failed" not in r]
+    lines = ["| measure | median | runs |", "|---|---|---|"]
+    for what, key, spec in measures:
+        lines.append(f"| {what} | {fmt(med(ok, key), spec)} | {' '.join(fmt(r.get(key), spec) for r in mine)} |")
+    if small is not None:
+        lines.append(f"\nFor scale: this variant's `small` scenario (nginx upstream, wrk) ran at {small:.0f} req/s.")
+    notes: list[str] = []
+    for r in mine:
+        n = r["rep"] + 1
+        if "failed" in r:
+            notes.append(f"- run {n} FAILED: {r['failed']}")
+        elif r.get("violations"):
+            notes.append(f"- run {n}: {'; '.join(r['violations'])}.")
+        if "refresh_fetcher" in r:
+            loaded = ", ".join(f"worker {w}" for w in r.get("aiohttp_loaded", [])) or "none"
+            notes.append(
+                f"- run {n}: the initial token fetched by worker {r.get('initial_fetcher')}, the refresh by worker "
+                f"{r['refresh_fetcher']}; aiohttp (the token client, imported on a worker's first fetch) was "
+                f"loaded before the revocation in: {loaded}."
+            )
+        if len(r.get("tokens", [])) > 2:
+            notes.append(f"- run {n}: tokens issued {', '.join(r['tokens'])} (revoked {r['revoked_token']}).")
+        notes += [f"    - `{e}`" for e in r.get("log_examples", [])]
+    return lines + (["", *notes] if notes else [])
+
+
 def checks_table(b: Bench, runs: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Checks per target (curl, each round; a value that differed between rounds is listed per round)",
@@ -1605,6 +1962,7 @@ def machine_facts(b: Bench) -> dict[str, Any]:
         "kernel": platform.release(),
         "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "proxy_stack": r.stdout.strip() or f"? ({r.stderr.strip()[-200:]})",
+        "uvloop": r.returncode == 0 and "uvloop not installed" not in r.stdout,
         "nginx": tool_version(["nginx", "-v"]),
         "wrk": tool_version(["wrk", "-v"]),
         "curl": tool_version(["curl", "--version"]),
@@ -1644,6 +2002,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scaling-levels", default="1,16,64,256,1024", help="connections of the scaling curve")
     ap.add_argument("--idle-conns", type=int, default=1000, help="idle keep-alive connections opened; default 1000")
     ap.add_argument("--cold-runs", type=int, default=5, help="cold starts with a token fetch; default 5")
+    ap.add_argument("--refresh-runs", type=int, default=3, help="forced refreshes under load (refresh); default 3")
+    ap.add_argument("--refresh-duration", type=int, default=6, help="seconds of load per refresh run; default 6")
+    ap.add_argument(
+        "--refresh-revoke-at", type=float, default=3.0, help="the upstream revokes the token after this many s; 3"
+    )
+    ap.add_argument(
+        "--refresh-delay-ms", type=float, default=50.0, help="the refresh token endpoint's delay per fetch; default 50"
+    )
     ap.add_argument("--workdir", default="/tmp/authproxy-bench-project", help="configs, files, logs, results")
     ap.add_argument("--upstream-port", type=int, default=0, help="nginx port on 127.0.0.1; default: free")
     ap.add_argument(
@@ -1666,7 +2032,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--extras-workers",
         default="all",
         metavar="N|auto[,...]|all",
-        help="which --authproxy-workers variants run the extras (cold, scaling, idle); default all of them",
+        help="which --authproxy-workers variants run the extras (cold, scaling, idle, refresh); default all of them",
     )
     ap.add_argument(
         "--authproxy-loop",
@@ -1712,6 +2078,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--scaling-levels: comma-separated connection counts")
     if AUTHPROXY not in args.proxy_list:
         args.extra_list = []
+    if args.refresh_runs < 1 or not 1 <= args.refresh_revoke_at <= args.refresh_duration - 1:
+        ap.error("--refresh-runs must be >= 1, --refresh-revoke-at at least 1 s from the start and the end of the load")
 
     def workers(value: str, flag: str) -> list[str]:
         """`1,2` / `1,auto`: each a number of processes (1 or more) or `auto`; `2` and `02` are one."""
@@ -1802,7 +2170,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by nginx, the proxies and wrk
     need = {"curl", "openssl", *(SCENARIOS[s].tool for s in args.scenario_list)}
-    need |= {"wrk"} if "scaling" in args.extra_list else set()
+    need |= {"wrk"} if {"scaling", "refresh"} & set(args.extra_list) else set()
     for tool in sorted(need):
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} not found; run: bash bench/setup.sh")
@@ -1817,6 +2185,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     cold: list[dict[str, Any]] = []
     idle: list[dict[str, Any]] = []
+    refresh: list[dict[str, Any]] = []
     facts: dict[str, Any] = {}
     report = ""
     try:
@@ -1869,8 +2238,19 @@ def main(argv: list[str] | None = None) -> int:
                         row = {"target": t.name, "scheme": scheme, "failed": f"{type(e).__name__}: {e}"}
                     idle.append(row)
                     show(f"idle {scheme}", row)
+        if "refresh" in args.extra_list:
+            b.refresh_loop = "uvloop" if facts.get("uvloop") else "asyncio"
+            for t in extras:
+                print(f"[forced token refresh under load: {t.display}]", flush=True)
+                for i in range(args.refresh_runs):
+                    try:
+                        row = b.refresh(t, i)
+                    except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as e:
+                        row = {"scenario": "refresh", "target": t.name, "rep": i, "failed": f"{type(e).__name__}: {e}"}
+                    refresh.append(row)
+                    show(f"refresh {i + 1}", {k: v for k, v in row.items() if k not in ("log_examples", "tokens")})
         facts["authproxy_code_at_end"] = code_fingerprint()
-        report = render(b, command, started, facts, results, runs, cold, idle)
+        report = render(b, command, started, facts, results, runs, cold, idle, refresh)
         print("\n" + report)
     finally:
         stop_all()
@@ -1901,6 +2281,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "cold": cold,
             "idle": idle,
+            "refresh": refresh,
         }
         if b.work.exists():
             (b.work / "results.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -1913,6 +2294,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = [r for r in results + cold if r["target"] == "direct" or is_authproxy(r["target"])]
     failed = any("failed" in r or r.get("errors") or r.get("non2xx") for r in ours)
     failed = failed or any("failed" in r or r.get("errors") for r in idle)
+    failed = failed or any("failed" in r or r.get("violations") for r in refresh)
     return 1 if failed else 0
 
 
@@ -1945,6 +2327,7 @@ def render(
     runs: list[dict[str, Any]],
     cold: list[dict[str, Any]],
     idle: list[dict[str, Any]],
+    refresh: list[dict[str, Any]],
 ) -> str:
     a = b.args
     code, code_end = facts.get("authproxy_code"), facts.get("authproxy_code_at_end")
@@ -1983,6 +2366,8 @@ def render(
             parts.append(scaling_table(b, t, scaling, notes))
     for i, t in enumerate(t for t in b.authproxies() if any(r["target"] == t.name for r in idle)):
         parts.append(idle_table(t, [r for r in idle if r["target"] == t.name], explain=i == 0))
+    if refresh:
+        parts.append(refresh_tables(b, results, refresh))
     parts.append(checks_table(b, runs))
     body = [ln for part in parts for ln in [*part, ""]]
     if notes:
