@@ -47,6 +47,7 @@ class Runtime:
         self.snapshot = Snapshot.of(config)
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
         self._token_session = TokenSession(config.timeouts)
+        self._token_session.prepare(config.routes)
         self.store = StateStore(config.state_dir)
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
@@ -82,6 +83,7 @@ class Runtime:
         )
         config = dataclasses.replace(config, routes=routes)
         self.tokens.retain(routes)
+        self._token_session.prepare(routes)
         self.snapshot = Snapshot.of(config)
         self.metrics.routes.set(len(config.routes))
         restart = [
