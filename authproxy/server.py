@@ -92,8 +92,15 @@ class Connection:
     async def _fill(self, wait: float) -> None:
         # asyncio.timeout arms one timer; wait_for would start a task per read.
         try:
-            async with asyncio.timeout(wait):
-                data = await self.reader.read(READ_SIZE)
+            try:
+                async with asyncio.timeout(wait):
+                    data = await self.reader.read(READ_SIZE)
+            except TimeoutError:
+                # A late loop turn runs the read callback and then the expired timer, which cancels
+                # the read's result: take what is buffered (a read that needs no wait finishes before
+                # the zero timeout can fire) instead of dropping it with the connection.
+                async with asyncio.timeout(0):
+                    data = await self.reader.read(READ_SIZE)
         except TimeoutError:
             raise  # an OSError too, but the caller's to judge
         except OSError as exc:

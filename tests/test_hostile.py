@@ -15,6 +15,7 @@ import json
 import random
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -906,6 +907,50 @@ async def test_idle_connection_without_a_byte_is_closed_quietly(make_proxy, upst
     writer.transport.abort()
     assert closed and resp == b""
     await e.still_serving()
+
+
+async def _one_response(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+@pytest.mark.parametrize("step", ["next request", "rest of the body"])
+async def test_bytes_that_arrived_before_a_late_idle_timer_are_served(
+    make_proxy, upstream, secret_env, step: str
+) -> None:
+    """The proxy's event loop runs late, and the client's bytes and the idle deadline come due in one turn.
+
+    asyncio runs the read callback and then the expired timer in that turn, so
+    the read's result is cancelled: the proxy used to close a keep-alive
+    connection with the next request already in its buffer (the client saw
+    the connection end without an answer), or drop a POST as `client_gone`
+    with the rest of its body there. The soak met this whenever the proxy ran
+    half a second late. Blocking the loop, which the in-process proxy shares
+    with this test, puts both in one turn every time.
+    """
+    e = await _start(make_proxy, upstream, secret_env, "timeouts: {idle: 1}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", e.p.port)
+    try:
+        if step == "next request":
+            writer.write(f"GET http://{e.u}/first HTTP/1.1\r\nHost: {e.u}\r\n\r\n".encode())
+            assert status_of(await _one_response(reader)) == 200
+            late = f"GET http://{e.u}/second HTTP/1.1\r\nHost: {e.u}\r\n\r\n".encode()
+        else:
+            writer.write(
+                f"POST http://{e.u}/second HTTP/1.1\r\nHost: {e.u}\r\nContent-Length: 10\r\n\r\n12345".encode()
+            )
+            late = b"67890"
+        await writer.drain()
+        await asyncio.sleep(0.6)  # the proxy waits, its idle timer 0.4 s away
+        writer.write(late)  # an empty transport buffer: sent in this call, before the deadline
+        time.sleep(0.8)  # the loop (and so the proxy) stalls past the deadline
+        resp = await _one_response(reader)
+    finally:
+        writer.transport.abort()
+    assert status_of(resp) == 200, resp[:300]
+    assert e.up.seen[-1]["path"] == "/second"
+    assert e.up.seen[-1]["body_size"] == (10 if step == "rest of the body" else 0)
 
 
 # -- clients that vanish -----------------------------------------------------
