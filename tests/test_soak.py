@@ -228,8 +228,8 @@ async def _one(client: httpx.AsyncClient, base: str, mode: str, rng: random.Rand
         except (TimeoutError, httpx.TimeoutException) as exc:
             stats.timeouts.append(f"{label} {rid}: {type(exc).__name__}")
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            # No response at all on a reused connection: the idle race, if the request never arrived
-            # (`_judge` checks), and a client sends it again, as httpx does not.
+            # No response at all on a reused connection: the idle race if the request never arrived
+            # (`_judge` checks). A client sends such a request again; httpx does not, so this does.
             retry = attempt == 1 and "without sending a response" in str(exc)
             detail = f"{type(exc).__name__}: {exc!s:.150}"
             stats.open.append(Open(label, rid, "cut", detail, retried=retry))
