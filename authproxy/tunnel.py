@@ -28,9 +28,16 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: floa
                 async with asyncio.timeout(idle):
                     data = await src.read(_CHUNK)
             except TimeoutError:
-                if time.monotonic() - act.last < idle:
-                    continue
-                raise
+                try:
+                    # A late loop turn can cancel a read whose bytes had arrived (server.Connection._fill):
+                    # take them. With none, this waits one turn, in which the other direction's pump,
+                    # woken in the same late turn, may record what it relayed.
+                    async with asyncio.timeout(0):
+                        data = await src.read(_CHUNK)
+                except TimeoutError:
+                    if time.monotonic() - act.last < idle:
+                        continue
+                    raise
             if not data:
                 break
             act.last = time.monotonic()

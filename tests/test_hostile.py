@@ -953,6 +953,34 @@ async def test_bytes_that_arrived_before_a_late_idle_timer_are_served(
     assert e.up.seen[-1]["body_size"] == (10 if step == "rest of the body" else 0)
 
 
+async def test_bytes_that_arrived_before_a_late_tunnel_idle_timer_are_relayed(make_proxy, upstream) -> None:
+    """The same late turn inside a blind tunnel: the next request was dropped with the tunnel."""
+    p = await make_proxy(
+        """
+        timeouts: {idle: 1}
+        routes:
+          - name: other
+            match: api.example.com
+            auth: {type: api_key, value: "tunnel-test-key"}
+        """
+    )
+    u = upstream.authority
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    try:
+        writer.write(f"CONNECT {u} HTTP/1.1\r\nHost: {u}\r\n\r\n".encode())
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        writer.write(f"GET /first HTTP/1.1\r\nHost: {u}\r\n\r\n".encode())
+        assert status_of(await _one_response(reader)) == 200
+        await asyncio.sleep(0.6)  # both directions idle, the tunnel's timers 0.4 s away
+        writer.write(f"GET /second HTTP/1.1\r\nHost: {u}\r\n\r\n".encode())
+        time.sleep(0.8)  # the loop (and so the proxy) stalls past the deadline
+        resp = await _one_response(reader)
+    finally:
+        writer.transport.abort()
+    assert status_of(resp) == 200, resp[:300]
+    assert upstream.seen[-1]["path"] == "/second"
+
+
 # -- clients that vanish -----------------------------------------------------
 
 
