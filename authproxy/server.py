@@ -255,10 +255,17 @@ class Connection:
                         break
                     self.writer.write(data)
                     pending = b""
-                    await self.writer.drain()
+                    await self._drain()
         if pending is not None:
             self.writer.write(pending + framer.end())
-        await self.writer.drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the client to take what was written; its reset is the client's going, not the upstream's."""
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            raise ClientGone("the client went away during the response") from exc
 
     async def _send_error(self, err: ProxyError, rec: AccessRecord) -> None:
         status, headers, body = render(err)

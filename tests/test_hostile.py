@@ -1067,6 +1067,9 @@ async def test_client_vanishing_mid_download(env: Env) -> None:
     await asyncio.sleep(0.3)
     await env.still_serving()
     env.no_internal_errors()
+    # The client went away, not the upstream: the log line says which side broke off.
+    big = [line for line in env.p.access_lines() if " /big " in line]
+    assert len(big) == 1 and "error=client_gone" in big[0], big
 
 
 # -- upstreams that break ------------------------------------------------------
