@@ -96,7 +96,7 @@ async def test_drain_closes_the_port(make_proxy) -> None:
 
 
 @pytest.mark.skipif(
-    shutil.which("hey") is None, reason="hey (Go's net/http) is not installed; bench/setup.sh installs it"
+    shutil.which("hey") is None, reason="hey (Go's net/http) is not installed; .ci/run and bench/setup.sh install it"
 )
 async def test_hey_through_interception_keeps_its_connections(make_proxy, tls_upstream) -> None:
     """hey -x on uvloop: each of its workers' TLS connections is set up once, not dialled and abandoned over and over.
