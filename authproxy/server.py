@@ -2,7 +2,8 @@
 
 This module owns the sockets, the timeouts, the request loop (keep-alive,
 pipelining, Expect) and the choice between the three request forms
-(absolute → plain, origin → gateway, CONNECT → tunnel or interception).
+(absolute → plain, origin → gateway, CONNECT → tunnel or interception, which
+``connect.py`` carries out, as it does a protocol switch).
 Parsing a request is h1request's, framing a response h1response's;
 everything about credentials happens in ``pipeline.handle``.
 """
@@ -16,17 +17,13 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
-from . import accesslog, pipeline
+from . import accesslog, connect, pipeline
 from .access import User
 from .accesslog import AccessRecord
 from .errors import (
     BadRequest,
-    Denied,
-    NotImplementedByProxy,
     ProxyError,
     RequestTimeout,
-    UpstreamError,
-    UpstreamTimeout,
     render,
 )
 from .h1request import (
@@ -35,7 +32,6 @@ from .h1request import (
     LengthBody,
     check_framing,
     check_size,
-    connect_target,
     head_end,
     log_path,
     parse_head,
@@ -44,11 +40,7 @@ from .h1request import (
 from .h1request import FramingError as BodyFramingError
 from .h1response import FramingError as ResponseFramingError
 from .h1response import ResponseFramer, informational, raw_response, reason_phrase
-from .hosts import format_authority
 from .messages import Origin, ProxyRequest, Reply, RequestBody
-from .runtime import Snapshot
-from .tunnel import pump_both
-from .upgrade import is_upgrade, switch_headers
 
 if TYPE_CHECKING:
     from .listener import ProxyServer
@@ -195,7 +187,7 @@ class Connection:
             if deadline is None:
                 deadline = time.monotonic() + t.client_header
 
-    async def _receive_body(self) -> bytes | None:
+    async def receive_body(self) -> bytes | None:
         """One chunk of the request body, None at its end."""
         if self.waiting_100:
             # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
@@ -225,7 +217,7 @@ class Connection:
 
     # -- writing ---------------------------------------------------------
 
-    def _framer(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> ResponseFramer:
+    def framer(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> ResponseFramer:
         req = self.req
         assert req is not None
         self.responding = True
@@ -238,7 +230,7 @@ class Connection:
         headers = reply.headers
         if self.server.draining:
             headers = [*headers, (b"connection", b"close")]
-        framer = self._framer(reply.status, reply.reason, headers)
+        framer = self.framer(reply.status, reply.reason, headers)
         # The head waits for the first chunk so that a small response leaves in
         # one send: each transport.write() is a syscall when the buffer is empty.
         pending: bytes | None = framer.head
@@ -279,7 +271,7 @@ class Connection:
             # No request head to answer: a refusal of the head itself.
             self.writer.write(raw_response(status, headers, body))
         else:
-            framer = self._framer(status, reason_phrase(status), headers)
+            framer = self.framer(status, reason_phrase(status), headers)
             if framer.bodyless:
                 self.writer.write(framer.head + framer.end())
             else:
@@ -292,7 +284,7 @@ class Connection:
 
     async def run(self) -> None:
         try:
-            await self._serve_requests()
+            await self.serve_requests()
         except (ClientGone, OSError, ResponseFramingError):
             pass
         finally:
@@ -329,7 +321,7 @@ class Connection:
         except TimeoutError:
             w.transport.abort()
 
-    async def _serve_requests(self) -> None:
+    async def serve_requests(self) -> None:
         """Requests one after another on this connection (or TLS layer) until it ends."""
         while True:
             try:
@@ -377,14 +369,14 @@ class Connection:
             if method == "CONNECT":
                 if self.tunnel is not None:
                     raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
-                return await self._connect(target, snap, rec)
-            body = RequestBody(self._receive_body, length)
+                return await connect.connect(self, target, snap, rec)
+            body = RequestBody(self.receive_body, length)
             preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
             reply = await pipeline.handle(preq, self.rt, snap, rec)
             rec.status = reply.status
             rec.bytes_in = body.bytes_in
             if reply.upgraded is not None:
-                return await self._switch(reply, preq, rec)
+                return await connect.switch(self, reply, preq, rec)
             try:
                 await self._send_reply(reply, rec)
             finally:
@@ -420,30 +412,6 @@ class Connection:
             self.busy = False
         return True
 
-    async def _switch(self, reply: Reply, req: ProxyRequest, rec: AccessRecord) -> bool:
-        """Relay the upstream's 101, then pump bytes both ways until either side closes."""
-        up = reply.upgraded
-        assert up is not None
-        try:
-            while not self.req_done:  # the 101 goes out only after the whole request
-                if await self._receive_body() is None:
-                    break
-            value = is_upgrade(req.headers) or b"websocket"
-            self.writer.write(informational(101, reply.reason, switch_headers(reply, value)))
-            if up.early:
-                self.writer.write(up.early)
-            client_early = bytes(self.buf)
-            self.buf.clear()
-            if client_early:
-                up.writer.write(client_early)
-            idle = self.rt.snapshot.config.timeouts.idle
-            bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up.reader, up.writer), idle)
-            rec.bytes_in += bytes_in + len(client_early)
-            rec.bytes_out += bytes_out + len(up.early)
-        finally:
-            up.writer.close()
-        return False
-
     async def _finish_body(self, body: RequestBody) -> bool:
         """Read what is left of a request body the upstream did not want, if it is small.
 
@@ -454,73 +422,9 @@ class Connection:
         if left is None or left > 65536 or self.waiting_100:
             return False
         while not self.req_done:
-            if await self._receive_body() is None:
+            if await self.receive_body() is None:
                 break
         return self.req_done
-
-    async def _connect(self, target: str, snap: Snapshot, rec: AccessRecord) -> bool:
-        """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
-        host, port = connect_target(target)
-        rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
-        matched = snap.table.candidates(host, port, 443)
-        if matched:
-            rec.route = matched[0].name if len(matched) == 1 else "*"
-            return await self._intercept(host, port, rec)
-        if snap.config.unmatched == "deny":
-            raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
-        t = snap.config.timeouts
-        try:
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), t.connect)
-        except TimeoutError:
-            raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}.") from None
-        self.writer.write(self._framer(200, b"Connection established", []).head)
-        rec.status = 200
-        early = bytes(self.buf)
-        self.buf.clear()
-        if early:
-            up_writer.write(early)
-        tunnels = self.rt.metrics.tunnels.labels("tunnel")
-        tunnels.inc()
-        try:
-            bytes_in, bytes_out = await pump_both((self.reader, self.writer), (up_reader, up_writer), t.idle)
-        finally:
-            tunnels.dec()
-        rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
-        return False
-
-    async def _intercept(self, host: str, port: int, rec: AccessRecord) -> bool:
-        """Answer 200, be ``host`` over TLS with a leaf from our CA, then serve the requests inside."""
-        rec.mode = "intercept"
-        ca = self.rt.ca
-        if ca is None:
-            raise NotImplementedByProxy(f"{rec.host} matches a route, but interception is not enabled.")
-        ctx = await ca.context_for(host)
-        if self.buf:
-            # Bytes sent before our 200 would be lost by start_tls
-            # (python/cpython#142352); a conforming client waits for the 200.
-            raise BadRequest("the client sent data before the CONNECT was answered.")
-        self.writer.write(self._framer(200, b"Connection established", []).head)
-        rec.status = 200
-        # No await between the 200 and start_tls: nothing may sit in the reader.
-        try:
-            await self.writer.start_tls(ctx, ssl_handshake_timeout=self.rt.snapshot.config.timeouts.tls_handshake)
-        except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
-            rec.error = "client_tls_failed"
-            log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
-            return False
-        # A fresh HTTP/1.1 connection on the TLS layer.
-        self.tunnel = Origin("https", host, port)
-        self.busy = False
-        tunnels = self.rt.metrics.tunnels.labels("intercept")
-        tunnels.inc()
-        try:
-            await self._serve_requests()
-        finally:
-            tunnels.dec()
-        return False
-
 
 def _is_upstream_body_error(exc: BaseException) -> bool:
     import sys

@@ -1,0 +1,118 @@
+"""CONNECT and protocol switches: where a client connection stops being one HTTP request after another.
+
+A CONNECT to a host a route matches is intercepted (answered 200, then TLS
+with a leaf from our CA, then the requests inside are served like any
+others); one to any other host becomes a blind byte tunnel. An upgrade the
+upstream accepted (101) turns the connection into a tunnel too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from .accesslog import AccessRecord
+from .errors import BadRequest, Denied, NotImplementedByProxy, UpstreamError, UpstreamTimeout
+from .h1request import connect_target
+from .h1response import informational
+from .hosts import format_authority
+from .messages import Origin, ProxyRequest, Reply
+from .runtime import Snapshot
+from .tunnel import pump_both
+from .upgrade import is_upgrade, switch_headers
+
+if TYPE_CHECKING:
+    from .server import Connection
+
+log = logging.getLogger("authproxy.server")
+
+
+async def switch(conn: Connection, reply: Reply, req: ProxyRequest, rec: AccessRecord) -> bool:
+    """Relay the upstream's 101, then pump bytes both ways until either side closes."""
+    up = reply.upgraded
+    assert up is not None
+    try:
+        while not conn.req_done:  # the 101 goes out only after the whole request
+            if await conn.receive_body() is None:
+                break
+        value = is_upgrade(req.headers) or b"websocket"
+        conn.writer.write(informational(101, reply.reason, switch_headers(reply, value)))
+        if up.early:
+            conn.writer.write(up.early)
+        client_early = bytes(conn.buf)
+        conn.buf.clear()
+        if client_early:
+            up.writer.write(client_early)
+        idle = conn.rt.snapshot.config.timeouts.idle
+        bytes_in, bytes_out = await pump_both((conn.reader, conn.writer), (up.reader, up.writer), idle)
+        rec.bytes_in += bytes_in + len(client_early)
+        rec.bytes_out += bytes_out + len(up.early)
+    finally:
+        up.writer.close()
+    return False
+
+
+async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessRecord) -> bool:
+    """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
+    host, port = connect_target(target)
+    rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
+    matched = snap.table.candidates(host, port, 443)
+    if matched:
+        rec.route = matched[0].name if len(matched) == 1 else "*"
+        return await _intercept(conn, host, port, rec)
+    if snap.config.unmatched == "deny":
+        raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
+    t = snap.config.timeouts
+    try:
+        up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), t.connect)
+    except TimeoutError:
+        raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
+    except OSError as exc:
+        raise UpstreamError(f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}.") from None
+    conn.writer.write(conn.framer(200, b"Connection established", []).head)
+    rec.status = 200
+    early = bytes(conn.buf)
+    conn.buf.clear()
+    if early:
+        up_writer.write(early)
+    tunnels = conn.rt.metrics.tunnels.labels("tunnel")
+    tunnels.inc()
+    try:
+        bytes_in, bytes_out = await pump_both((conn.reader, conn.writer), (up_reader, up_writer), t.idle)
+    finally:
+        tunnels.dec()
+    rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
+    return False
+
+async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) -> bool:
+    """Answer 200, be ``host`` over TLS with a leaf from our CA, then serve the requests inside."""
+    rec.mode = "intercept"
+    ca = conn.rt.ca
+    if ca is None:
+        raise NotImplementedByProxy(f"{rec.host} matches a route, but interception is not enabled.")
+    ctx = await ca.context_for(host)
+    if conn.buf:
+        # Bytes sent before our 200 would be lost by start_tls
+        # (python/cpython#142352); a conforming client waits for the 200.
+        raise BadRequest("the client sent data before the CONNECT was answered.")
+    conn.writer.write(conn.framer(200, b"Connection established", []).head)
+    rec.status = 200
+    # No await between the 200 and start_tls: nothing may sit in the reader.
+    try:
+        await conn.writer.start_tls(ctx, ssl_handshake_timeout=conn.rt.snapshot.config.timeouts.tls_handshake)
+    except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
+        rec.error = "client_tls_failed"
+        log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
+        return False
+    # A fresh HTTP/1.1 connection on the TLS layer.
+    conn.tunnel = Origin("https", host, port)
+    conn.busy = False
+    tunnels = conn.rt.metrics.tunnels.labels("intercept")
+    tunnels.inc()
+    try:
+        await conn.serve_requests()
+    finally:
+        tunnels.dec()
+    return False
