@@ -26,7 +26,7 @@ from .messages import Origin, ProxyRequest, Reply
 from .runtime import Runtime, Snapshot
 from .tokens import TokenState
 from .upgrade import is_upgrade, open_upgrade
-from .upstream import HOP_BY_HOP, OWN_TOKENS, connection_tokens, filter_response_headers
+from .upstream import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us.
@@ -247,18 +247,7 @@ def _host_header(o: Origin) -> str:
 def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
     drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
-    out = [(b"Host", host.encode("ascii"))]
-    listed: set[bytes] | None = None
-    for name, value in raw:
-        low = name.lower()
-        if low in drop:
-            if low == b"connection":
-                listed = (listed or set()) | connection_tokens([(name, value)])
-            continue
-        out.append((name, value))
-    if listed and not listed <= OWN_TOKENS:
-        # Names the client's Connection header lists are hop-by-hop too (RFC 9110 §7.6.1).
-        out = [out[0], *((n, v) for n, v in out[1:] if n.lower() not in listed)]
+    out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop)]
     if cred is not None:
         out += cred.wire
     return out

@@ -43,12 +43,15 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return out
 
 
-def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def without_hop_by_hop(
+    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP
+) -> list[tuple[bytes, bytes]]:
+    """``raw`` minus the names in ``drop`` and those its Connection header lists, in one pass."""
     out: list[tuple[bytes, bytes]] = []
     listed: set[bytes] | None = None
     for name, value in raw:
         low = name.lower()
-        if low in HOP_BY_HOP:
+        if low in drop:
             if low == b"connection":
                 listed = (listed or set()) | connection_tokens([(name, value)])
             continue
@@ -56,6 +59,10 @@ def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[by
     if listed and not listed <= OWN_TOKENS:
         out = [(n, v) for n, v in out if n.lower() not in listed]
     return out
+
+
+def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return without_hop_by_hop(raw)
 
 
 class Upstreams:
