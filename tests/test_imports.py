@@ -18,7 +18,7 @@ import pytest
 from tests.support.oauth_server import OAuthServer
 from tests.support.proc import ProxyProcess, start_proxy
 
-from .conftest import Upstream
+from .conftest import Upstream, assert_no_secrets
 
 BEARER = "imports-bearer-token-5150"
 CC_SECRET = "imports-client-secret-9090"
@@ -30,6 +30,13 @@ def _aiohttp_extensions(p: ProxyProcess) -> set[str]:
     """The file names of aiohttp's compiled modules mapped into the proxy process."""
     maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
     return set(re.findall(r"/aiohttp/(?:_websocket/)?(_\w+|\w+)\.[\w.-]*\.so$", maps, re.M))
+
+
+async def _get_through(p: ProxyProcess, upstream: Upstream) -> None:
+    """One request through the proxy, answered 200 by the upstream."""
+    async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+        r = await client.get(f"{upstream.url}/one")
+    assert r.status_code == 200, r.text
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -51,13 +58,12 @@ async def test_bearer_only_proxy_never_imports_aiohttp(tmp_path: Path, upstream:
     )
     p = start_proxy(path, env={"IMPORTS_BEARER": BEARER})
     try:
-        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
-            r = await client.get(f"{upstream.url}/one")
-        assert r.status_code == 200, r.text
+        await _get_through(p, upstream)
         assert ["Authorization", f"Bearer {BEARER}"] in upstream.seen[-1]["headers"]
         assert _aiohttp_extensions(p) == set(), p.stderr_text()
     finally:
         assert p.stop() == 0, p.stderr_text()
+    assert_no_secrets(p.err_lines, [BEARER])
 
 
 async def test_client_credentials_route_imports_aiohttp_at_start_and_fetches(
@@ -88,9 +94,7 @@ async def test_client_credentials_route_imports_aiohttp_at_start_and_fetches(
         # Imported before any request: a cold import (~0.2 s) inside the first fetch, or inside the
         # refresh a burst of 401s waits on, made every waiting request that much slower.
         assert "_http_parser" in _aiohttp_extensions(p)
-        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
-            r = await client.get(f"{upstream.url}/one")
-        assert r.status_code == 200, r.text
+        await _get_through(p, upstream)
         issued = oauth_server.issued()
         assert len(issued) == 1
         assert ["Authorization", f"Bearer {issued[0]}"] in upstream.seen[-1]["headers"]
@@ -98,3 +102,4 @@ async def test_client_credentials_route_imports_aiohttp_at_start_and_fetches(
     finally:
         assert p.stop() == 0, p.stderr_text()
     assert "Unclosed" not in p.stderr_text()  # the session made on first use is closed at shutdown
+    assert_no_secrets(p.err_lines, [CC_SECRET, *oauth_server.issued()])
