@@ -38,15 +38,15 @@ async def switch(conn: Connection, reply: Reply, req: ProxyRequest, rec: AccessR
             if await conn.receive_body() is None:
                 break
         value = is_upgrade(req.headers) or b"websocket"
-        conn.writer.write(informational(101, reply.reason, switch_headers(reply, value)))
+        conn.stream.write(informational(101, reply.reason, switch_headers(reply, value)))
         if up.early:
-            conn.writer.write(up.early)
+            conn.stream.write(up.early)
         client_early = bytes(conn.buf)
         conn.buf.clear()
         if client_early:
             up.writer.write(client_early)
         idle = conn.rt.snapshot.config.timeouts.idle
-        bytes_in, bytes_out = await pump_both((conn.reader, conn.writer), (up.reader, up.writer), idle)
+        bytes_in, bytes_out = await pump_both((conn.stream, conn.stream), (up.reader, up.writer), idle)
         rec.bytes_in += bytes_in + len(client_early)
         rec.bytes_out += bytes_out + len(up.early)
     finally:
@@ -71,7 +71,7 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
         raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {rec.host}: {exc.strerror or type(exc).__name__}.") from None
-    conn.writer.write(conn.framer(200, b"Connection established", []).head)
+    conn.stream.write(conn.framer(200, b"Connection established", []).head)
     rec.status = 200
     early = bytes(conn.buf)
     conn.buf.clear()
@@ -80,11 +80,12 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     tunnels = conn.rt.metrics.tunnels.labels("tunnel")
     tunnels.inc()
     try:
-        bytes_in, bytes_out = await pump_both((conn.reader, conn.writer), (up_reader, up_writer), t.idle)
+        bytes_in, bytes_out = await pump_both((conn.stream, conn.stream), (up_reader, up_writer), t.idle)
     finally:
         tunnels.dec()
     rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
     return False
+
 
 async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) -> bool:
     """Answer 200, be ``host`` over TLS with a leaf from our CA, then serve the requests inside."""
@@ -97,11 +98,11 @@ async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) 
         # Bytes sent before our 200 would be lost by start_tls
         # (python/cpython#142352); a conforming client waits for the 200.
         raise BadRequest("the client sent data before the CONNECT was answered.")
-    conn.writer.write(conn.framer(200, b"Connection established", []).head)
+    conn.stream.write(conn.framer(200, b"Connection established", []).head)
     rec.status = 200
-    # No await between the 200 and start_tls: nothing may sit in the reader.
+    # No await between the 200 and start_tls: nothing may sit in the buffer.
     try:
-        await conn.writer.start_tls(ctx, ssl_handshake_timeout=conn.rt.snapshot.config.timeouts.tls_handshake)
+        await conn.stream.start_tls(ctx, conn.rt.snapshot.config.timeouts.tls_handshake)
     except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
         rec.error = "client_tls_failed"
         log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)

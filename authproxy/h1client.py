@@ -1,4 +1,4 @@
-"""One HTTP/1.1 connection to an upstream: an asyncio.Protocol driving httptools' llhttp parser.
+"""One HTTP/1.1 connection to an upstream: an asyncio.BufferedProtocol driving httptools' llhttp parser.
 
 aiohttp's client cost most of a small proxied request's CPU; this does only what
 the proxy needs: one request at a time per connection, raw headers as received,
@@ -20,8 +20,10 @@ from typing import Any, cast
 
 import httptools
 
+from . import recvbuf
 from .errors import ProxyError, UpstreamError, UpstreamTimeout, one_line
 from .h1message import Body, Key, NoAnswer, Response, UpstreamBodyError
+from .lost import LOST
 
 # Buffered body bytes above which the socket is paused until the consumer catches up.
 HIGH_WATER = 256 * 1024
@@ -30,7 +32,7 @@ HIGH_WATER = 256 * 1024
 _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
 
 
-class H1Connection(asyncio.Protocol):
+class H1Connection(asyncio.BufferedProtocol):
     """One upstream connection; the pool's, reused for one exchange after another."""
 
     def __init__(
@@ -273,6 +275,8 @@ class H1Connection(asyncio.Protocol):
         # The parser holds our bound methods: without this the connection, and
         # any body it buffered, would wait for the cycle collector to be freed.
         self._parser = None
+        # The loop's SSL layer keeps our bound buffer_updated (lost.py): let go of its transport.
+        self.transport = LOST
         self._stop_timer()
         phase = self._phase
         if phase == _HEAD:
@@ -300,7 +304,14 @@ class H1Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what the EOF meant
 
-    def data_received(self, data: bytes) -> None:
+    # Bytes arrive in the process's shared buffer (recvbuf.py): the parser copies
+    # what it hands on (head fields, body chunks) before buffer_updated returns.
+    get_buffer = staticmethod(recvbuf.get_buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(recvbuf.VIEW[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         phase = self._phase
         if phase == _HEAD:
             self._got_bytes = True

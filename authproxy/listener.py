@@ -12,7 +12,8 @@ from .h1response import raw_response
 from .hosts import normalize_host
 from .memory import Trimmer
 from .runtime import Runtime
-from .server import READ_SIZE, Connection
+from .server import Connection
+from .stream import ClientStream
 
 _BACKLOG = 1024
 _ACCEPT_RETRY = 1.0  # after an accept() error other than "nothing pending" (EMFILE...), as asyncio waits
@@ -32,7 +33,7 @@ class ProxyServer:
         self.trimmer = Trimmer()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE, backlog=_BACKLOG)
+        self._server = await asyncio.get_running_loop().create_server(self._protocol, host, port, backlog=_BACKLOG)
         if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
             # uvloop: its libuv takes one connection per loop iteration (see _accept_greedily).
             self._accept_greedily()
@@ -41,22 +42,22 @@ class ProxyServer:
         self.rt.bound = (normalize_host(str(sock[0])), int(sock[1]))
         return self.rt.bound
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, stream: ClientStream) -> None:
         limits = self.rt.snapshot.config.limits
         if self.draining or len(self.connections) >= limits.max_connections:
             why = "the proxy is shutting down." if self.draining else "the proxy is at its connection limit."
             # Take the request off the wire first: closing a socket with unread
             # data sends a reset, which would destroy the 503 before it is read.
             with contextlib.suppress(TimeoutError, OSError):
-                await asyncio.wait_for(reader.read(65536), 0.5)
+                await asyncio.wait_for(stream.read(), 0.5)
             status, headers, body = render(Unavailable(why))
             headers.append((b"connection", b"close"))
-            writer.write(raw_response(status, headers, body))
+            stream.write(raw_response(status, headers, body))
             with contextlib.suppress(OSError):
-                await writer.drain()
-            writer.close()
+                await stream.drain()
+            stream.close()
             return
-        conn = Connection(self, reader, writer)
+        conn = Connection(self, stream)
         self.connections.add(conn)
         self.rt.metrics.connections.inc()
         task = asyncio.current_task()
@@ -128,8 +129,8 @@ class ProxyServer:
         except OSError:
             client.close()
 
-    def _protocol(self) -> asyncio.StreamReaderProtocol:
-        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=READ_SIZE), self._accept)
+    def _protocol(self) -> ClientStream:
+        return ClientStream(self._accept)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; let requests in flight finish within ``grace``; close the rest."""

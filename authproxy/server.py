@@ -41,13 +41,13 @@ from .h1request import FramingError as BodyFramingError
 from .h1response import FramingError as ResponseFramingError
 from .h1response import ResponseFramer, informational, raw_response, reason_phrase
 from .messages import Origin, ProxyRequest, Reply, RequestBody
+from .stream import ClientStream
 
 if TYPE_CHECKING:
     from .listener import ProxyServer
 
 log = logging.getLogger("authproxy.server")
 
-READ_SIZE = 256 * 1024
 _HEAD_KEEP = 16 * 1024  # raw head bytes kept to explain a refusal
 _LINGER = 2.0  # how long a closing connection reads what the client still sends
 
@@ -59,13 +59,13 @@ class ClientGone(Exception):
 class Connection:
     """One client connection: a loop of requests (keep-alive, pipelining), each head parsed on its own."""
 
-    def __init__(self, server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: ProxyServer, stream: ClientStream) -> None:
         self.server = server
         self.rt = server.rt
-        self.reader = reader
-        self.writer = writer
+        self.stream = stream
         self.busy = False
-        self.buf = bytearray()  # read and not yet parsed: the next head, body bytes, a tunnel's early bytes
+        # Read and not yet parsed (the next head, body bytes, a tunnel's early bytes): the stream's own buffer.
+        self.buf = stream.buf
         # Inside an intercepted CONNECT: where the tunnel goes.
         self.tunnel: Origin | None = None
         self.head = b""  # the current head's raw bytes (bounded), to explain a refusal
@@ -102,29 +102,25 @@ class Connection:
             if watch is not None:
                 watch.cancel()
             self._watch = loop.call_at(deadline, self._expire)
+        had = len(self.buf)
         try:
-            try:
-                data = await self.reader.read(READ_SIZE)
-            except asyncio.CancelledError:
-                if not self._expired:
-                    raise
-                self._expired = False
-                if self._task is not None:
-                    self._task.uncancel()
-                # A late loop turn can run the read's callback and then the expired timer:
-                # what arrived is read (a read that needs no wait ends before a zero
-                # timeout fires), not dropped with the connection as if it never came.
-                async with asyncio.timeout(0):
-                    data = await self.reader.read(READ_SIZE)
-        except OSError as exc:
-            if isinstance(exc, TimeoutError):
+            await self.stream.more()
+        except asyncio.CancelledError:
+            if not self._expired:
                 raise
+            self._expired = False
+            if self._task is not None:
+                self._task.uncancel()
+            # A late loop turn can run the read's callback and then the expired timer:
+            # what arrived is in the buffer and is served, not dropped with the
+            # connection as if it never came.
+            if len(self.buf) == had and not self.stream.eof:
+                raise TimeoutError from None
+        except OSError as exc:
             raise ClientGone() from exc
         finally:
             self._deadline = None
-        if data:
-            self.buf += data
-        else:
+        if len(self.buf) == had:
             self.eof = True
 
     def end_if_idle(self) -> None:
@@ -192,7 +188,7 @@ class Connection:
         if self.waiting_100:
             # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
             self.waiting_100 = False
-            self.writer.write(informational(100, b"", []))
+            self.stream.write(informational(100, b"", []))
         idle = self.rt.snapshot.config.timeouts.idle
         while True:
             try:
@@ -242,20 +238,20 @@ class Connection:
                     if framer.complete:
                         # The last byte of a sized body: no wait for the body's end to be
                         # signalled (one turn of the loop per response), the pool learns it on release.
-                        self.writer.write(data)
+                        self.stream.write(data)
                         pending = None
                         break
-                    self.writer.write(data)
+                    self.stream.write(data)
                     pending = b""
                     await self._drain()
         if pending is not None:
-            self.writer.write(pending + framer.end())
+            self.stream.write(pending + framer.end())
         await self._drain()
 
     async def _drain(self) -> None:
         """Wait for the client to take what was written; its reset is the client's going, not the upstream's."""
         try:
-            await self.writer.drain()
+            await self.stream.drain()
         except OSError as exc:
             raise ClientGone("the client went away during the response") from exc
 
@@ -269,16 +265,16 @@ class Connection:
             raise ClientGone("the response had already started")
         if self.req is None:
             # No request head to answer: a refusal of the head itself.
-            self.writer.write(raw_response(status, headers, body))
+            self.stream.write(raw_response(status, headers, body))
         else:
             framer = self.framer(status, reason_phrase(status), headers)
             if framer.bodyless:
-                self.writer.write(framer.head + framer.end())
+                self.stream.write(framer.head + framer.end())
             else:
                 rec.bytes_out += len(body)
-                self.writer.write(framer.head + framer.data(body) + framer.end())
+                self.stream.write(framer.head + framer.data(body) + framer.end())
         with contextlib.suppress(OSError):
-            await self.writer.drain()
+            await self.stream.drain()
 
     # -- the loop --------------------------------------------------------
 
@@ -303,13 +299,13 @@ class Connection:
         reading until the client closes too (bounded), turns that race into
         the EOF that clients recognise and retry (RFC 9112 §9.3.1).
         """
-        w = self.writer
+        w = self.stream
         if not w.is_closing():
             if w.can_write_eof():
                 with contextlib.suppress(OSError, TimeoutError, ConnectionError):
                     w.write_eof()
                     async with asyncio.timeout(_LINGER):
-                        while await self.reader.read(READ_SIZE):
+                        while await w.read():
                             pass
             w.close()
         try:
@@ -388,20 +384,20 @@ class Connection:
             await self._send_error(err, rec)
         except ClientGone:
             rec.error = "client_gone"
-            self.writer.transport.abort()
+            self.stream.transport.abort()
             return False
         except (ResponseFramingError, OSError) as exc:
             # The upstream's body broke off mid-way (or lied about its length):
             # the only honest signal left is to cut the client connection.
             log.debug("aborting a response: %s", type(exc).__name__)
             rec.error = "upstream_broke_off"
-            self.writer.transport.abort()
+            self.stream.transport.abort()
             return False
         except Exception as exc:
             if not _is_upstream_body_error(exc):
                 log.exception("internal error while serving a request")
             rec.error = "upstream_broke_off" if _is_upstream_body_error(exc) else "internal_error"
-            self.writer.transport.abort()
+            self.stream.transport.abort()
             return False
         finally:
             rec.ms = (time.perf_counter() - started) * 1000
@@ -425,6 +421,7 @@ class Connection:
             if await self.receive_body() is None:
                 break
         return self.req_done
+
 
 def _is_upstream_body_error(exc: BaseException) -> bool:
     import sys

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .stream import Sink, Source
+
 _CHUNK = 256 * 1024
 
 
@@ -21,7 +23,7 @@ class _Activity:
         self.counts = [0, 0]
 
 
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: float, act: _Activity, i: int) -> None:
+async def _pump(src: Source, dst: Sink, idle: float, act: _Activity, i: int) -> None:
     try:
         while True:
             try:
@@ -57,8 +59,8 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle: floa
 
 
 async def pump_both(
-    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    client: tuple[Source, Sink],
+    upstream: tuple[Source, Sink],
     idle: float,
 ) -> tuple[int, int]:
     """Pump until both directions end; returns (bytes from client, bytes to client)."""

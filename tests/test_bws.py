@@ -154,7 +154,10 @@ def test_malformed_token_in_config_is_a_load_error_that_does_not_echo_it(
     assert_no_secrets([str(info.value)], [bad, SDK_SECRET, SDK_KEY])
     out = subprocess.run(
         [sys.executable, "-m", "authproxy", "check", "-c", str(cfg)],
-        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "BWS_ACCESS_TOKEN": bad},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "BWS_ACCESS_TOKEN": bad},
     )
     assert out.returncode == 2 and "version 0" in out.stderr
     assert_no_secrets([out.stdout, out.stderr], [bad, SDK_SECRET, SDK_KEY])
@@ -254,8 +257,9 @@ def test_interpolate_needs_a_bws_block() -> None:
 # ------------------------------------------------------------------ the grant, through the proxy
 
 
-async def test_grant_end_to_end(tmp_path: Path, make_proxy, upstream: Upstream, bws_server: BwsServer,
-                                secret_env) -> None:
+async def test_grant_end_to_end(
+    tmp_path: Path, make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
     _guard(upstream, bws_server)
     p = await make_proxy(_grant_route(bws_server, upstream))
@@ -312,8 +316,9 @@ async def test_refresh_near_expiry(make_proxy, upstream: Upstream, bws_server: B
     p.secrets.update(bws_server.secret_forms())
 
 
-async def test_revoked_jwt_one_login_and_a_retry(make_proxy, upstream: Upstream, bws_server: BwsServer,
-                                                 secret_env) -> None:
+async def test_revoked_jwt_one_login_and_a_retry(
+    make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
     _guard(upstream, bws_server)
     p = await make_proxy(_grant_route(bws_server, upstream))
@@ -327,8 +332,9 @@ async def test_revoked_jwt_one_login_and_a_retry(make_proxy, upstream: Upstream,
     p.secrets.update(bws_server.secret_forms())
 
 
-async def test_refused_access_token_is_a_502_without_secrets(make_proxy, upstream: Upstream,
-                                                             bws_server: BwsServer, secret_env) -> None:
+async def test_refused_access_token_is_a_502_without_secrets(
+    make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     wrong = f"0.{bws_server.token_id}.not-the-secret-9f8e7d:{bws_server.key_b64}"
     secret_env("BWS_ACCESS_TOKEN", wrong)
     p = await make_proxy(_grant_route(bws_server, upstream))
@@ -369,8 +375,9 @@ async def test_state_is_reused_after_a_restart(tmp_path: Path, upstream: Upstrea
     assert_no_secrets(logs, bws_server.secret_forms())
 
 
-async def test_a_new_access_token_does_not_reuse_the_old_state(tmp_path: Path, make_proxy, upstream: Upstream,
-                                                               bws_server: BwsServer, secret_env) -> None:
+async def test_a_new_access_token_does_not_reuse_the_old_state(
+    tmp_path: Path, make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
     _guard(upstream, bws_server)
     p = await make_proxy(_grant_route(bws_server, upstream))
@@ -396,7 +403,10 @@ async def test_token_command_for_a_bws_route(tmp_path: Path, upstream: Upstream,
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "authproxy", "token", "sm", "-c", str(cfg), *extra],
-            capture_output=True, text=True, timeout=60, env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
         )
 
     masked = run()
@@ -408,19 +418,24 @@ async def test_token_command_for_a_bws_route(tmp_path: Path, upstream: Upstream,
     assert bws_server.requests["token"] == 1  # the second run used the stored JWT
     check = subprocess.run(
         [sys.executable, "-m", "authproxy", "check", "-c", str(cfg)],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert check.returncode == 0, check.stderr
     assert "access_token=${BWS_ACCESS_TOKEN}" in check.stdout
-    assert_no_secrets([masked.stdout, masked.stderr, shown.stderr, check.stdout, check.stderr],
-                      bws_server.secret_forms())
+    assert_no_secrets(
+        [masked.stdout, masked.stderr, shown.stderr, check.stdout, check.stderr], bws_server.secret_forms()
+    )
 
 
 # ------------------------------------------------------------------ ${bws:SECRET_ID} values
 
 
-async def test_bws_reference_feeds_an_api_key(make_proxy, upstream: Upstream, bws_server: BwsServer,
-                                              secret_env) -> None:
+async def test_bws_reference_feeds_an_api_key(
+    make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     api_key = "sk-live-from-secrets-manager-4242"
     other = "second-secret-value-8080"
     sid = bws_server.add_secret(api_key, key="billing-api-key", note="rotated monthly")
@@ -464,8 +479,9 @@ async def test_bws_reference_feeds_an_api_key(make_proxy, upstream: Upstream, bw
     assert bws_server.token_headers[0].get("Device-Type") == "21"
 
 
-async def test_unfetchable_secret_is_a_502_naming_it(make_proxy, upstream: Upstream, bws_server: BwsServer,
-                                                     secret_env) -> None:
+async def test_unfetchable_secret_is_a_502_naming_it(
+    make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     good = bws_server.add_secret("fine-value-31337")
     gone = str(uuid.uuid4())
     secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
@@ -498,8 +514,9 @@ async def test_unfetchable_secret_is_a_502_naming_it(make_proxy, upstream: Upstr
     assert [s["path"] for s in upstream.seen] == ["/ok/x"]
 
 
-async def test_identity_failure_makes_every_reference_missing(make_proxy, upstream: Upstream,
-                                                              bws_server: BwsServer, secret_env) -> None:
+async def test_identity_failure_makes_every_reference_missing(
+    make_proxy, upstream: Upstream, bws_server: BwsServer, secret_env
+) -> None:
     sid = bws_server.add_secret("never-fetched-value-555")
     bws_server.fail_identity = 503
     secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
@@ -553,8 +570,9 @@ def test_bws_block_without_its_token_makes_references_missing(tmp_path: Path, mo
         ("bws: {access_token: x, region: us}\n", "${bws:0a1b2c}", "is a UUID"),
     ],
 )
-def test_bws_reference_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, top: str, value: str,
-                              words: str) -> None:
+def test_bws_reference_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, top: str, value: str, words: str
+) -> None:
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(top + f'routes:\n  - name: a\n    match: a.example\n    auth: {{type: api_key, value: "{value}"}}\n')
     with pytest.raises(ConfigError) as info:

@@ -160,3 +160,71 @@ async def test_200mb_through_intercept_and_blind_tunnel(tmp_path: Path, tls_upst
         assert p.stop() == 0
     assert "CONNECT tunnel" in p.stderr_text()
     assert_no_secrets([p.stderr_text()], [KEY])
+
+
+async def test_upload_to_an_upstream_that_stops_reading_holds_the_client_back(tmp_path: Path) -> None:
+    """Backpressure end to end: the proxy reads no faster than the upstream takes, so its memory stays flat.
+
+    The upstream reads the request head, then nothing for 2 s while the client
+    pushes a 64 MiB body as fast as it can: the client must get stuck after a
+    few MiB of socket buffers (not after all of it, held in the proxy), and once
+    the upstream reads again every byte arrives.
+    """
+    size = 64 * 1024 * 1024
+    block = bytes(range(256)) * 4096  # 1 MiB
+    reading = asyncio.Event()
+    got: dict[str, object] = {}
+
+    async def stalling_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        got["key"] = KEY.encode() in head
+        await reading.wait()
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            chunk = await reader.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+        got["size"], got["sha"] = size - left, digest.hexdigest()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(stalling_upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        f'routes:\n  - {{name: sink, match: "127.0.0.1:{port}", auth: {{type: api_key, value: "${{STREAM_KEY}}"}}}}\n'
+    )
+    p = start_proxy(cfg, env={"STREAM_KEY": KEY})
+    try:
+        pr, pw = await asyncio.open_connection("127.0.0.1", p.port)
+        base = p.rss_kib()
+        pw.write(f"POST http://127.0.0.1:{port}/upload HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n".encode())
+        pw.write(f"content-length: {size}\r\n\r\n".encode())
+        sent = 0
+
+        async def push() -> None:
+            nonlocal sent
+            while sent < size:
+                pw.write(block)
+                await pw.drain()
+                sent += len(block)
+
+        pusher = asyncio.create_task(push())
+        await asyncio.sleep(2.0)
+        held_at, growth = sent, p.rss_kib() - base
+        reading.set()
+        await asyncio.wait_for(pusher, 60)
+        answer = await asyncio.wait_for(pr.readuntil(b"\r\n\r\nok"), 30)  # the connection stays open
+        pw.close()
+    finally:
+        server.close()
+        assert p.stop() == 0
+    assert held_at < 32 * 1024 * 1024, f"the client got {held_at // (1 << 20)} MiB in while the upstream read nothing"
+    assert growth < 16 * 1024, f"RSS grew by {growth // 1024} MiB while the upstream read nothing"
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok")
+    assert got == {"key": True, "size": size, "sha": hashlib.sha256(block * 64).hexdigest()}
+    assert_no_secrets([p.stderr_text()], [KEY])
