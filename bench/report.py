@@ -10,6 +10,7 @@ from round_tables import checks_table, download_table, small_table, summary_tabl
 
 if TYPE_CHECKING:
     from harness import Bench
+    from measured import Measured
 
 
 def authproxy_round_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -32,21 +33,11 @@ def authproxy_round_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(
-    b: Bench,
-    command: str,
-    started: datetime.datetime,
-    facts: dict[str, Any],
-    results: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
-    cold: list[dict[str, Any]],
-    idle: list[dict[str, Any]],
-    refresh: list[dict[str, Any]],
-) -> str:
+def render(b: Bench, m: Measured) -> str:
     """The whole markdown report: the head, every table, then the per-round lines."""
-    head = report_head(b, command, started, facts, results)
-    body = report_body(b, results, runs, cold, idle, refresh)
-    tail = report_tail(b, runs)
+    head = report_head(b, m.command, m.started, m.facts, m.results)
+    body = report_body(b, m.results, m.runs, m.cold, m.idle, m.refresh)
+    tail = report_tail(b, m.runs)
     return "\n".join(head + body + tail)
 
 

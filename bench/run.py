@@ -52,6 +52,7 @@ from typing import Any
 from constants import HOST, PROXY_ENV_VARS
 from facts import code_fingerprint, machine_facts
 from harness import Bench
+from measured import Measured
 from options import parse_args
 from procs import stop_all
 from report import render
@@ -89,16 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     b = Bench(args)
     started = datetime.datetime.now().astimezone()
     command = shlex.join(["python3", "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
-    results: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
-    cold: list[dict[str, Any]] = []
-    idle: list[dict[str, Any]] = []
-    refresh: list[dict[str, Any]] = []
-    facts: dict[str, Any] = {}
+    m = Measured(command, started)
+    results, runs = m.results, m.runs
     report = ""
     try:
         b.prepare()
-        facts = machine_facts(b)
+        facts = m.facts = machine_facts(b)
         announce(b, facts)
         b.start_nginx()
         for scheme in ("http", "https"):
@@ -110,27 +107,27 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_round(b, rep, t, results))
         extras = b.authproxies(extras=True)  # the variants of --extras-workers
         if "cold" in args.extra_list:
-            run_cold(b, extras, cold)
+            run_cold(b, extras, m.cold)
         if "scaling" in args.extra_list:
             run_scaling(b, extras, results)
         if "idle" in args.extra_list:
-            run_idle(b, extras, idle)
+            run_idle(b, extras, m.idle)
         if "refresh" in args.extra_list:
             b.refresh_loop = "uvloop" if facts.get("uvloop") else "asyncio"
-            run_refresh(b, extras, refresh)
+            run_refresh(b, extras, m.refresh)
         facts["authproxy_code_at_end"] = code_fingerprint()
-        report = render(b, command, started, facts, results, runs, cold, idle, refresh)
+        report = render(b, m)
         print("\n" + report)
     finally:
         stop_all()
-        save(b, command, started, facts, results, runs, cold, idle, refresh, report)
+        save(b, m, report)
     if args.out and report:
         Path(args.out).write_text(report + "\n")
     # Exit 1 when direct or any authproxy variant failed anywhere; the peers' errors are reported, not fatal.
-    ours = [r for r in results + cold if r["target"] == "direct" or is_authproxy(r["target"])]
+    ours = [r for r in results + m.cold if r["target"] == "direct" or is_authproxy(r["target"])]
     failed = any("failed" in r or r.get("errors") or r.get("non2xx") for r in ours)
-    failed = failed or any("failed" in r or r.get("errors") for r in idle)
-    failed = failed or any("failed" in r or r.get("violations") for r in refresh)
+    failed = failed or any("failed" in r or r.get("errors") for r in m.idle)
+    failed = failed or any("failed" in r or r.get("violations") for r in m.refresh)
     return 1 if failed else 0
 
 
@@ -148,23 +145,12 @@ def announce(b: Bench, facts: dict[str, Any]) -> None:
     print(f"machine: {facts['cpus']} CPUs ({facts['cpu_model']}), {facts['proxy_stack']}", flush=True)
 
 
-def save(
-    b: Bench,
-    command: str,
-    started: datetime.datetime,
-    facts: dict[str, Any],
-    results: list[dict[str, Any]],
-    runs: list[dict[str, Any]],
-    cold: list[dict[str, Any]],
-    idle: list[dict[str, Any]],
-    refresh: list[dict[str, Any]],
-    report: str,
-) -> None:
+def save(b: Bench, m: Measured, report: str) -> None:
     """WORKDIR/results.json (everything measured, whatever got done) and results.md (the report)."""
     args = b.args
     out = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
+        "command": m.command,
+        "started": m.started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "args": vars(args),
         "ports": {
@@ -184,12 +170,12 @@ def save(
             }
             for n, t in b.targets.items()
         },
-        "machine": facts,
-        "runs": runs,
-        "results": results,
-        "cold": cold,
-        "idle": idle,
-        "refresh": refresh,
+        "machine": m.facts,
+        "runs": m.runs,
+        "results": m.results,
+        "cold": m.cold,
+        "idle": m.idle,
+        "refresh": m.refresh,
     }
     if b.work.exists():
         (b.work / "results.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
