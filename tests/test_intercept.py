@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Proxy, Upstream, tool_env
+from .conftest import Proxy, Upstream, assert_no_secrets, tool_env
 
 KEY = "intercept-key-31415926"
 
@@ -380,3 +380,4 @@ async def test_closed_tls_connections_are_freed_without_the_cycle_collector(
         gc.garbage.clear()
         gc.enable()
     assert cyclic == []
+    assert_no_secrets(p.lines(), [KEY])
