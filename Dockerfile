@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# authproxy image: listens on 0.0.0.0:8080 with proxy_auth required, admin on 9090.
+# authproxy image: listens on 0.0.0.0:8080 with proxy_auth required, admin on 9090
+# (its token from the AUTHPROXY_ADMIN_TOKEN variable; the proxy refuses to start without it).
 # Build: docker build -t authproxy:local .     Run: see docker-compose.yml and the README.
 # The base is pinned to an exact release; to pin the digest as well, replace the tag
 # with the output of `docker buildx imagetools inspect python:3.11.14-slim-bookworm`
@@ -36,7 +37,8 @@ USER 10001:10001
 WORKDIR /var/lib/authproxy
 EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
-# Uses the admin listener (`admin: 0.0.0.0:9090` in the config); no proxy, no curl needed.
+# The admin listener's /healthz, which needs no token (every other admin path does) and
+# is asked as 127.0.0.1, an address of the container's own; no proxy, no curl needed.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9090/healthz', timeout=4)"]
 ENTRYPOINT ["authproxy", "run", "-c", "/etc/authproxy/routes.yaml", "--listen", "0.0.0.0:8080"]

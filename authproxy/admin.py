@@ -13,6 +13,8 @@ Reload problems are shown without the values they quote (see
 ``AdminBase`` is the listener and its five paths; what they show comes from
 a subclass: ``AdminServer`` for one proxy process, ``fleetadmin.FleetAdmin``
 for the supervisor of ``run --workers``. Rates are computed in ``rates.py``.
+Before any path answers, ``admingate`` judges the ``Host:`` (every path) and
+the token (every path but the probes), so both listeners hold the same rules.
 """
 
 from __future__ import annotations
@@ -25,15 +27,21 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .admingate import HostRule, TokenRule, challenges, check_host
+from .errors import AdminHostRefused, AdminTokenRequired, ProxyError, render
 from .rates import UNMATCHED, Rates
+from .secrets import Secret
 from .statusview import runtime_view, url_host
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
@@ -55,6 +63,8 @@ class AdminBase:
         self.host = ""
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self.host_rule: HostRule | None = None  # set once bound (``listen_admin``)
+        self.token_rule: TokenRule | None = None
 
     def is_ready(self) -> bool:
         raise NotImplementedError
@@ -159,9 +169,7 @@ class AdminServer(AdminBase):
 
 
 @web.middleware
-async def _headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def _headers(request: web.Request, handler: _Handler) -> web.StreamResponse:
     resp = await handler(request)
     resp.headers.setdefault("Cache-Control", "no-store")
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -169,15 +177,54 @@ async def _headers(
     return resp
 
 
+def _gate(admin: AdminBase) -> Middleware:
+    """The middleware that holds every request to ``admingate``'s two rules before any path answers."""
+
+    @web.middleware
+    async def gate(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            if admin.host_rule is None:  # not bound yet: nothing to compare with, so nothing passes
+                raise AdminHostRefused("the admin listener is starting.")
+            check_host(request.headers.getall("Host", []), request.host, admin.host_rule)
+            if admin.token_rule is not None:
+                admin.token_rule.check(request.path, request.headers.getall("Authorization", []))
+        except ProxyError as err:
+            return _refusal(err)
+        return await handler(request)
+
+    return gate
+
+
+def _refusal(err: ProxyError) -> web.Response:
+    """The proxy's JSON error shape (``errors.render``), with the 401's challenges."""
+    status, headers, body = render(err)
+    resp = web.Response(status=status, body=body)
+    for name, value in headers:
+        if name != b"content-length":
+            resp.headers[name.decode()] = value.decode()
+    if isinstance(err, AdminTokenRequired):
+        for challenge in challenges(err):
+            resp.headers.add("WWW-Authenticate", challenge)
+    return resp
+
+
 async def start_admin(rt: Runtime, host: str, port: int) -> AdminServer:
-    """Listen on ``host:port`` (0: any free port) in the running loop; ``.port`` is the port bound."""
+    """Listen on ``host:port`` (0: any free port) in the running loop; ``.port`` is the port bound.
+
+    The token and the extra ``Host:`` names are the config's at start (a change needs a restart).
+    """
     admin = AdminServer(rt)
-    await listen_admin(admin, host, port)
+    cfg = rt.snapshot.config
+    await listen_admin(admin, host, port, cfg.admin_token, cfg.admin_hosts)
     return admin
 
 
-async def listen_admin(admin: AdminBase, host: str, port: int) -> None:
-    app = web.Application(middlewares=[_headers])
+async def listen_admin(
+    admin: AdminBase, host: str, port: int, token: Secret | None = None, names: tuple[str, ...] = ()
+) -> None:
+    """Serve ``admin``'s paths on ``host:port``, behind the Host check and, if given, the token."""
+    admin.token_rule = None if token is None else TokenRule.of(token.reveal())
+    app = web.Application(middlewares=[_headers, _gate(admin)])
     app.router.add_get("/", admin.page)
     app.router.add_get("/healthz", admin.healthz)
     app.router.add_get("/readyz", admin.readyz)
@@ -192,6 +239,8 @@ async def listen_admin(admin: AdminBase, host: str, port: int) -> None:
         await runner.cleanup()
         raise
     admin._runner = runner
+    # Known only now: what an unspecified bind or a name bound to.
+    admin.host_rule = HostRule.of(host, [str(a[0]) for a in runner.addresses], names)
     bound = runner.addresses[0]
     admin.host, admin.port = host, int(bound[1])
     admin.rates.start()
@@ -426,15 +475,20 @@ def render_page(data: dict[str, Any]) -> str:
 # -- `authproxy status` ---------------------------------------------------------
 
 
-def fetch_status(host: str, port: int, timeout: float = 5) -> dict[str, Any]:
-    """GET ``/status.json`` from an admin listener (never through a proxy)."""
+def fetch_status(host: str, port: int, timeout: float = 5, token: str | None = None) -> dict[str, Any]:
+    """GET ``/status.json`` from an admin listener (never through a proxy), with ``token`` if given.
+
+    A refusal raises ``urllib.error.HTTPError`` (401: the token; 421: the Host).
+    """
     if host in ("0.0.0.0", ""):  # noqa: S104 - a wildcard listener is reached on loopback
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    url = f"http://{url_host(host)}:{port}/status.json"
+    request = urllib.request.Request(f"http://{url_host(host)}:{port}/status.json")
+    if token is not None:
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=timeout) as resp:
+    with opener.open(request, timeout=timeout) as resp:
         data = json.loads(resp.read().decode("utf-8"))
     if not isinstance(data, dict):
         raise ValueError("the admin listener's /status.json is not a JSON object")

@@ -195,25 +195,44 @@ def cmd_token(path: str, name: str, show: bool) -> int:
 
 
 def cmd_status(path: str, admin: str | None) -> int:
+    import urllib.error
+
     from .admin import fetch_status, status_table  # with aiohttp.web: only this command needs it
 
+    # The file gives the token (and the address, unless --admin names one); with --admin, only if it exists.
+    cfg = load(path) if admin is None or Path(path).exists() else None
     if admin is not None:
         try:
             where = parse_listen(admin)
         except HostError as exc:
             raise UsageError(f"--admin: {exc}.") from None
+    elif cfg is None or cfg.admin is None:
+        raise UsageError(f"{path} has no `admin:` listener to ask; set `admin: 127.0.0.1:9090` and restart.")
     else:
-        cfg = load(path)
-        if cfg.admin is None:
-            raise UsageError(f"{path} has no `admin:` listener to ask; set `admin: 127.0.0.1:9090` and restart.")
         where = cfg.admin
+    token = cfg.admin_token if cfg is not None else None
+    at = format_authority(*where)
     try:
-        data = fetch_status(*where)
+        data = fetch_status(*where, token=None if token is None else token.reveal())
+    except urllib.error.HTTPError as exc:
+        print(f"error: the admin listener at {at} {_refused(exc.code, path, token is not None)}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"error: cannot reach the admin listener at {format_authority(*where)} ({exc}).", file=sys.stderr)
+        print(f"error: cannot reach the admin listener at {at} ({exc}).", file=sys.stderr)
         return 1
     sys.stdout.write(status_table(data))
     return 0
+
+
+def _refused(status: int, path: str, sent_token: bool) -> str:
+    """Why the admin listener said no, as the rest of a sentence."""
+    if status == 401 and not sent_token:
+        return f"wants its token, and {path} has none (set `admin.token` to the one the proxy runs with)."
+    if status == 401:
+        return f"refused the token in {path} (`admin.token`): it is not the one the proxy runs with."
+    if status == 421:
+        return "refused the Host it was asked by; ask it by its own address (--admin HOST:PORT)."
+    return f"answered {status}."
 
 
 def cmd_hash_password() -> int:
@@ -361,6 +380,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "port can spend every credential in the route table.",
             file=sys.stderr,
         )
+    _check_admin(cfg, args.allow_open)
     for w in cfg.warnings:
         log.warning("%s", w.located())
     if workers > 1:
@@ -368,6 +388,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return supervise(cfg, host, port, workers, WorkerArgs(args.config, args.log_format, args.log_level, args.loop))
     return _serve(cfg, host, port, args.loop)
+
+
+def _check_admin(cfg: Config, allow_open: bool) -> None:
+    """The `--listen` rule for the admin listener: beyond loopback it needs `admin.token`, or --allow-open."""
+    if cfg.admin is None or cfg.admin_token is not None or is_loopback(cfg.admin[0]):
+        return
+    where = format_authority(*cfg.admin)
+    if not allow_open:
+        raise UsageError(
+            f"refusing to run the admin listener on {where} without a token: anyone who reaches it reads the "
+            "proxy's status and metrics; set `admin: {listen: ..., token: ${VAR}}`, bind it to 127.0.0.1, "
+            "or pass --allow-open."
+        )
+    print(
+        f"warning: no token guards the admin listener at {where}: anyone who can reach it reads the "
+        "proxy's status and metrics.",
+        file=sys.stderr,
+    )
 
 
 def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = False) -> int:

@@ -8,6 +8,7 @@ run of ``authproxy check`` shows them all.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -129,6 +130,8 @@ class Config:
     admin: tuple[str, int] | None = None
     proxy_auth: ProxyAuth | None = None
     warnings: tuple[Problem, ...] = field(default=())
+    admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
+    admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
 
     @property
     def listen(self) -> str:
@@ -221,13 +224,7 @@ def _parse(top: Section, file: Path) -> Config:
         routes.append(route)
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
-    admin = None
-    admin_text = top.text("admin")
-    if admin_text is not None:
-        try:
-            admin = parse_listen(admin_text)
-        except HostError as exc:
-            top.error("admin", str(exc))
+    admin, admin_token, admin_hosts = _admin(top)
     proxy_auth = parse_proxy_auth(top)
     if proxy_auth is not None:
         known = {r.name for r in routes}
@@ -251,7 +248,62 @@ def _parse(top: Section, file: Path) -> Config:
         admin=admin,
         proxy_auth=proxy_auth,
         warnings=tuple(top.problems.warnings),
+        admin_token=admin_token,
+        admin_hosts=admin_hosts,
     )
+
+
+def _admin(top: Section) -> tuple[tuple[str, int] | None, Secret | None, tuple[str, ...]]:
+    """``admin: HOST:PORT``, or ``admin: {listen: HOST:PORT, token: ${VAR}, hosts: [NAME, ...]}``."""
+    if not top.is_mapping("admin"):
+        text = top.text("admin")
+        return (None if text is None else _admin_listen(top, "admin", text)), None, ()
+    sec = top.section("admin")
+    if sec is None:
+        return None, None, ()
+    text = sec.text("listen", required=True)
+    listen = None if text is None else _admin_listen(sec, "listen", text)
+    token = _admin_token(sec)
+    hosts = []
+    for i, name in enumerate(sec.str_list("hosts") or []):
+        try:
+            hosts.append(normalize_host(name))
+        except HostError as exc:
+            sec.error("hosts", f"item {i}: {exc} (a name or address, without port or `*`)")
+    sec.finish()
+    return listen, token, tuple(hosts)
+
+
+def _admin_listen(sec: Section, key: str, text: str) -> tuple[str, int] | None:
+    try:
+        return parse_listen(text)
+    except HostError as exc:
+        sec.error(key, str(exc))
+        return None
+
+
+# RFC 6750 §2.1: what a Bearer credential may be made of.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _admin_token(sec: Section) -> Secret | None:
+    """``admin.token``: it must resolve now (an unset variable would leave the listener open)."""
+    text = sec.text("token")
+    if text is None:
+        return None
+    source = sec.source("token") or ""
+    if not text:
+        sec.error("token", "is empty; set it to a random string, e.g. from `openssl rand -hex 32`")
+        return None
+    if not _B64TOKEN.fullmatch(text):
+        sec.error("token", "must be letters, digits and `-._~+/` (RFC 6750 §2.1), e.g. from `openssl rand -hex 32`")
+        return None
+    token = Secret(text, source)
+    if token.is_literal:
+        sec.warn("token", "a literal secret in the file; prefer ${VAR} or ${file:PATH}")
+    if len(text) < 16:
+        sec.warn("token", "shorter than 16 characters; use a random one, e.g. from `openssl rand -hex 32`")
+    return token
 
 
 def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSettings | None:

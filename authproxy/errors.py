@@ -4,9 +4,12 @@ The tree::
 
     ProxyError                      (500 internal_error)
     ├── BadRequest                  400 bad_request
+    ├── AdminTokenRequired          401 admin_token_required
+    │   └── AdminTokenInvalid       401 admin_token_invalid
     ├── Denied                      403 denied
     ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
+    │   └── AdminHostRefused        421 admin_host_refused
     ├── RequestTimeout              408 client_timeout
     ├── UriTooLong                  414 uri_too_long
     ├── HeadersTooLarge             431 headers_too_large
@@ -59,6 +62,16 @@ class ProxyAuthRequired(ProxyError):
     challenge: bytes = b'Basic realm="authproxy", charset="UTF-8"'
 
 
+class AdminTokenRequired(ProxyError):
+    """The admin listener wants its token (RFC 6750 §3.1: no error code when none was sent)."""
+
+    status, code = 401, "admin_token_required"
+
+
+class AdminTokenInvalid(AdminTokenRequired):
+    code = "admin_token_invalid"
+
+
 class RequestTimeout(ProxyError):
     status, code = 408, "client_timeout"
 
@@ -69,6 +82,12 @@ class UriTooLong(ProxyError):
 
 class MisdirectedRequest(ProxyError):
     status, code = 421, "misdirected_request"
+
+
+class AdminHostRefused(MisdirectedRequest):
+    """The admin listener's ``Host:`` is not its own (see ``admingate``)."""
+
+    code = "admin_host_refused"
 
 
 class HeadersTooLarge(ProxyError):

@@ -95,7 +95,8 @@ class FleetAdmin(AdminBase):
         self.sup = sup
 
     async def listen(self, host: str, port: int) -> None:
-        await listen_admin(self, host, port)
+        """The same Host check and token as one process's admin listener, from the config at start."""
+        await listen_admin(self, host, port, self.sup.cfg.admin_token, self.sup.cfg.admin_hosts)
 
     def is_ready(self) -> bool:
         return self.sup.is_ready()

@@ -88,7 +88,10 @@ class Runtime:
         self.metrics.routes.set(len(config.routes))
         restart = [
             key
-            for key in ("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file", "admin")
+            for key in (
+                *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
+                *("admin", "admin_token", "admin_hosts"),
+            )
             if getattr(old, key) != getattr(config, key)
         ]
         pool = ("connect", "idle", "tls_handshake")

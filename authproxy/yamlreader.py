@@ -207,6 +207,13 @@ class Section:
             return default
         return text
 
+    def source(self, key: str) -> str | None:
+        """The value as written, references unresolved (what ``Secret.source`` keeps); no problem reported."""
+        item = self._items.get(key)
+        if item is None or not isinstance(item[1], yaml.ScalarNode):
+            return None
+        return self.doc.restore(str(item[1].value))
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         val = self.text(key)
         if val is None:

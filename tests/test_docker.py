@@ -22,8 +22,10 @@ What step 4 changes, and nothing else:
 - ``--listen 0.0.0.0:8080`` keeps its host and gets a free port (8080 may be taken).
 - In the copy of the config: the ``state_dir:`` line points into a directory
   owned by uid 10001, ``/run/secrets/`` (compose's secret files) becomes a
-  temporary folder, the ``admin:`` port becomes a free one, and one route for
-  a local upstream is appended.
+  temporary folder, the ``admin.listen`` port becomes a free one, and one route
+  for a local upstream is appended.
+- ``AUTHPROXY_ADMIN_TOKEN`` (the admin listener's token, which compose passes
+  through) is set, except where a test shows what happens without it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ UID = 10001
 STATE_DIR = "/var/lib/authproxy"
 IMAGE_CONFIG = "/etc/authproxy/routes.yaml"
 SECRETS_DIR = "/run/secrets"
+ADMIN_TOKEN_VAR = "AUTHPROXY_ADMIN_TOKEN"
 PINNED = re.compile(r"^[\w.\-/:]+?(:(?P<tag>[\w][\w.\-]*))?(@sha256:(?P<digest>[0-9a-f]{64}))?$")
 
 
@@ -224,6 +227,16 @@ def test_entrypoint_runs_authproxy_on_all_interfaces_with_proxy_auth(stages: lis
     assert cfg["state_dir"] == STATE_DIR
 
 
+def test_admin_listener_beyond_loopback_takes_its_token_from_the_environment() -> None:
+    """The container's admin listener listens on every interface (the published port arrives
+    there), so `run` demands a token; it comes from a variable, never the file."""
+    # `${VAR}` is not YAML inside a flow mapping: spelled `$<VAR>` for yaml.safe_load.
+    admin = yaml.safe_load(re.sub(r"\$\{([^}]*)\}", r"$<\1>", CONFIG.read_text()))["admin"]
+    assert isinstance(admin, dict) and set(admin) <= {"listen", "token", "hosts"}, admin
+    assert admin["listen"].rpartition(":")[0] == "0.0.0.0", admin["listen"]
+    assert admin["token"] == f"$<{ADMIN_TOKEN_VAR}>", "admin.token comes from the environment"
+
+
 def test_ports_signal_healthcheck_env_and_labels(dfp: DockerfileParser, stages: list[Stage]) -> None:
     final = stages[-1]
     exposed = {p.split("/")[0] for e in final.all("EXPOSE") for p in e["value"].split()}
@@ -231,6 +244,8 @@ def test_ports_signal_healthcheck_env_and_labels(dfp: DockerfileParser, stages: 
     assert final.last("STOPSIGNAL")["value"].strip() == "SIGTERM"
     health = final.last("HEALTHCHECK")["value"]
     assert "CMD" in health and "/healthz" in health and ":9090" in health, health
+    # The admin token guards every path but the probes; the check sends none, so it asks a probe.
+    assert "authorization" not in health.lower() and ADMIN_TOKEN_VAR not in health, health
     assert "curl" not in health and "wget" not in health, "slim images have neither curl nor wget"
     assert dfp.envs.get("PYTHONUNBUFFERED") == "1", dfp.envs
     assert dfp.labels.get("org.opencontainers.image.title") == "authproxy", dfp.labels
@@ -350,7 +365,9 @@ def _bind(entry: str | dict[str, Any]) -> tuple[str, str, bool]:
     return src, target, "ro" in mode.split(",")
 
 
-def test_compose_service_matches_the_image(stages: list[Stage], tmp_path: Path) -> None:
+def test_compose_service_matches_the_image(
+    stages: list[Stage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
     assert len(services) == 1, services.keys()
@@ -401,9 +418,11 @@ def test_compose_service_matches_the_image(stages: list[Stage], tmp_path: Path) 
     env = svc.get("environment") or []
     env_names = set(env) if isinstance(env, dict) else {e.split("=", 1)[0] for e in env}
     assert wanted_env <= env_names, f"variables the config reads but compose does not pass: {wanted_env - env_names}"
+    assert ADMIN_TOKEN_VAR in wanted_env, "the admin token is a variable compose passes through"
 
     # `docker stop` must wait longer than the proxy's drain.
     (tmp_path / "proxy_password_hash").write_text(hash_password("x") + "\n")
+    monkeypatch.setenv(ADMIN_TOKEN_VAR, "compose-test-admin-token")
     cfg = load(_config_copy(tmp_path, tmp_path / "state", tmp_path, 9090))
     assert _seconds(svc.get("stop_grace_period", "10s")) > cfg.timeouts.drain
 
@@ -416,8 +435,8 @@ def _config_copy(dest: Path, state_dir: Path, secrets: Path, admin_port: int, ex
     text = CONFIG.read_text()
     text, n = re.subn(r"(?m)^state_dir:.*$", f"state_dir: {state_dir}", text)
     assert n == 1, "docker/routes.yaml has one top-level `state_dir:` line"
-    text, n = re.subn(r"(?m)^(admin:\s*[^\s#]+):\d+", rf"\g<1>:{admin_port}", text)
-    assert n == 1, "docker/routes.yaml has one top-level `admin:` line"
+    text, n = re.subn(r"(?m)^(admin:\n(?:[ \t]+.*\n)*?[ \t]+listen:[ \t]*[^\s#]+):\d+", rf"\g<1>:{admin_port}", text)
+    assert n == 1, "docker/routes.yaml has one top-level `admin:` block with a `listen:` line"
     text = text.replace(SECRETS_DIR + "/", f"{secrets}/")
     assert text.rstrip().splitlines()[-1].startswith(" "), "`routes:` is the last block, so a route can be appended"
     path = dest / "routes.yaml"
@@ -483,8 +502,12 @@ class Image:
         home.chmod(0o700)
         return home
 
-    def run(self, argv: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_as_uid(argv), cwd=cwd, env=self.env, capture_output=True, text=True, **kw)
+    def run(
+        self, argv: list[str], cwd: Path, env: dict[str, str] | None = None, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _as_uid(argv), cwd=cwd, env={**self.env, **(env or {})}, capture_output=True, text=True, **kw
+        )
 
 
 @pytest.fixture(scope="module")
@@ -569,6 +592,22 @@ def upstream() -> Iterator[_Upstream]:
     srv.server_close()
 
 
+def _admin_get(
+    port: int, path: str, token: str | None = None, host: str | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """GET an admin path the way a client on the Docker host does (Host: 127.0.0.1:PORT unless given)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if host is not None:
+            headers["Host"] = host
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
 def _through_proxy(port: int, url: str, auth: str | None) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -583,9 +622,14 @@ def _through_proxy(port: int, url: str, auth: str | None) -> tuple[int, dict[str
 class _Proc:
     """A started entrypoint; a thread collects its output (stdout and stderr)."""
 
-    def __init__(self, argv: list[str], image: Image, cwd: Path) -> None:
+    def __init__(self, argv: list[str], image: Image, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.p = subprocess.Popen(
-            _as_uid(argv), cwd=cwd, env=image.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            _as_uid(argv),
+            cwd=cwd,
+            env={**image.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: list[str] = []
         assert self.p.stdout is not None
@@ -647,10 +691,13 @@ def test_entrypoint_serves_as_uid_10001(image: Image, upstream: _Upstream, secre
         f"    auth: {{type: api_key, header: X-Test-Key, value: ${{file:{secrets_dir}/test_key}}}}\n"
     )
     state = home / "state"
-    config = _config_copy(home, state, secrets_dir, _free_port(), test_route)
+    admin_port = _free_port()
+    config = _config_copy(home, state, secrets_dir, admin_port, test_route)
     port = _free_port()
     argv = image.command(config, port)
-    proc = _Proc(argv, image, home)
+    admin_token = os.urandom(24).hex()
+    token_env = {ADMIN_TOKEN_VAR: admin_token}
+    proc = _Proc(argv, image, home, token_env)
     try:
         proc.wait_for("listening on")
         assert f"listening on 0.0.0.0:{port}" in proc.output, proc.output
@@ -688,6 +735,22 @@ def test_entrypoint_serves_as_uid_10001(image: Image, upstream: _Upstream, secre
         assert status_code == 502 and headers.get("x-authproxy-error") == "credential_unavailable", (status_code, body)
         assert b"EXAMPLE_API_KEY" in body
 
+        # The admin listener, asked as from the Docker host: the probes need no token, the
+        # rest needs AUTHPROXY_ADMIN_TOKEN, and a name that is not the container's is refused.
+        assert _admin_get(admin_port, "/healthz")[:1] == (200,)
+        for path in ("/status.json", "/metrics", "/"):
+            status_code, headers, body = _admin_get(admin_port, path)
+            assert status_code == 401, (path, status_code, body)
+            assert any(v.startswith("Bearer ") for v in headers.get_all("WWW-Authenticate") or []), headers
+            assert json.loads(body)["error"] == "admin_token_required"
+            assert _admin_get(admin_port, path, admin_token)[0] == 200, path
+        status_code, headers, body = _admin_get(admin_port, "/status.json", admin_token, "rebound.example:9090")
+        assert status_code == 421 and headers["X-Authproxy-Error"] == "admin_host_refused", (status_code, body)
+        # `docker compose exec authproxy authproxy status -c /etc/authproxy/routes.yaml` sends the token.
+        res = image.run([*image.python, "status", "-c", str(config)], cwd=home, env=token_env, timeout=60)
+        assert res.returncode == 0 and "docker-test" in res.stdout, res.stdout + res.stderr
+        assert admin_token not in res.stdout + res.stderr
+
         # The state dir it made (the local CA lives there) is private to uid 10001.
         st = state.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o700, UID, UID), oct(st.st_mode)
@@ -701,7 +764,7 @@ def test_entrypoint_serves_as_uid_10001(image: Image, upstream: _Upstream, secre
         assert proc.p.wait(timeout=30) == 0, proc.output
     finally:
         proc.stop()
-    for secret in (password, api_key):
+    for secret in (password, api_key, admin_token):
         assert secret not in proc.output
 
 
@@ -709,10 +772,23 @@ def test_entrypoint_refuses_to_start_without_the_password_hash(image: Image, sec
     """No /run/secrets/proxy_password_hash: exit 2 naming it, rather than an open proxy on 0.0.0.0."""
     home = image.home()
     config = _config_copy(home, home / "state", secrets_dir, _free_port())
-    res = image.run(image.command(config, _free_port()), cwd=home, timeout=60)
+    env = {ADMIN_TOKEN_VAR: "docker-admin-token-" + os.urandom(8).hex()}
+    res = image.run(image.command(config, _free_port()), cwd=home, env=env, timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     assert f"{secrets_dir}/proxy_password_hash" in res.stderr and "proxy_auth" in res.stderr, res.stderr
+    assert "admin.token" not in res.stderr, res.stderr  # the token is set: only the hash is missing
     assert not (home / "state").exists()
+
+
+def test_entrypoint_refuses_to_start_without_the_admin_token(image: Image, secrets_dir: Path) -> None:
+    """No AUTHPROXY_ADMIN_TOKEN: exit 2 naming it, rather than a status page open on 0.0.0.0."""
+    home = image.home()
+    _write_secret(secrets_dir, "proxy_password_hash", hash_password("docker-no-token-pw"))
+    config = _config_copy(home, home / "state", secrets_dir, _free_port())
+    res = image.run(image.command(config, _free_port()), cwd=home, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert ADMIN_TOKEN_VAR in res.stderr and "admin.token" in res.stderr, res.stderr
+    assert "listening on" not in res.stdout + res.stderr
 
 
 def test_healthcheck_passes_against_the_running_entrypoint(
@@ -723,7 +799,7 @@ def test_healthcheck_passes_against_the_running_entrypoint(
     _write_secret(secrets_dir, "proxy_password_hash", hashed)
     admin_port = _free_port()
     config = _config_copy(home, home / "state", secrets_dir, admin_port)
-    proc = _Proc(image.command(config, _free_port()), image, home)
+    proc = _Proc(image.command(config, _free_port()), image, home, {ADMIN_TOKEN_VAR: os.urandom(16).hex()})
     try:
         proc.wait_for("listening on")
         health = stages[-1].last("HEALTHCHECK")["value"]
@@ -732,7 +808,7 @@ def test_healthcheck_passes_against_the_running_entrypoint(
         check = [image.python[0], *[a.replace(":9090/", f":{admin_port}/") for a in argv[1:]]]
         deadline = time.monotonic() + 15
         while True:
-            res = image.run(check, cwd=home, timeout=30)
+            res = image.run(check, cwd=home, timeout=30)  # with no token: the probe needs none
             if res.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
