@@ -1246,7 +1246,12 @@ VERSIONS: list[tuple[str, bytes, int, str]] = [
     ("http-1.2", b"GET http://{u}/a HTTP/1.2\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
     ("http-3.0", b"GET http://{u}/a HTTP/3.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
     ("http-0.9", b"GET http://{u}/a HTTP/0.9\r\n\r\n", 505, "http_version_not_supported"),
-    ("http-9.9-post", b"POST http://{u}/a HTTP/9.9\r\nHost: {u}\r\nContent-Length: 0\r\n\r\n", 505, "http_version_not_supported"),
+    (
+        "http-9.9-post",
+        b"POST http://{u}/a HTTP/9.9\r\nHost: {u}\r\nContent-Length: 0\r\n\r\n",
+        505,
+        "http_version_not_supported",
+    ),
     ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_version_not_supported"),
     ("gateway-http-2.0", b"GET /gw/a HTTP/2.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
     ("connect-http-2.0", b"CONNECT {u} HTTP/2.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
@@ -1419,9 +1424,7 @@ async def test_method_override_without_an_allow_list_is_forwarded(ruled: Env) ->
     assert [v for k, v in ruled.up.seen[0]["headers"] if k.lower() == "x-http-method-override"] == ["DELETE"]
 
 
-async def test_path_and_override_rules_hold_inside_an_intercepted_connect(
-    make_proxy, tls_upstream, secret_env
-) -> None:
+async def test_path_and_override_rules_hold_inside_an_intercepted_connect(make_proxy, tls_upstream, secret_env) -> None:
     """The same judgement on a prefix route with an allow list, reached through interception."""
     tup, ca_path = tls_upstream
     secret_env("HOSTILE_KEY", KEY)
