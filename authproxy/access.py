@@ -32,7 +32,9 @@ MAX_PASSWORD_BYTES = 72
 # (Express's method-override, Rack, Laravel, Symfony, Google's APIs): to an
 # allow list each one is the method. Compared with `_` read as `-`, since
 # CGI-style servers (PHP, WSGI) fold both into the same variable name.
-_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+_METHOD_HEADERS = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# Likewise the path: IIS's URL Rewrite and Symfony (before 5.x) route on these instead of the request line's.
+_PATH_HEADERS = frozenset({b"x-original-url", b"x-rewrite-url"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +152,38 @@ def check_allowed(
     norm = rule_path(path)
     if not _admits(rules, method, norm):
         raise Denied(f"{method} {path[:100]} is outside route {route}'s allow list.", route)
-    for name, value in headers:
-        if name.lower().replace(b"_", b"-") not in _OVERRIDES:
-            continue
-        # Every element of every copy is judged: servers differ in which one they take
-        # (method-override the first of a list, others the last, or the last copy).
-        for part in value.split(b","):
-            override = part.strip().decode("latin-1").upper()
-            if override and not _admits(rules, override, norm):
-                header = one_line(name.decode("latin-1"))[:40]
+    methods, paths = _overrides(headers)
+    if not methods and not paths:
+        return
+    # The upstream may obey any one of them, with the request line's method or path for the other half.
+    for m_header, m in [("", method), *methods]:
+        for p_header, p in [("", path), *paths]:
+            if not (m_header or p_header):
+                continue
+            if not p.startswith("/") or not _admits(rules, m, rule_path(p)):
+                header = one_line(m_header or p_header)[:40]
                 raise Denied(
-                    f"{header} asks for {one_line(override)[:20]} on {path[:100]}, "
+                    f"{header} asks for {one_line(m)[:20]} {one_line(p)[:100]}, "
                     f"which is outside route {route}'s allow list.",
                     route,
                 )
+
+
+def _overrides(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(header, method) and (header, path) for every override a server might obey instead of the request line."""
+    methods: list[tuple[str, str]] = []
+    paths: list[tuple[str, str]] = []
+    for name, value in headers:
+        key = name.lower().replace(b"_", b"-")
+        if key in _METHOD_HEADERS:
+            # Every element of every copy: servers differ in which one they take
+            # (method-override the first of a list, others the last, or the last copy).
+            for part in value.split(b","):
+                if m := part.strip().decode("latin-1").upper():
+                    methods.append((name.decode("latin-1"), m))
+        elif key in _PATH_HEADERS and (p := value.strip().decode("latin-1").partition("?")[0]):
+            paths.append((name.decode("latin-1"), p))
+    return methods, paths
 
 
 def _admits(rules: tuple[AllowRule, ...], method: str, norm: str) -> bool:
