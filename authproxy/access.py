@@ -20,11 +20,21 @@ from dataclasses import dataclass
 import bcrypt
 from cachetools import TTLCache
 
-from .errors import Denied, ProxyAuthRequired
-from .hosts import PathError, normalize_path, prefix_matches
+from .errors import Denied, ProxyAuthRequired, one_line
+from .hosts import PathError, normalize_path, prefix_matches, rule_path
 from .yamlreader import Section
 
 _METHOD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+# bcrypt reads at most 72 bytes of a password (bcrypt 5 refuses more), so no
+# longer password can be configured, and none can be checked.
+MAX_PASSWORD_BYTES = 72
+# Headers in which servers take the method instead of the request line's
+# (Express's method-override, Rack, Laravel, Symfony, Google's APIs): to an
+# allow list each one is the method. Compared with `_` read as `-`, since
+# CGI-style servers (PHP, WSGI) fold both into the same variable name.
+_METHOD_HEADERS = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# Likewise the path: IIS's URL Rewrite and Symfony (before 5.x) route on these instead of the request line's.
+_PATH_HEADERS = frozenset({b"x-original-url", b"x-rewrite-url"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,21 +139,61 @@ def _bad_path(p: str) -> str:
     raise PathError("a path prefix starts with `/`")
 
 
-def check_allowed(rules: tuple[AllowRule, ...] | None, route: str, method: str, path: str) -> None:
-    """403 unless some rule admits ``method`` on ``path`` (query already cut off)."""
+def check_allowed(
+    rules: tuple[AllowRule, ...] | None, route: str, method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """403 unless some rule admits ``method`` on ``path`` (query already cut off), and each override too.
+
+    A path no rule can judge (an encoded `/`, a dot segment with parameters)
+    is the 400 that route prefixes give too (``rule_path``).
+    """
     if rules is None:
         return
-    try:
-        norm = normalize_path(path)
-    except PathError as exc:
-        raise Denied(f"{exc}; the route's allow list cannot be checked against it.", route) from None
+    norm = rule_path(path)
+    if not _admits(rules, method, norm):
+        raise Denied(f"{method} {path[:100]} is outside route {route}'s allow list.", route)
+    methods, paths = _overrides(headers)
+    if not methods and not paths:
+        return
+    # The upstream may obey any one of them, with the request line's method or path for the other half.
+    for m_header, m in [("", method), *methods]:
+        for p_header, p in [("", path), *paths]:
+            if not (m_header or p_header):
+                continue
+            if not p.startswith("/") or not _admits(rules, m, rule_path(p)):
+                header = one_line(m_header or p_header)[:40]
+                raise Denied(
+                    f"{header} asks for {one_line(m)[:20]} {one_line(p)[:100]}, "
+                    f"which is outside route {route}'s allow list.",
+                    route,
+                )
+
+
+def _overrides(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(header, method) and (header, path) for every override a server might obey instead of the request line."""
+    methods: list[tuple[str, str]] = []
+    paths: list[tuple[str, str]] = []
+    for name, value in headers:
+        key = name.lower().replace(b"_", b"-")
+        if key in _METHOD_HEADERS:
+            # Every element of every copy: servers differ in which one they take
+            # (method-override the first of a list, others the last, or the last copy).
+            for part in value.split(b","):
+                if m := part.strip().decode("latin-1").upper():
+                    methods.append((name.decode("latin-1"), m))
+        elif key in _PATH_HEADERS and (p := value.strip().decode("latin-1").partition("?")[0]):
+            paths.append((name.decode("latin-1"), p))
+    return methods, paths
+
+
+def _admits(rules: tuple[AllowRule, ...], method: str, norm: str) -> bool:
     for rule in rules:
         if rule.methods is not None and method not in rule.methods:
             continue
         if rule.paths is not None and not any(prefix_matches(p, norm) for p in rule.paths):
             continue
-        return
-    raise Denied(f"{method} {path[:100]} is outside route {route}'s allow list.", route)
+        return True
+    return False
 
 
 class Authenticator:
@@ -184,6 +234,11 @@ class Authenticator:
                 raise ValueError
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise self._refuse("the Proxy-Authorization header is not valid Basic credentials.") from None
+        if len(password.encode()) > MAX_PASSWORD_BYTES:
+            # No configured password is this long (hash-password refuses it), and bcrypt would raise.
+            raise self._refuse(
+                f"the proxy password is longer than {MAX_PASSWORD_BYTES} bytes, which bcrypt cannot check."
+            )
         user = self._users.get(name)
         hashed = user.hash if user is not None else self._decoy
         ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
@@ -201,4 +256,7 @@ def check_user_route(user: User | None, route: str | None) -> None:
 
 
 def hash_password(password: str) -> str:
+    """The bcrypt hash for `proxy_auth`; ValueError for a password bcrypt cannot take whole."""
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes, the most bcrypt can check")
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()

@@ -248,7 +248,12 @@ def cmd_hash_password() -> int:
     if not password:
         print("error: an empty password cannot be hashed.", file=sys.stderr)
         return 2
-    print(hash_password(password))
+    try:
+        hashed = hash_password(password)
+    except ValueError as exc:
+        print(f"error: {exc}; choose a shorter one.", file=sys.stderr)
+        return 2
+    print(hashed)
     return 0
 
 

@@ -34,6 +34,10 @@ DEFAULT_STATE_DIR = "~/.local/state/authproxy"
 class Limits:
     max_header_bytes: int = 64 * 1024
     max_connections: int = 1024
+    # Connections one client address may hold at once; unset, half of max_connections
+    # (see _limits): one address can never take every slot, while a lone local client
+    # (on a laptop every client is 127.0.0.1) still has hundreds. Per process under --workers.
+    max_connections_per_client: int = 512
     replay_body: int = 1024 * 1024
     max_body_chunk: int = 256 * 1024  # read size per chunk when streaming bodies
     max_headers: int = 100  # header fields in a request
@@ -330,13 +334,24 @@ def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSet
     return BwsSettings(token, *endpoints)
 
 
+def per_client_default(max_connections: int) -> int:
+    """Half the connection limit, rounded up: one client address can never hold every slot,
+    so another client always finds half of them, yet a single client (on a laptop, every
+    client is 127.0.0.1) keeps 512 of the default 1024, more than a browser's whole pool."""
+    return (max_connections + 1) // 2
+
+
 def _limits(sec: Section | None) -> Limits:
     if sec is None:
         return Limits()
     d = Limits()
+    max_connections = sec.integer("max_connections", d.max_connections, minimum=1)
     out = Limits(
         max_header_bytes=sec.integer("max_header_bytes", d.max_header_bytes, minimum=1024),
-        max_connections=sec.integer("max_connections", d.max_connections, minimum=1),
+        max_connections=max_connections,
+        max_connections_per_client=sec.integer(
+            "max_connections_per_client", per_client_default(max_connections), minimum=1
+        ),
         replay_body=sec.integer("replay_body", d.replay_body, minimum=0),
         max_body_chunk=sec.integer("max_body_chunk", d.max_body_chunk, minimum=1024),
         max_headers=sec.integer("max_headers", d.max_headers, minimum=1),

@@ -14,7 +14,9 @@ The tree::
     ├── UriTooLong                  414 uri_too_long
     ├── HeadersTooLarge             431 headers_too_large
     ├── NotImplementedByProxy       501 not_implemented
+    ├── VersionNotSupported         505 http_version_not_supported
     ├── Unavailable                 503 unavailable
+    │   └── TooManyConnections      503 too_many_connections
     ├── CredentialUnavailable       502 credential_unavailable
     ├── TokenEndpointError          502 token_endpoint_error
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
@@ -98,8 +100,20 @@ class NotImplementedByProxy(ProxyError):
     status, code = 501, "not_implemented"
 
 
+class VersionNotSupported(ProxyError):
+    """RFC 9110 §15.6.6: the request line names an HTTP version other than 1.0 and 1.1."""
+
+    status, code = 505, "http_version_not_supported"
+
+
 class Unavailable(ProxyError):
     status, code = 503, "unavailable"
+
+
+class TooManyConnections(Unavailable):
+    """One client address holds `limits.max_connections_per_client` connections already."""
+
+    code = "too_many_connections"
 
 
 class CredentialUnavailable(ProxyError):

@@ -30,6 +30,7 @@ from .errors import (
     NotImplementedByProxy,
     ProxyError,
     UriTooLong,
+    VersionNotSupported,
     from_status_hint,
     one_line,
 )
@@ -141,6 +142,12 @@ def _by_h11(raw: bytes, limits: Limits) -> Head:
         raise _refusal(exc, raw) from None
     if not isinstance(event, h11.Request):
         raise BadRequest("malformed request (no request line).")
+    if event.http_version not in (b"1.0", b"1.1"):
+        # h11 takes any `HTTP/d.d`; this proxy speaks 1.x only (RFC 9110 §15.6.6). A version
+        # that is not `d.d` was refused above as malformed (400).
+        raise VersionNotSupported(
+            f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported; send HTTP/1.1."
+        )
     return Head(event.method, event.target, list(event.headers.raw_items()), event.http_version)
 
 

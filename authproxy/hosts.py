@@ -7,6 +7,8 @@ import posixpath
 import re
 from functools import lru_cache
 
+from .errors import BadRequest
+
 _LABELS = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
 
 
@@ -87,12 +89,15 @@ class PathError(ValueError):
 def normalize_path(path: str) -> str:
     """Remove dot segments (RFC 3986 §5.2.4) from the path part of a target.
 
-    Encoded slashes and dots, and backslashes, are refused: servers disagree on
-    what they mean, so a prefix check on them would be a guess.
+    Refused, because servers disagree on what they mean, so a prefix check on
+    them would be a guess: encoded slashes and dots, backslashes, and path
+    parameters that change which segments there are (``_check_parameters``).
     """
     low = path.lower()
     if "%2f" in low or "%2e" in low or "\\" in path or "%5c" in low:
         raise PathError("the path contains an encoded `/` or `.`, or a `\\`")
+    if ";" in path or "%3b" in low:
+        _check_parameters(low)
     if not path.startswith("/"):
         path = "/" + path
     norm = posixpath.normpath(path)
@@ -101,6 +106,46 @@ def normalize_path(path: str) -> str:
     if path.endswith("/") and norm != "/":
         norm += "/"
     return norm
+
+
+def rule_path(path: str) -> str:
+    """The path a prefix or `allow` rule is judged against; a path no rule can judge is a 400.
+
+    One judgement for route prefixes, gateway prefixes and `allow` lists, so a
+    path refused by one is refused by all: the client sent something servers
+    read differently, which is its error, not a denial.
+    """
+    try:
+        return normalize_path(path)
+    except PathError as exc:
+        raise BadRequest(f"{exc}; no path rule can be checked against it.") from None
+
+
+def _check_parameters(low: str) -> None:
+    """Refuse path parameters that make Tomcat or Spring see other segments than we do.
+
+    Those servers cut each segment at its first `;` (RFC 2396 §3.3 path
+    parameters) before removing dot segments, and some decode `%3B` first:
+    to them `/v1/..;x=1/admin` is `/v1/../admin`, that is `/admin`, where
+    RFC 3986 (and our prefix check) sees a segment named `..;x=1` under
+    `/v1/`. Likewise a segment made only of parameters (`/v1/;x/../admin`)
+    is an empty segment they merge away, so the `..` after it climbs one
+    level higher than we count. Parameters on any other segment
+    (`/v1/items;jsessionid=1`) change no segment count and pass; so does a
+    parameters-only last segment (`/app/;jsessionid=1`), which nothing follows.
+    """
+    segments = low.replace("%3b", ";").split("/")
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        name, sep, _ = segment.partition(";")
+        if not sep:
+            continue
+        if name in (".", ".."):
+            raise PathError(
+                f"the path has a dot segment with parameters (`{name};`), which some servers read as `{name}`"
+            )
+        if not name and i < last:
+            raise PathError("the path has a segment made only of parameters (`/;`), which some servers drop")
 
 
 def prefix_matches(prefix: str, path: str) -> bool:

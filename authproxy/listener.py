@@ -1,13 +1,24 @@
-"""The accept loop: the connection limit, one ``server.Connection`` per client, the drain on shutdown."""
+"""The accept loop: the connection limits, one ``server.Connection`` per client, the drain on shutdown.
+
+Two limits, both checked once per connection, never per request:
+``limits.max_connections`` for the process, and
+``limits.max_connections_per_client`` for each client address, so that one
+client (a scan, a leak, silent sockets) cannot take every slot. Each is
+counted per process: under ``--workers`` the kernel spreads a client's
+connections over the workers, each holding it to the limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 
-from .errors import Unavailable, render
+from . import accesslog
+from .accesslog import AccessRecord
+from .errors import ProxyError, TooManyConnections, Unavailable, render
 from .h1response import raw_response
 from .hosts import normalize_host
 from .memory import Trimmer
@@ -17,6 +28,8 @@ from .stream import ClientStream
 
 _BACKLOG = 1024
 _ACCEPT_RETRY = 1.0  # after an accept() error other than "nothing pending" (EMFILE...), as asyncio waits
+
+log = logging.getLogger("authproxy.server")
 
 
 class ProxyServer:
@@ -31,6 +44,8 @@ class ProxyServer:
         self._listeners: list[socket.socket] = []  # our own accept path (uvloop), duplicates of the server's sockets
         self._adopting: set[asyncio.Task[None]] = set()
         self.trimmer = Trimmer()
+        self.per_client: dict[str, int] = {}  # connections held, by client address (absent: none)
+        self._at_limit: set[str] = set()  # addresses refused since they last held fewer: warned once
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.get_running_loop().create_server(self._protocol, host, port, backlog=_BACKLOG)
@@ -46,17 +61,23 @@ class ProxyServer:
         limits = self.rt.snapshot.config.limits
         if self.draining or len(self.connections) >= limits.max_connections:
             why = "the proxy is shutting down." if self.draining else "the proxy is at its connection limit."
-            # Take the request off the wire first: closing a socket with unread
-            # data sends a reset, which would destroy the 503 before it is read.
-            with contextlib.suppress(TimeoutError, OSError):
-                await asyncio.wait_for(stream.read(), 0.5)
-            status, headers, body = render(Unavailable(why))
-            headers.append((b"connection", b"close"))
-            stream.write(raw_response(status, headers, body))
-            with contextlib.suppress(OSError):
-                await stream.drain()
-            stream.close()
+            await self._turn_away(stream, Unavailable(why))
             return
+        addr = client_address(stream)
+        held = self.per_client.get(addr, 0)
+        if held >= limits.max_connections_per_client:
+            if addr not in self._at_limit:
+                self._at_limit.add(addr)
+                log.warning(
+                    "client %s holds %d connections (limits.max_connections_per_client); more get 503",
+                    addr,
+                    held,
+                )
+            await self._turn_away(
+                stream, TooManyConnections("this client address holds as many connections as the proxy allows one.")
+            )
+            return
+        self.per_client[addr] = held + 1
         conn = Connection(self, stream)
         self.connections.add(conn)
         self.rt.metrics.connections.inc()
@@ -70,12 +91,33 @@ class ProxyServer:
             # as a cancelled task, spares asyncio's stream callback a traceback per connection.
             pass
         finally:
+            left = self.per_client.pop(addr, 1) - 1
+            if left:
+                self.per_client[addr] = left
+            if self._at_limit:
+                self._at_limit.discard(addr)
             self.connections.discard(conn)
             self.rt.metrics.connections.dec()
             if not self.connections:
                 self.trimmer.idle()
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _turn_away(self, stream: ClientStream, err: ProxyError) -> None:
+        """A 503 before any request is served, with its access line; the connection closes."""
+        # Take the request off the wire first: closing a socket with unread
+        # data sends a reset, which would destroy the 503 before it is read.
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(stream.read(), 0.5)
+        status, headers, body = render(err)
+        headers.append((b"connection", b"close"))
+        stream.write(raw_response(status, headers, body))
+        with contextlib.suppress(OSError):
+            await stream.drain()
+        stream.close()
+        rec = AccessRecord(method="-", mode="plain", host="-", path="-", status=status, error=err.code)
+        accesslog.emit(rec)
+        self.rt.metrics.request_done(rec)
 
     def _accept_greedily(self) -> None:
         """Take every pending connection when a listening socket is readable, not one per loop iteration.
@@ -152,3 +194,12 @@ class ProxyServer:
                 t.cancel()
             if still:
                 await asyncio.wait(still, timeout=1.0)
+
+
+def client_address(stream: ClientStream) -> str:
+    """The client's IP address as text; an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4."""
+    peer = stream.transport.get_extra_info("peername")
+    addr = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+    if addr.startswith("::ffff:") and "." in addr:
+        return addr[7:]
+    return addr

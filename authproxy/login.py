@@ -28,6 +28,7 @@ from .config import Route
 from .errors import ProxyError
 from .grants.authorization_code import AuthorizationCode
 from .grants.base import GrantContext
+from .grants.checks import clear_text, clear_text_reason
 from .grants.oauth import request_token, scrub
 from .secrets import Value
 from .store import StateStore
@@ -76,6 +77,20 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
     raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}).")
 
 
+def refuse_clear_text(ends: Endpoints) -> None:
+    """A discovered endpoint gets the check the config's URLs got at load time (``clear_text``).
+
+    An https issuer vouches for its document, not for where the document
+    points: an http:// token endpoint would get the code, the PKCE verifier
+    and the client secret in clear text.
+    """
+    for what, url in (("token endpoint", ends.token), ("authorization endpoint", ends.authorization)):
+        if clear_text(url):
+            raise LoginError(
+                f"the discovered {what} {scrub(url, [])[:100]} {clear_text_reason('the login')}; refusing it."
+            )
+
+
 def _rfc8414_url(issuer: str) -> str:
     # RFC 8414 §3.1: the well-known segment goes between the host and the issuer's path.
     scheme, _, rest = issuer.partition("://")
@@ -119,6 +134,7 @@ async def login(
         else:
             assert grant.authorization_url is not None
             ends = Endpoints(None, grant.authorization_url.reveal(), grant.client.token_url.reveal(), False)
+        refuse_clear_text(ends)
 
         verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(32)

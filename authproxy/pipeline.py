@@ -50,8 +50,9 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     route = target.route
     if route is not None:
         check_user_route(req.user, route.name)
-        # Rules speak of the upstream's paths: what is sent, without the query.
-        check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0])
+        # Rules speak of the upstream's paths: what is sent, without the query; and of
+        # the method the upstream acts on, which an override header may name.
+        check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
         return await exchange(rt, target, req, None)

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .config import Route
-from .errors import BadRequest
-from .hosts import PathError, normalize_path, prefix_matches
+from .hosts import prefix_matches, rule_path
 
 _CANDIDATES_MAX = 4096
 
@@ -90,7 +89,7 @@ class RouteTable:
             return None
         if not by_path:
             return routes[0]
-        norm = _normalized(path)
+        norm = rule_path(path)
         for r in routes:
             assert r.match is not None
             if prefix_matches(r.match.path, norm):
@@ -101,16 +100,9 @@ class RouteTable:
         """The gateway route whose prefix starts ``path``, and the rest of the path."""
         if not self._gateways:
             return None
-        norm = _normalized(path)
+        norm = rule_path(path)
         for r in self._gateways:
             assert r.gateway is not None
             if prefix_matches(r.gateway, norm):
                 return r, norm[len(r.gateway) :] or "/"
         return None
-
-
-def _normalized(path: str) -> str:
-    try:
-        return normalize_path(path)
-    except PathError as exc:
-        raise BadRequest(f"{exc}; it cannot be matched against a path prefix.") from None

@@ -84,6 +84,9 @@ class Connection:
         self._deadline: float | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._expired = False
+        # When the connection (or its TLS layer) became ready for its first request, whose
+        # head must then be whole within timeouts.client_header; None after that request.
+        self._opened: float | None = None
 
     # -- reading ---------------------------------------------------------
 
@@ -149,11 +152,23 @@ class Connection:
         self._task.cancel()
 
     async def _next_request(self) -> Head | None:
-        """The next request's head, or None when the client is done."""
+        """The next request's head, or None when the client is done.
+
+        The head must be whole within ``timeouts.client_header``: for the first
+        request counted from the connection's start (accept, or the end of an
+        intercepted CONNECT's TLS handshake), so a socket that never sends a
+        byte is not held for ``timeouts.idle``; for the next ones on a
+        keep-alive connection from their first byte, the wait before it being
+        ``timeouts.idle``.
+        """
         t = self.rt.snapshot.config.timeouts
         limits = self.rt.snapshot.config.limits
         self.req, self.responding, self.req_done, self.waiting_100 = None, False, True, False
-        deadline = time.monotonic() + t.client_header if self.buf else None
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            deadline: float | None = opened + t.client_header
+        else:
+            deadline = time.monotonic() + t.client_header if self.buf else None
         scanned = 0
         while True:
             end = head_end(self.buf, max(scanned - 3, 0))
@@ -171,14 +186,17 @@ class Connection:
                     self.head = bytes(self.buf[:_HEAD_KEEP])
                     raise BadRequest("malformed request (the client closed in the middle of a request head).")
                 return None
-            if self.server.draining and deadline is None:
+            if self.server.draining and not self.buf:
                 return None
             wait = t.idle if deadline is None else deadline - time.monotonic()
             try:
                 await self._fill(max(wait, 0.0))
             except TimeoutError:
-                if deadline is None:
-                    return None  # an idle keep-alive connection: close quietly
+                if not self.buf:
+                    # Nothing of a request came: an idle keep-alive connection, or one that never
+                    # spoke. A graceful close (RFC 9112 §9.5), as nginx does, not a 408: that could
+                    # cross a request sent at that instant and be taken for its answer.
+                    return None
                 raise RequestTimeout(f"the request headers did not arrive within {t.client_header:g} s.") from None
             if deadline is None:
                 deadline = time.monotonic() + t.client_header
@@ -319,6 +337,7 @@ class Connection:
 
     async def serve_requests(self) -> None:
         """Requests one after another on this connection (or TLS layer) until it ends."""
+        self._opened = time.monotonic()
         while True:
             try:
                 req = await self._next_request()

@@ -214,3 +214,72 @@ async def test_bcrypt_is_checked_once_per_header(make_proxy, upstream, tls_upstr
     async with httpx.AsyncClient(proxy=proxy) as client:
         rs = await asyncio.gather(*(client.get(f"{upstream.url}/c{i}") for i in range(20)))
     assert {r.status_code for r in rs} == {200}
+
+
+@pytest.mark.parametrize("password", ["x" * 73, "é" * 37, "p" * 1000])
+def test_hash_password_refuses_what_bcrypt_cannot_check_whole(password: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "authproxy", "hash-password"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "72 bytes" in r.stderr, r.stderr
+    assert password not in r.stderr
+
+
+def test_hash_password_takes_72_bytes() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "authproxy", "hash-password"],
+        input="y" * 72 + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert bcrypt.checkpw(b"y" * 72, r.stdout.strip().encode())
+
+
+def _rules(tmp_path: Path, allow: str) -> tuple:
+    cfg = _cfg(
+        tmp_path,
+        f"""\
+        routes:
+          - name: r
+            match: api.example
+            auth: {{type: api_key, value: "k-123456"}}
+            allow: {allow}
+        """,
+    )
+    rules = load(cfg).routes[0].allow
+    assert rules is not None
+    return rules
+
+
+def test_each_override_must_be_allowed_on_the_path(tmp_path: Path) -> None:
+    from authproxy.access import check_allowed
+    from authproxy.errors import BadRequest, Denied
+
+    rules = _rules(tmp_path, "[{methods: [POST], paths: [/v1/]}, {methods: [GET, DELETE], paths: [/v2/]}]")
+    # DELETE is allowed, but not under /v1/: the override is judged on the request's path.
+    with pytest.raises(Denied) as info:
+        check_allowed(rules, "r", "POST", "/v1/x", [(b"X-HTTP-Method-Override", b"DELETE")])
+    assert "X-HTTP-Method-Override" in info.value.detail and "DELETE" in info.value.detail
+    check_allowed(rules, "r", "POST", "/v1/x", [(b"X-HTTP-Method-Override", b"post")])
+    check_allowed(rules, "r", "GET", "/v2/x", [(b"x-method-override", b"DELETE"), (b"X-HTTP-Method", b"GET")])
+    with pytest.raises(Denied):
+        check_allowed(rules, "r", "GET", "/v2/x", [(b"X-HTTP-Method", b"GET"), (b"X-HTTP-Method", b"PUT")])
+    # Paths no rule can judge are the client's error, as they are for prefixes.
+    with pytest.raises(BadRequest):
+        check_allowed(rules, "r", "GET", "/v2/%2e%2e/v1/x", [])
+    with pytest.raises(BadRequest):
+        check_allowed(rules, "r", "GET", "/v2/..;/v1/x", [])
+
+
+def test_no_allow_list_judges_nothing(tmp_path: Path) -> None:
+    from authproxy.access import check_allowed
+
+    check_allowed(None, "r", "GET", "/v1/..;/admin", [(b"X-HTTP-Method-Override", b"DELETE")])

@@ -1518,3 +1518,117 @@ def test_a_secret_in_the_wrong_key_is_never_quoted_in_errors(tmp_path: Path, mon
     text = "\n".join(str(p) for p in exc.value.problems)
     assert "sk-live-misplaced-0001" not in text
     assert "routes[0].verify" in text and "unmatched" in text
+
+
+# ---------------------------------------------------------------- hardening: limits, clear text, path rules
+
+
+def test_max_connections_per_client_defaults_to_half_the_connection_limit(tmp_path: Path, key_env: str) -> None:
+    route = textwrap.dedent(
+        """\
+        routes:
+          - name: a
+            match: api.example
+            auth: {type: api_key, value: "${AP_TEST_KEY}"}
+        """
+    )
+    assert load_text(tmp_path, route).limits.max_connections_per_client == 512
+    assert load_text(tmp_path, "limits: {max_connections: 4096}\n" + route).limits.max_connections_per_client == 2048
+    assert load_text(tmp_path, "limits: {max_connections: 1}\n" + route).limits.max_connections_per_client == 1
+    cfg = load_text(tmp_path, "limits: {max_connections_per_client: 8}\n" + route)
+    assert (cfg.limits.max_connections, cfg.limits.max_connections_per_client) == (1024, 8)
+    err = only_error(tmp_path, "limits: {max_connections_per_client: 0}\n" + route)
+    assert err.path == "limits.max_connections_per_client" and err.line == 1
+
+
+_OAUTH_ROUTE = """\
+    routes:
+      - name: app
+        match: api.example
+        auth:
+          type: {type}
+          client_id: app
+          {key}: {url}
+          {more}
+    """
+
+
+def _oauth(type_: str, key: str, url: str) -> str:
+    more = {
+        "client_credentials": "client_secret: ${AP_TEST_KEY}",
+        # issuer alone is enough; authorization_url needs token_url beside it.
+        "authorization_code": "token_url: https://id.example/token" if key == "authorization_url" else "scope: x",
+    }[type_]
+    return _OAUTH_ROUTE.format(type=type_, key=key, url=url, more=more)
+
+
+CLEAR_KEYS = [
+    ("client_credentials", "token_url"),
+    ("authorization_code", "issuer"),
+    ("authorization_code", "authorization_url"),
+]
+
+
+@pytest.mark.parametrize(("type_", "key"), CLEAR_KEYS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://id.example/token",
+        "http://foo.localhost/token",  # a name under .localhost is not loopback until resolved
+        "http://localhost.evil.example/token",
+        "http://10.0.0.1/token",
+        "http://0.0.0.0/token",
+        "http://2130706433/token",  # 127.0.0.1 as an integer: a spelling, not a literal
+        "http://127.1/token",
+    ],
+)
+def test_clear_text_oauth_url_is_a_config_error(tmp_path: Path, key_env: str, type_: str, key: str, url: str) -> None:
+    err = only_error(tmp_path, _oauth(type_, key, url))
+    assert err.path == f"routes[0].auth.{key}"
+    assert err.line == 7
+    assert "clear text" in err.message
+    assert err.message.count(". ") == 0, err.message  # one sentence
+
+
+@pytest.mark.parametrize(("type_", "key"), CLEAR_KEYS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://id.example/token",
+        "http://127.0.0.1:8080/token",
+        "http://127.9.8.7/token",
+        "http://[::1]:9000/token",
+        "http://[::ffff:127.0.0.1]/token",
+        "http://localhost:9000/token",
+        "http://LocalHost/token",
+    ],
+)
+def test_loopback_or_https_oauth_url_is_accepted(tmp_path: Path, key_env: str, type_: str, key: str, url: str) -> None:
+    cfg = load_text(tmp_path, _oauth(type_, key, url))
+    assert cfg.routes[0].name == "app"
+
+
+def test_clear_text_token_url_from_a_variable_is_refused_too(tmp_path: Path, key_env: str, monkeypatch) -> None:
+    monkeypatch.setenv("AP_TOKEN_URL", "http://id.example/token")
+    err = only_error(tmp_path, _oauth("client_credentials", "token_url", "${AP_TOKEN_URL}"))
+    assert err.path == "routes[0].auth.token_url" and "clear text" in err.message
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/v1/..;/admin", "/v1/.;x/y", "/v1/..%3B/admin", "/v1/;x/../admin", "/v1/%2e%2e/admin"]
+)
+def test_path_rules_that_servers_read_otherwise_are_config_errors(tmp_path: Path, key_env: str, prefix: str) -> None:
+    errs = errors_of(
+        tmp_path,
+        f"""\
+        routes:
+          - name: a
+            match: "api.example{prefix}"
+            auth: {{type: api_key, value: "${{AP_TEST_KEY}}"}}
+          - name: b
+            match: b.example
+            auth: {{type: api_key, value: "${{AP_TEST_KEY}}"}}
+            allow: [{{paths: ["{prefix}"]}}]
+        """,
+    )
+    assert {e.path for e in errs} == {"routes[0].match", "routes[1].allow[0].paths"}, [str(e) for e in errs]

@@ -1236,3 +1236,381 @@ async def test_broken_upstream_is_502_or_a_cut_never_a_hang(
     assert b"\x00" not in head_and_body(resp)[0], "a NUL from the upstream reached the client"
     await env.still_serving()
     env.no_internal_errors()
+
+
+# -- HTTP versions other than 1.x: 505, closed -----------------------------------
+
+VERSIONS: list[tuple[str, bytes, int, str]] = [
+    ("http-2.0", b"GET http://{u}/a HTTP/2.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
+    ("http-2.0-no-host", b"GET http://{u}/a HTTP/2.0\r\n\r\n", 505, "http_version_not_supported"),
+    ("http-1.2", b"GET http://{u}/a HTTP/1.2\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
+    ("http-3.0", b"GET http://{u}/a HTTP/3.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
+    ("http-0.9", b"GET http://{u}/a HTTP/0.9\r\n\r\n", 505, "http_version_not_supported"),
+    (
+        "http-9.9-post",
+        b"POST http://{u}/a HTTP/9.9\r\nHost: {u}\r\nContent-Length: 0\r\n\r\n",
+        505,
+        "http_version_not_supported",
+    ),
+    ("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_version_not_supported"),
+    ("gateway-http-2.0", b"GET /gw/a HTTP/2.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
+    ("connect-http-2.0", b"CONNECT {u} HTTP/2.0\r\nHost: {u}\r\n\r\n", 505, "http_version_not_supported"),
+    # A version that is not `digit.digit` is a malformed request line.
+    ("version-1.10", b"GET http://{u}/a HTTP/1.10\r\nHost: {u}\r\n\r\n", 400, "bad_request"),
+    ("version-2", b"GET http://{u}/a HTTP/2\r\nHost: {u}\r\n\r\n", 400, "bad_request"),
+    ("version-lowercase", b"GET http://{u}/a http/1.1\r\nHost: {u}\r\n\r\n", 400, "bad_request"),
+    ("version-garbage", b"GET http://{u}/a HTTP/x.y\r\nHost: {u}\r\n\r\n", 400, "bad_request"),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "status", "code"), VERSIONS, ids=[v[0] for v in VERSIONS])
+async def test_http_version_other_than_1x_is_505(env: Env, name: str, raw: bytes, status: int, code: str) -> None:
+    resp, closed = await talk(env.p.port, raw.replace(b"{u}", env.u.encode()))
+    assert status_of(resp) == status, f"{name}: {resp[:300]!r}"
+    assert error_code(resp) == code
+    assert closed and b"connection: close" in head_and_body(resp)[0].lower()
+    assert env.up.seen == []
+    await env.still_serving()
+    env.no_internal_errors()
+
+
+# -- allow lists and path prefixes: what a Tomcat or Spring upstream reads --------
+
+# Under `paths: [/v1/]` each of these would reach something outside /v1 on a server
+# that cuts `;` parameters before removing dot segments, or is an encoded `/`, `.` or `\`.
+TRAVERSALS = [
+    "/v1/..;/admin",
+    "/v1/..;x=1/admin",
+    "/v1/..;/",
+    "/v1/..;",
+    "/v1/.;/x",
+    "/v1/.;x=1/x",
+    "/v1/x/..;/..;/admin",
+    "/v1//..;/admin",
+    "/v1/..;;/admin",
+    "/v1/%2e%2e;/admin",
+    "/v1/%2E%2E;/admin",
+    "/v1/%2e.;/admin",
+    "/v1/.%2E;/admin",
+    "/v1/..%3b/admin",
+    "/v1/..%3B/admin",
+    "/v1/..%3bx=1/admin",
+    "/v1/.%3b/x",
+    "/v1/;/../admin",
+    "/v1/;x=1/../admin",
+    "/v1/%3b/../admin",
+    "/v1/%2e%2e/v2/x",
+    "/v1/%2E%2E/admin",
+    "/v1/%2fadmin",
+    "/v1%2F..%2Fadmin",
+    "/v1/..%5cadmin",
+]
+# Parameters that change no segment, and `..;` in the query: forwarded as sent.
+PARAMETERS_PASS = [
+    "/v1/items;jsessionid=1",
+    "/v1/items%3bjsessionid=1",
+    "/v1/a;b=c/items",
+    "/v1/;jsessionid=1",
+    "/v1/...;/x",
+    "/v1/x?next=/v1/..;/admin",
+]
+
+
+@pytest.fixture
+async def ruled(make_proxy, upstream, secret_env) -> Env:
+    """Plain and gateway routes whose credential may only GET or HEAD under /v1/."""
+    secret_env("HOSTILE_KEY", KEY)
+    u = upstream.authority
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: ro
+            match: {u}
+            auth: {{type: api_key, header: X-Key, value: "${{HOSTILE_KEY}}"}}
+            allow: [{{methods: [GET, HEAD], paths: [/v1/]}}]
+          - name: gw
+            gateway: /gw
+            upstream: http://{u}/v1
+            auth: {{type: api_key, header: X-Key, value: "${{HOSTILE_KEY}}"}}
+            allow: [{{methods: [GET, HEAD], paths: [/v1/]}}]
+          - name: open
+            gateway: /open
+            upstream: http://{u}
+            auth: {{type: api_key, header: X-Key, value: "${{HOSTILE_KEY}}"}}
+        """
+    )
+    p.secrets.add(KEY)
+    return Env(p, upstream)
+
+
+def _get(target: str, u: str, extra: str = "") -> bytes:
+    return f"GET {target} HTTP/1.1\r\nHost: {u}\r\n{extra}Connection: close\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+@pytest.mark.parametrize("mode", ["plain", "gateway"])
+async def test_path_servers_read_otherwise_is_400_under_an_allow_rule(ruled: Env, mode: str, path: str) -> None:
+    target = f"http://{ruled.u}{path}" if mode == "plain" else "/gw" + path.removeprefix("/v1")
+    resp, closed = await talk(ruled.p.port, _get(target, ruled.u))
+    assert status_of(resp) == 400, f"{target}: {resp[:300]!r}"
+    assert error_code(resp) == "bad_request" and closed
+    assert ruled.up.seen == [], f"{target} reached the upstream with the credential"
+    ruled.p.bodies.append(head_and_body(resp)[1].decode("latin-1"))
+
+
+@pytest.mark.parametrize("path", PARAMETERS_PASS)
+@pytest.mark.parametrize("mode", ["plain", "gateway"])
+async def test_other_path_parameters_pass_an_allow_rule(ruled: Env, mode: str, path: str) -> None:
+    target = f"http://{ruled.u}{path}" if mode == "plain" else "/gw" + path.removeprefix("/v1")
+    resp, _ = await talk(ruled.p.port, _get(target, ruled.u))
+    assert status_of(resp) == 200, f"{target}: {resp[:300]!r}"
+    assert [s["raw_path"] for s in ruled.up.seen] == [path]
+
+
+async def test_dot_segments_without_parameters_still_leave_the_allow_list(ruled: Env) -> None:
+    resp, _ = await talk(ruled.p.port, _get(f"http://{ruled.u}/v1/../admin", ruled.u))
+    assert status_of(resp) == 403 and error_code(resp) == "denied"
+    assert ruled.up.seen == []
+
+
+# Each of these asks a GET-only credential for another method in a header the upstream may obey.
+OVERRIDES_REFUSED = [
+    "X-HTTP-Method-Override: DELETE",
+    "X-HTTP-Method: DELETE",
+    "X-Method-Override: DELETE",
+    "x-http-method-override: delete",
+    "X-HTTP-METHOD-OVERRIDE:    DELETE   ",
+    "X-HTTP-Method-Override:\tPATCH",
+    "X-HTTP-Method-Override: POST",
+    "X-HTTP-Method-Override: GET, DELETE",
+    "X-HTTP-Method-Override: DELETE,GET",
+    "X-HTTP-Method-Override: ,DELETE",
+    "X-HTTP-Method-Override: GET\r\nX-HTTP-Method-Override: DELETE",
+    "X-HTTP-Method-Override: GET\r\nX-Method-Override: PUT",
+    "X_HTTP_Method_Override: DELETE",
+    "X-HTTP-Method-Override: DEL ETE",
+    # The path, where IIS URL Rewrite and older Symfony take it from a header.
+    "X-Original-URL: /admin",
+    "X-Rewrite-URL: /admin?x=1",
+    "x_original_url: /v2/x",
+    "X-Original-URL: http://elsewhere.example/admin",
+    "X-Original-URL: /v1/x\r\nX-Original-URL: /admin",
+    "X-Original-URL: /v1/x\r\nX-HTTP-Method-Override: DELETE",
+]
+OVERRIDES_PASS = [
+    "X-HTTP-Method-Override: GET",
+    "X-HTTP-Method-Override: head",
+    "X-HTTP-Method: GET, HEAD",
+    "X-HTTP-Method-Override:",
+    "X-Not-A-Method-Override: DELETE",
+    "X-Original-URL: /v1/other?q=..;",
+    "X-Rewrite-URL: /v1/y\r\nX-HTTP-Method-Override: HEAD",
+]
+
+
+@pytest.mark.parametrize("header", OVERRIDES_REFUSED)
+@pytest.mark.parametrize("mode", ["plain", "gateway"])
+async def test_method_override_outside_the_allow_list_is_403(ruled: Env, mode: str, header: str) -> None:
+    target = f"http://{ruled.u}/v1/x" if mode == "plain" else "/gw/x"
+    resp, _ = await talk(ruled.p.port, _get(target, ruled.u, header + "\r\n"))
+    assert status_of(resp) == 403, f"{header!r}: {resp[:300]!r}"
+    assert error_code(resp) == "denied"
+    detail = json.loads(head_and_body(resp)[1])["detail"].lower()
+    assert any(h in detail for h in ("override", "x-http-method", "url")), detail  # it names the header
+    assert ruled.up.seen == [], f"{header!r} reached the upstream with the credential"
+
+
+@pytest.mark.parametrize("header", OVERRIDES_PASS)
+async def test_method_override_inside_the_allow_list_passes(ruled: Env, header: str) -> None:
+    resp, _ = await talk(ruled.p.port, _get(f"http://{ruled.u}/v1/x", ruled.u, header + "\r\n"))
+    assert status_of(resp) == 200, f"{header!r}: {resp[:300]!r}"
+    assert len(ruled.up.seen) == 1
+
+
+async def test_path_header_no_rule_can_judge_is_400(ruled: Env) -> None:
+    extra = "X-Original-URL: /v1/..;/admin\r\n"
+    resp, _ = await talk(ruled.p.port, _get(f"http://{ruled.u}/v1/x", ruled.u, extra))
+    assert status_of(resp) == 400 and error_code(resp) == "bad_request"
+    assert ruled.up.seen == []
+
+
+async def test_method_override_without_an_allow_list_is_forwarded(ruled: Env) -> None:
+    resp, _ = await talk(ruled.p.port, _get("/open/x", ruled.u, "X-HTTP-Method-Override: DELETE\r\n"))
+    assert status_of(resp) == 200
+    assert [v for k, v in ruled.up.seen[0]["headers"] if k.lower() == "x-http-method-override"] == ["DELETE"]
+
+
+async def test_path_and_override_rules_hold_inside_an_intercepted_connect(make_proxy, tls_upstream, secret_env) -> None:
+    """The same judgement on a prefix route with an allow list, reached through interception."""
+    tup, ca_path = tls_upstream
+    secret_env("HOSTILE_KEY", KEY)
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: secure
+            match: {tup.authority}/v1
+            ca_file: {ca_path}
+            auth: {{type: api_key, header: X-Key, value: "${{HOSTILE_KEY}}"}}
+            allow: [{{methods: [GET, HEAD], paths: [/v1/]}}]
+        """
+    )
+    p.secrets.add(KEY)
+    ca = p.runtime.ca
+    assert ca is not None
+    ctx = ssl.create_default_context(cafile=str(ca.files.cert))
+
+    async def inside(data: bytes) -> bytes:
+        reader, writer = await _connected(p, tup.authority)
+        try:
+            await writer.start_tls(ctx, server_hostname="127.0.0.1")
+            writer.write(data)
+            await writer.drain()
+            resp, _ = await _read_until_close(reader, 5)
+            return resp
+        finally:
+            writer.transport.abort()
+
+    for path in TRAVERSALS:
+        resp = await inside(_get(path, tup.authority))
+        assert status_of(resp) == 400, f"{path}: {resp[:300]!r}"
+    for header in OVERRIDES_REFUSED:
+        resp = await inside(_get("/v1/x", tup.authority, header + "\r\n"))
+        assert status_of(resp) == 403, f"{header!r}: {resp[:300]!r}"
+    resp = await inside(b"GET /v1/x HTTP/2.0\r\nHost: %s\r\n\r\n" % tup.authority.encode())
+    assert status_of(resp) == 505 and error_code(resp) == "http_version_not_supported"
+    assert tup.seen == [], f"the upstream saw {[s['raw_path'] for s in tup.seen]}"
+    resp = await inside(_get("/v1/items;jsessionid=1", tup.authority, "X-HTTP-Method-Override: HEAD\r\n"))
+    assert status_of(resp) == 200
+    assert [s["raw_path"] for s in tup.seen] == ["/v1/items;jsessionid=1"]
+
+
+# -- one client cannot lock the others out ---------------------------------------
+
+
+async def _silent(port: int, local: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+
+
+async def _held_by(p: Proxy, addr: str, n: int) -> None:
+    for _ in range(100):
+        if p.server.per_client.get(addr, 0) == n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the proxy counts {p.server.per_client.get(addr)} connections from {addr}, not {n}")
+
+
+async def test_one_address_is_held_to_its_connection_limit(make_proxy, upstream, secret_env) -> None:
+    e = await _start(
+        make_proxy,
+        upstream,
+        secret_env,
+        "limits: {max_connections_per_client: 5}\n        timeouts: {client_header: 30}",
+    )
+    silent = [await _silent(e.p.port) for _ in range(5)]
+    try:
+        await _held_by(e.p, "127.0.0.1", 5)
+        resp, closed = await talk(e.p.port, _get(f"http://{e.u}/sixth", e.u))
+        assert status_of(resp) == 503 and error_code(resp) == "too_many_connections", resp[:300]
+        assert closed
+        assert e.up.seen == []
+        assert await e.logged("error=too_many_connections")
+        assert any("127.0.0.1" in line and "max_connections_per_client" in line for line in e.p.lines())
+        # Another address (loopback too, but another client) is served meanwhile.
+        reader, writer = await _silent(e.p.port, "127.0.0.2")
+        writer.write(_get(f"http://{e.u}/other", e.u))
+        resp, _ = await _read_until_close(reader, 5)
+        writer.transport.abort()
+        assert status_of(resp) == 200, resp[:300]
+        assert [s["path"] for s in e.up.seen] == ["/other"]
+        # A slot given back is a slot to use again.
+        silent.pop()[1].transport.abort()
+        await _held_by(e.p, "127.0.0.1", 4)
+        await e.still_serving()
+    finally:
+        for _, w in silent:
+            w.transport.abort()
+    env_ok = Env(e.p, e.up)
+    env_ok.no_internal_errors()
+
+
+async def test_silent_sockets_are_closed_after_client_header_not_idle(make_proxy, upstream, secret_env) -> None:
+    """Sockets that never send a byte hold every slot only for timeouts.client_header."""
+    e = await _start(
+        make_proxy,
+        upstream,
+        secret_env,
+        "limits: {max_connections: 20, max_connections_per_client: 20}\n"
+        "        timeouts: {client_header: 0.5, idle: 30}",
+    )
+    silent = [await _silent(e.p.port) for _ in range(20)]
+    try:
+        results = await asyncio.gather(*(_read_until_close(r, 10) for r, _ in silent))
+    finally:
+        for _, w in silent:
+            w.transport.abort()
+    # Closed well before the idle timeout, quietly: no request came to answer.
+    assert all(closed and resp == b"" for resp, closed in results), results
+    await _held_by(e.p, "127.0.0.1", 0)  # each slot given back
+    await e.still_serving()
+    e.no_internal_errors()
+
+
+async def test_keep_alive_connection_keeps_the_idle_timeout(make_proxy, upstream, secret_env) -> None:
+    e = await _start(make_proxy, upstream, secret_env, "timeouts: {client_header: 0.3, idle: 30}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", e.p.port)
+    try:
+        writer.write(f"GET http://{e.u}/first HTTP/1.1\r\nHost: {e.u}\r\n\r\n".encode())
+        assert status_of(await _one_response(reader)) == 200
+        await asyncio.sleep(1.0)  # past client_header, well within idle
+        writer.write(f"GET http://{e.u}/second HTTP/1.1\r\nHost: {e.u}\r\n\r\n".encode())
+        assert status_of(await _one_response(reader)) == 200
+    finally:
+        writer.transport.abort()
+    assert [s["path"] for s in e.up.seen] == ["/first", "/second"]
+
+
+async def test_silent_client_inside_an_intercepted_connect_is_closed_after_client_header(icpt) -> None:
+    env, tup = icpt  # client_header 3, idle the default 60
+    reader, writer = await _connected(env.p, tup.authority)
+    ca = env.p.runtime.ca
+    assert ca is not None
+    await writer.start_tls(ssl.create_default_context(cafile=str(ca.files.cert)), server_hostname="127.0.0.1")
+    resp, closed = await _read_until_close(reader, 10)
+    writer.transport.abort()
+    assert closed and resp == b"", resp[:300]
+    await env.still_serving()
+
+
+# -- proxy passwords bcrypt cannot take ------------------------------------------
+
+
+async def test_proxy_password_over_72_bytes_is_407_and_the_proxy_keeps_serving(
+    make_proxy, upstream, secret_env
+) -> None:
+    import base64
+
+    import bcrypt
+
+    good = "p" * 72  # the longest password bcrypt checks whole
+    e = await _start(
+        make_proxy,
+        upstream,
+        secret_env,
+        f'proxy_auth: {{users: {{alice: "{bcrypt.hashpw(good.encode(), bcrypt.gensalt(4)).decode()}"}}}}',
+    )
+    e.p.secrets.add(good)
+
+    def basic(pw: str) -> str:
+        return "Proxy-Authorization: Basic " + base64.b64encode(f"alice:{pw}".encode()).decode() + "\r\n"
+
+    for pw in ["p" * 100, "p" * 73, good + "x", "é" * 37, "q" * 4096]:
+        resp, _ = await talk(e.p.port, _get(f"http://{e.u}/x", e.u, basic(pw)))
+        assert status_of(resp) == 407, resp[:300]
+        assert error_code(resp) == "proxy_auth_required"
+        assert b"proxy-authenticate: basic" in head_and_body(resp)[0].lower()
+    resp, _ = await talk(e.p.port, _get(f"http://{e.u}/x", e.u, basic("p" * 71 + "q")))
+    assert status_of(resp) == 407
+    assert e.up.seen == []
+    resp, _ = await talk(e.p.port, _get(f"http://{e.u}/ok", e.u, basic(good)))
+    assert status_of(resp) == 200
+    e.no_internal_errors()

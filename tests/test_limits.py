@@ -120,3 +120,40 @@ async def test_connect_timeout_to_an_unroutable_upstream_is_504_or_502(make_prox
     for s in fillers:
         s.close()
     lsock.close()
+
+
+async def test_an_ipv4_mapped_client_counts_as_its_ipv4_address(make_proxy, upstream) -> None:
+    """A dual-stack socket (handed over by a service manager, say) shows 127.0.0.1 as ::ffff:127.0.0.1."""
+    import socket
+
+    p = await _proxy(make_proxy, upstream, "limits: {max_connections_per_client: 1}")
+    _held_reader, held_writer = await asyncio.open_connection("127.0.0.1", p.port)  # 127.0.0.1's one slot
+    dual = socket.socket(socket.AF_INET6)
+    dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dual.bind(("::", 0))
+    dual.listen()
+    dual.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(100):
+            if p.server.per_client.get("127.0.0.1") == 1:
+                break
+            await asyncio.sleep(0.02)
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", dual.getsockname()[1]))
+        accepted, peer = await loop.sock_accept(dual)
+        assert peer[0] == "::ffff:127.0.0.1"
+        accepted.setblocking(False)
+        await p.server._adopt(accepted)  # as the accept loop hands over a connection
+        await loop.sock_sendall(client, f"GET {upstream.url}/x HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        out = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(client, 65536), 5):
+            out += chunk
+        client.close()
+        assert _status(out) == 503 and _code(out) == "too_many_connections", out[:300]
+        assert upstream.seen == []
+    finally:
+        dual.close()
+        held_writer.close()
+    assert any("status=503" in line and "error=too_many_connections" in line for line in p.access_lines())

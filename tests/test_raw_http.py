@@ -263,7 +263,8 @@ async def test_client_vanishing_mid_body_leaves_proxy_serving(make_proxy, upstre
 
 
 async def test_connection_limit_gives_503(make_proxy, upstream) -> None:
-    p = await _proxy(make_proxy, upstream, "limits: {max_connections: 2}")
+    # Every client here is 127.0.0.1: the per-client limit (half of max_connections unless set) is lifted.
+    p = await _proxy(make_proxy, upstream, "limits: {max_connections: 2, max_connections_per_client: 2}")
     held = [await _open(p) for _ in range(2)]
     for _, w in held:
         w.write(f"GET {upstream.url}/h HTTP/1.1\r\nHost: a\r\n\r\n".encode())

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import httpx
+import pytest
 import requests
 
 from tests.support.oauth_server import OAuthServer
@@ -309,3 +310,80 @@ async def test_login_times_out_clearly(tmp_path: Path, upstream: Upstream, oauth
     )
     assert out.returncode == 1
     assert "nobody completed the login within 1 s" in out.stderr
+
+
+# A discovery document that points elsewhere over http:// is what a real server will not
+# produce on demand: a small aiohttp app serves it.
+CLEAR_ENDPOINTS = [
+    ("token endpoint", {"token_endpoint": "http://id.example/token"}),
+    ("authorization endpoint", {"authorization_endpoint": "http://id.example/authorize"}),
+    ("token endpoint", {"token_endpoint": "http://auth.localhost/token"}),
+]
+
+
+@pytest.mark.parametrize(("what", "override"), CLEAR_ENDPOINTS)
+async def test_login_refuses_discovered_clear_text_endpoints(
+    tmp_path: Path, upstream: Upstream, what: str, override: dict[str, str]
+) -> None:
+    from aiohttp import web
+
+    from authproxy.config import load
+    from authproxy.login import LoginError, login
+    from authproxy.store import StateStore
+
+    async def metadata(request: web.Request) -> web.Response:
+        base = f"http://{request.host}"
+        doc = {
+            "issuer": base,
+            "authorization_endpoint": f"{base}/authorize",
+            "token_endpoint": f"{base}/token",
+            "code_challenge_methods_supported": ["S256"],
+            **override,
+        }
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/.well-known/oauth-authorization-server", metadata)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    said: list[str] = []
+    try:
+        path = tmp_path / "routes.yaml"
+        path.write_text(
+            f"state_dir: {tmp_path / 'state'}\nroutes:\n  - name: app\n    match: {upstream.authority}\n"
+            f"    auth: {{type: authorization_code, issuer: 'http://127.0.0.1:{port}', client_id: app}}\n"
+        )
+        cfg = load(path)
+        with pytest.raises(LoginError) as info:
+            await login(cfg.routes[0], StateStore(cfg.state_dir), 10, wait=5, open_browser=False, say=said.append)
+    finally:
+        await runner.cleanup()
+    message = str(info.value)
+    assert what in message and "clear text" in message, message
+    assert said == [], "the login went on to ask for a browser"
+
+
+async def test_a_stored_clear_text_token_endpoint_is_not_used(make_proxy, upstream: Upstream) -> None:
+    """A token endpoint stored by an older login is checked before the refresh token goes to it."""
+    from authproxy.store import StateStore
+
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: app
+            match: {upstream.authority}
+            auth: {{type: authorization_code, issuer: https://id.example, client_id: app}}
+        """
+    )
+    StateStore(p.runtime.snapshot.config.state_dir).write(
+        "app", {"refresh_token": "stored-rt-0af3e9", "token_url": "http://id.example/token"}
+    )
+    p.secrets.add("stored-rt-0af3e9")
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/x")
+    assert r.status_code == 502 and r.json()["error"] == "credential_unavailable"
+    assert "clear text" in r.json()["detail"]
+    assert upstream.seen == []

@@ -248,7 +248,10 @@ def test_dot_segments_can_leave_the_prefix_for_a_broader_route(tmp_path: Path) -
     assert m(t, "api.example.com", "/public/../private") == "all"
 
 
-@pytest.mark.parametrize("path", ["/v2%2Fadmin", "/v2/%2e%2e/admin", "/v2/%2E%2E/admin", "/v2\\..\\admin"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v2%2Fadmin", "/v2/%2e%2e/admin", "/v2/%2E%2E/admin", "/v2\\..\\admin", "/v2/..;/admin", "/v2/..%3b/admin"],
+)
 def test_encoded_slash_dot_or_backslash_is_a_bad_request(tmp_path: Path, path: str) -> None:
     t = table(tmp_path, "v2 api.example.com/v2")
     with pytest.raises(BadRequest) as info:
@@ -308,6 +311,8 @@ def test_gateway_encoded_path_is_a_bad_request(tmp_path: Path) -> None:
     t = table(tmp_path, "legacy - /reports")
     with pytest.raises(BadRequest):
         t.gateway("/reports%2F..%2Fadmin")
+    with pytest.raises(BadRequest):
+        t.gateway("/reports/..;/admin")
 
 
 def test_no_gateways_means_none(tmp_path: Path) -> None:
@@ -408,13 +413,40 @@ def test_split_hostport_refuses(bad: str) -> None:
         ("///a", "/a"),
         ("/a/b/", "/a/b/"),
         ("/a%20b", "/a%20b"),
+        ("/v1/items;jsessionid=1", "/v1/items;jsessionid=1"),
+        ("/v1/items%3Bx=1", "/v1/items%3Bx=1"),
+        ("/v1/a;b/../c", "/v1/c"),
+        ("/app/;jsessionid=1", "/app/;jsessionid=1"),
+        ("/v1/...;/x", "/v1/...;/x"),
     ],
 )
 def test_normalize_path(raw: str, want: str) -> None:
     assert normalize_path(raw) == want
 
 
-@pytest.mark.parametrize("bad", ["/a%2Fb", "/a%2fb", "/a/%2E%2E/b", "/%2e", "/a\\b", "/a%5Cb"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/a%2Fb",
+        "/a%2fb",
+        "/a/%2E%2E/b",
+        "/%2e",
+        "/a\\b",
+        "/a%5Cb",
+        # Tomcat and Spring cut `;` parameters before removing dot segments.
+        "/v1/..;/admin",
+        "/v1/..;x=1/admin",
+        "/v1/.;/x",
+        "/v1/..;",
+        "..;/x",
+        "/v1/..%3b/admin",
+        "/v1/..%3B/admin",
+        "/v1/.%3Bx/y",
+        "/v1/;/../admin",
+        "/v1/;x=1/y",
+        "/v1/%3b/y",
+    ],
+)
 def test_normalize_path_refuses(bad: str) -> None:
     with pytest.raises(PathError):
         normalize_path(bad)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..secrets import Value
 from ..yamlreader import Section
 from .base import Credential, GrantContext, register
+from .checks import no_clear_text
 from .oauth import OAuthClient, OAuthClientGrant
 from .refreshing import refresh
 
@@ -38,9 +39,14 @@ class AuthorizationCode(OAuthClientGrant):
             sec.error(None, "give `issuer` (for discovery), or both `authorization_url` and `token_url`")
         if client.client_id is None:
             sec.error(None, "`client_id` is required")
-        for key, val in (("issuer", issuer), ("authorization_url", authorization_url)):
+        for key, val, what in (
+            ("issuer", issuer, "the discovery of its endpoints"),
+            ("authorization_url", authorization_url, "the authorization request"),
+        ):
             if val is not None and not val.missing and not re.match(r"^https?://[^/]", val.text):
                 sec.error(key, "must be an http:// or https:// URL")
+            elif val is not None and not val.missing:
+                no_clear_text(sec, key, val.text, what)
         redirect_path = sec.text("redirect_path", default="/callback") or "/callback"
         if not redirect_path.startswith("/"):
             sec.error("redirect_path", "must start with `/`")

@@ -17,7 +17,6 @@ written anywhere.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from ..errors import CredentialUnavailable, TokenEndpointError
 from ..secrets import Secret
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext, register
+from .checks import no_clear_text
 from .oauth import authorization_value, expiry_of, post_with_retries
 
 if TYPE_CHECKING:
@@ -34,15 +34,6 @@ if TYPE_CHECKING:
 
 # ``..bws`` is imported in the functions that use it, not here: it loads PyJWT and
 # cryptography's ciphers, and the registry imports this module for every config.
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _endpoint(sec: Section, key: str) -> str | None:
@@ -60,8 +51,7 @@ def _endpoint(sec: Section, key: str) -> str | None:
     if parts.query or parts.fragment or parts.username or parts.password:
         sec.error(key, "must not carry a query, fragment or user info")
         return None
-    if parts.scheme == "http" and not _is_loopback(host):
-        sec.error(key, "must be https:// (http:// only for a loopback address): it is sent the access token")
+    if not no_clear_text(sec, key, text, "the access token"):
         return None
     return text.strip().rstrip("/")
 

@@ -23,6 +23,7 @@ from ..errors import TokenEndpointError, TokenEndpointTimeout, one_line
 from ..secrets import Secret, Value
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext
+from .checks import no_clear_text
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -54,6 +55,8 @@ class OAuthClient:
         token_url = sec.value("token_url", required=token_url_required) or Value("", "", ("token_url",))
         if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
             sec.error("token_url", "must be an http:// or https:// URL")
+        elif not token_url.missing:
+            no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
         client_id = sec.value("client_id", required=secret_required)
         client_secret = sec.secret("client_secret", required=secret_required)
         if client_secret is not None and client_id is None:

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import CredentialUnavailable, TokenEndpointError
 from ..secrets import Secret, Value
 from .base import Credential, GrantContext
+from .checks import clear_text, clear_text_reason
 from .oauth import OAuthClient, request_token, scrub
 
 
@@ -67,6 +68,12 @@ async def refresh(
         token_url = client.token_url.reveal() or rec.get("token_url") or ""
         if not token_url:
             raise CredentialUnavailable(no_token_hint, ctx.route)
+        if clear_text(token_url):
+            # Only a stored (discovered) URL can be so: the config's was checked at load time.
+            raise CredentialUnavailable(
+                f"the token endpoint stored at login {clear_text_reason('the refresh token')}.",
+                ctx.route,
+            )
         if not client.token_url.reveal():
             client = dataclasses.replace(client, token_url=Value(token_url, token_url))
         spent = Secret(refresh_token, "(stored refresh token)")
