@@ -9,9 +9,11 @@ connects to). What is denied:
   other addresses) always: a metadata service hands out the host's cloud
   credentials to anyone who asks from it;
 - the ``deny`` list as written, or when none is written and the proxy listens
-  beyond loopback (a shared gateway), ``loopback``, ``private``, ``cgnat``
-  and ``unspecified``: a client of a gateway must not reach the gateway's
-  own services or its network (smokescreen denies all but global unicast).
+  beyond loopback (a shared gateway), ``loopback``, ``private``, ``cgnat``,
+  ``unspecified`` and ``this_host``: a client of a gateway must not reach the
+  gateway's own services or its network (smokescreen denies all but global
+  unicast). ``this_host`` is every address of this host's interfaces, public
+  ones included: a service bound to ``0.0.0.0`` answers on each of them.
 
 An address in ``allow`` is let through whatever denies it, ``link_local``
 included. Names and CIDRs may be used in both lists.
@@ -23,6 +25,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .localaddrs import is_local_address
 from .yamlreader import Section
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,8 +40,10 @@ NAMES: dict[str, tuple[str, ...]] = {
     "unspecified": ("0.0.0.0/8", "::/128"),  # connecting to 0.0.0.0 reaches this host
     "multicast": ("224.0.0.0/4", "ff00::/8"),
 }
+# Not a range: whatever addresses this host's interfaces have now (localaddrs.py asks the kernel).
+THIS_HOST = "this_host"
 ALWAYS = ("link_local",)
-BEYOND_LOOPBACK = ("loopback", "private", "cgnat", "unspecified")
+BEYOND_LOOPBACK = ("loopback", "private", "cgnat", "unspecified", THIS_HOST)
 
 # RFC 6052 NAT64 and RFC 3056 6to4 carry an IPv4 address inside an IPv6 one.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -50,6 +55,12 @@ class Entry:
 
     label: str
     networks: tuple[Network, ...]
+    this_host: bool = False  # also every address of this host
+
+    def holds(self, views: list[IP]) -> bool:
+        if any(v in net for net in self.networks for v in views):
+            return True
+        return self.this_host and is_local_address(views[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,8 @@ class Destinations:
 
 
 def named(name: str) -> Entry:
+    if name == THIS_HOST:
+        return Entry(name, (), this_host=True)
     return Entry(name, tuple(ipaddress.ip_network(n) for n in NAMES[name]))
 
 
@@ -84,13 +97,9 @@ class Policy:
     def denies(self, ip: IP) -> str | None:
         """The label of the entry that denies ``ip`` (IPv4-mapped already undone), or None."""
         views = list(_views(ip))
-        for entry in self.allow:
-            if any(v in net for net in entry.networks for v in views):
-                return None
-        for entry in self.deny:
-            if any(v in net for net in entry.networks for v in views):
-                return entry.label
-        return None
+        if any(entry.holds(views) for entry in self.allow):
+            return None
+        return next((entry.label for entry in self.deny if entry.holds(views)), None)
 
     def describe(self) -> str:
         """``deny A, B; allow C``: what ``check`` prints."""
@@ -134,13 +143,13 @@ def _entries(sec: Section, key: str) -> tuple[Entry, ...] | None:
 
 def _entry(text: str) -> Entry | str:
     """The entry for a name or CIDR, or why it is neither."""
-    if text in NAMES:
+    if text in NAMES or text == THIS_HOST:
         return named(text)
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         if "host bits set" in str(exc):
             return f"`{text}` has host bits set; the network is {ipaddress.ip_network(text, strict=False)}"
-        names = ", ".join(NAMES)
+        names = ", ".join([*NAMES, THIS_HOST])
         return f"`{text}` is neither a name ({names}) nor a CIDR such as 10.0.0.0/8 or fd00::/8"
     return Entry(net.compressed, (net,))

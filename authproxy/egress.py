@@ -55,6 +55,17 @@ class Guard(enum.Enum):
     LOOPBACK = "loopback"  # a credential in clear text: loopback addresses only
 
 
+class Rule:
+    """A guard as it judges now. The pool keys its connections by it, so a connection made
+    under a ``destinations`` policy that a reload has since changed is not lent to the traffic
+    the new policy judges."""
+
+    __slots__ = ("guard",)
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+
 class OwnSockets:
     """The addresses and ports the proxy listens on (its port, its admin listener)."""
 
@@ -88,11 +99,20 @@ class Egress:
         self._given = destinations
         self._beyond_loopback = False
         self.policy = Policy.build(destinations, beyond_loopback=False)
+        self._rules = {g: Rule(g) for g in Guard}
+
+    def rule(self, guard: Guard) -> Rule:
+        return self._rules[guard]
 
     def configure(self, destinations: Destinations | None) -> None:
         """A reload's ``destinations``; the next connection is judged by them."""
         self._given = destinations
-        self.policy = Policy.build(destinations, self._beyond_loopback)
+        self._set_policy(Policy.build(destinations, self._beyond_loopback))
+
+    def _set_policy(self, policy: Policy) -> None:
+        if policy != self.policy:
+            self.policy = policy
+            self._rules[Guard.UNMATCHED] = Rule(Guard.UNMATCHED)
 
     def listening(self, ip: str, port: int, *, proxy: bool = True) -> None:
         """One of our sockets is bound to ``ip:port``. A proxy port beyond loopback makes this a shared
@@ -101,7 +121,7 @@ class Egress:
         self.own.add(addr, port)
         if proxy and not addr.is_loopback and not self._beyond_loopback:
             self._beyond_loopback = True
-            self.policy = Policy.build(self._given, beyond_loopback=True)
+            self._set_policy(Policy.build(self._given, beyond_loopback=True))
 
     async def listening_on(self, host: str, port: int, *, proxy: bool = True) -> None:
         """Every address a listener on ``host`` is bound to (resolved as ``create_server`` does)."""

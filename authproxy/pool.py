@@ -59,7 +59,7 @@ class Pool:
         """
         m = method.encode("ascii")
         head = serialize_request(m, target, headers, body, length)
-        key = (dest.scheme, dest.host, dest.port, sslctx, guard)
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
         conn = self._take(key)
         is_head = m == b"HEAD"
         if conn is not None:
@@ -145,7 +145,7 @@ class Pool:
         try:
             async with asyncio.timeout(budget):
                 _, conn = await self._egress.connect(
-                    dest.host, dest.port, factory, key[4], sslctx=sslctx, handshake_timeout=handshake
+                    dest.host, dest.port, factory, key[4].guard, sslctx=sslctx, handshake_timeout=handshake
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {authority} took longer than {self._connect_timeout:g} s.") from None
