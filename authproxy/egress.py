@@ -126,7 +126,7 @@ class Egress:
     async def listening_on(self, host: str, port: int, *, proxy: bool = True) -> None:
         """Every address a listener on ``host`` is bound to (resolved as ``create_server`` does)."""
         for ip in await _addresses(host, port, passive=True):
-            self.listening(ip.compressed, port, proxy=proxy)
+            self.listening(str(ip), port, proxy=proxy)
 
     async def connect(
         self,
