@@ -16,6 +16,7 @@ from . import __version__, accesslog
 from .access import hash_password
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
+from .destinations import Policy
 from .envvars import DEFAULT_NO_PROXY, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
@@ -162,6 +163,16 @@ def cmd_check(path: str, strict: bool) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
+    # On stderr, so that stdout stays one line per route.
+    beyond = not is_loopback(cfg.listen_host)
+    policy = Policy.build(cfg.destinations, beyond_loopback=beyond)
+    given = cfg.destinations is not None and cfg.destinations.deny is not None
+    why = (
+        "destinations.deny as written; link_local is always denied"
+        if given
+        else f"the defaults for listening on {cfg.listen}, {'beyond' if beyond else 'on'} loopback"
+    )
+    print(f"destinations for unmatched traffic: {policy.describe()} ({why}).", file=sys.stderr)
     return 2 if strict and cfg.warnings else 0
 
 

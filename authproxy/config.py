@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
+from .destinations import Destinations, parse_destinations
 from .grants import LATER, REGISTRY, Grant
 from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
@@ -136,6 +137,7 @@ class Config:
     warnings: tuple[Problem, ...] = field(default=())
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
+    destinations: Destinations | None = None  # None: the defaults (destinations.py)
 
     @property
     def listen(self) -> str:
@@ -235,6 +237,7 @@ def _parse(top: Section, file: Path) -> Config:
         for user in proxy_auth.users:
             for name in sorted((user.routes or frozenset()) - known):
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
+    destinations = parse_destinations(top)
     top.finish()
     return Config(
         file=file,
@@ -254,6 +257,7 @@ def _parse(top: Section, file: Path) -> Config:
         warnings=tuple(top.problems.warnings),
         admin_token=admin_token,
         admin_hosts=admin_hosts,
+        destinations=destinations,
     )
 
 

@@ -14,6 +14,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from .accesslog import AccessRecord
+from .egress import Guard
 from .errors import BadRequest, Denied, NotImplementedByProxy, UpstreamError, UpstreamTimeout
 from .h1request import connect_target
 from .h1response import informational
@@ -66,7 +67,9 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
         raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
     t = snap.config.timeouts
     try:
-        up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), t.connect)
+        # Judged by address (a loop to ourselves, the `destinations` policy) before the 200: the client's
+        # bytes sent ahead of it would otherwise go into a tunnel we should never have opened.
+        up_reader, up_writer = await asyncio.wait_for(conn.rt.egress.open(host, port, Guard.UNMATCHED), t.connect)
     except TimeoutError:
         raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
     except OSError as exc:

@@ -4,9 +4,11 @@ The tree::
 
     ProxyError                      (500 internal_error)
     ├── BadRequest                  400 bad_request
+    │   └── ProxyLoop               400 proxy_loop
     ├── AdminTokenRequired          401 admin_token_required
     │   └── AdminTokenInvalid       401 admin_token_invalid
     ├── Denied                      403 denied
+    │   └── DestinationDenied       403 destination_denied
     ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
     │   └── AdminHostRefused        421 admin_host_refused
@@ -55,8 +57,20 @@ class BadRequest(ProxyError):
     status, code = 400, "bad_request"
 
 
+class ProxyLoop(BadRequest):
+    """The destination is the proxy itself: by the address it resolves to, or by our own ``Via`` entry."""
+
+    status, code = 400, "proxy_loop"
+
+
 class Denied(ProxyError):
     status, code = 403, "denied"
+
+
+class DestinationDenied(Denied):
+    """Unmatched traffic to an address the ``destinations`` policy denies."""
+
+    status, code = 403, "destination_denied"
 
 
 class ProxyAuthRequired(ProxyError):

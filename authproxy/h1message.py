@@ -18,6 +18,7 @@ from urllib.parse import quote
 from .errors import ProxyError, UpstreamError
 
 if TYPE_CHECKING:
+    from .egress import Rule
     from .h1client import H1Connection
 
 # Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
@@ -33,7 +34,8 @@ class NoAnswer(UpstreamError):
 
 
 Body = bytes | AsyncIterator[bytes] | None
-Key = tuple[str, str, int, ssl.SSLContext | None]  # scheme, host, port, TLS context (by identity)
+# Scheme, host, port, TLS context (by identity), and the rule the connection's address was judged by.
+Key = tuple[str, str, int, ssl.SSLContext | None, "Rule"]
 
 
 class Response:

@@ -64,12 +64,21 @@ def parse_port(text: str) -> int:
 
 @lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """A loopback IP literal (IPv4-mapped ones too), or the name ``localhost`` itself.
+
+    Not ``*.localhost``: RFC 6761 §6.3 asks resolvers to answer those with
+    loopback, but nothing makes them, so a decision of trust that needs to know
+    where a ``.localhost`` name leads asks the address connected to (egress.py).
+    """
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 def format_authority(host: str, port: int) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 from .access import check_allowed, check_user_route
 from .accesslog import AccessRecord
 from .config import Route
+from .egress import Guard, Via, is_ip_literal
 from .errors import BadRequest, Denied, MisdirectedRequest, ProxyError
 from .grants import Credential
 from .h1message import Response
@@ -29,9 +30,10 @@ from .upgrade import is_upgrade, open_upgrade
 from .upstream import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
-# is), Host is rebuilt for the destination, Expect was answered by us.
+# is), Host is rebuilt for the destination, Expect was answered by us. Via is
+# kept, but looked at on the way (``without_hop_by_hop``): ours in it is a loop.
 _REBUILT = frozenset({b"host", b"content-length", b"expect"})
-_DROPPED = HOP_BY_HOP | _REBUILT
+_DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -43,6 +45,7 @@ class Target:
     dest: Origin  # where the request is sent
     path: str  # origin-form path and query sent upstream
     host_header: str
+    guard: Guard = Guard.ROUTE  # what a new connection's address is judged by (egress.py)
 
 
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
@@ -80,14 +83,23 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
 
 async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
     """One round trip upstream: a pooled HTTP/1.1 request, or an upgrade on its own connection."""
-    headers = outbound_headers(req.headers, target.host_header, cred)
+    headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
         t = rt.snapshot.config.timeouts
         sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
         return await open_upgrade(
-            dest, req.method, _with_query(target.path, cred), headers, upgrade, sslctx, t.connect, t.upstream_headers
+            rt.egress,
+            target.guard,
+            dest,
+            req.method,
+            _with_query(target.path, cred),
+            headers,
+            upgrade,
+            sslctx,
+            t.connect,
+            t.upstream_headers,
         )
     data, length = _payload(req)
     try:
@@ -115,29 +127,38 @@ def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -
     authority, path = _split_authority(rest)
     origin = _origin(scheme, authority)
     rec.mode, rec.host, rec.path = "plain", origin.authority, path.partition("?")[0]
-    if (
-        rt.bound is not None
-        and origin.port == rt.bound[1]
-        and (origin.host == rt.bound[0] or (is_loopback(origin.host) and is_loopback(rt.bound[0])))
-    ):
-        raise BadRequest("the request is addressed to this proxy itself (a proxy loop).")
+    # A request to this proxy itself is refused where it is dialled, by address (egress.py).
     route = snap.table.match(origin.host, origin.port, origin.default_port, rec.path)
     if route is None:
         if cfg.unmatched == "deny":
             raise Denied(f"{origin.authority} matches no route and `unmatched` is deny.")
-        return Target("plain", None, origin, path, _host_header(origin))
+        return Target("plain", None, origin, path, _host_header(origin), Guard.UNMATCHED)
     rec.route = route.name
     dest = _destination(route, origin)
-    if route.upstream is None and origin.scheme == "http" and not is_loopback(origin.host):
-        # Credentials never travel in clear text unless the route says so.
-        raise Denied(
-            f"route {route.name} would send its credential in clear text; set "
-            "`upstream: https://...` (or `upstream: http://...` to allow it).",
-            route.name,
-        )
+    guard = Guard.ROUTE
+    if route.upstream is None and origin.scheme == "http":
+        guard = _clear_text_guard(route, origin.host)
     if not route.verify:
         rec.note = "unverified-tls"
-    return Target("plain", route, dest, path, _host_header(dest))
+    return Target("plain", route, dest, path, _host_header(dest), guard)
+
+
+def _clear_text_guard(route: Route, host: str) -> Guard:
+    """Credentials never travel in clear text unless the route says so, but to this host itself.
+
+    A loopback IP literal passes now; a ``localhost`` name only if the
+    address it is connected to is loopback (its spelling proves nothing);
+    anything else is refused before a credential is fetched.
+    """
+    if is_ip_literal(host) and is_loopback(host):
+        return Guard.ROUTE
+    if host == "localhost" or host.endswith(".localhost"):
+        return Guard.LOOPBACK
+    raise Denied(
+        f"route {route.name} would send its credential in clear text; set "
+        "`upstream: https://...` (or `upstream: http://...` to allow it).",
+        route.name,
+    )
 
 
 def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
@@ -163,7 +184,7 @@ def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     if route is None:
         if snap.config.unmatched == "deny":
             raise Denied(f"{tun.authority}{rec.path[:100]} matches no route and `unmatched` is deny.")
-        return Target("intercept", None, tun, path, _host_header(tun))
+        return Target("intercept", None, tun, path, _host_header(tun), Guard.UNMATCHED)
     rec.route = route.name
     dest = _destination(route, tun)
     if not route.verify:
@@ -245,10 +266,13 @@ def _host_header(o: Origin) -> str:
     return format_host(o.host, o.port, o.default_port)
 
 
-def outbound_headers(raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None) -> list[tuple[bytes, bytes]]:
-    """Client headers minus hop-by-hop ones, with the credential injected (never twice)."""
+def outbound_headers(
+    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via
+) -> list[tuple[bytes, bytes]]:
+    """Client headers minus hop-by-hop ones, our Via after the client's (RFC 9110 §7.6.3), and the
+    credential injected (never twice). A Via that already names us is a loop (ProxyLoop)."""
     drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
-    out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop)]
+    out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop, via.check), via.header]
     if cred is not None:
         out += cred.wire
     return out
@@ -300,6 +324,7 @@ async def send(
         data,
         length,
         rt.snapshot.config.timeouts.upstream_headers,
+        target.guard,
     )
 
 

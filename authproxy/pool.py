@@ -17,6 +17,7 @@ import asyncio
 import ssl
 
 from .config import Timeouts
+from .egress import Egress, Guard
 from .errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
 from .h1client import H1Connection
 from .h1message import Body, Key, NoAnswer, Response, serialize_request
@@ -27,7 +28,8 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE
 
 
 class Pool:
-    def __init__(self, timeouts: Timeouts, max_head: int) -> None:
+    def __init__(self, timeouts: Timeouts, max_head: int, egress: Egress | None = None) -> None:
+        self._egress = egress if egress is not None else Egress()
         self._connect_timeout = timeouts.connect
         self._handshake_timeout = timeouts.tls_handshake
         self._idle_timeout = timeouts.idle
@@ -47,15 +49,17 @@ class Pool:
         body: Body,
         length: int | None,
         head_timeout: float,
+        guard: Guard = Guard.ROUTE,
     ) -> Response:
         """Send a request and return its response once the head is in.
 
         ``headers`` must not frame the body: Content-Length (``length`` for a
-        streamed body) or chunked Transfer-Encoding is added here.
+        streamed body) or chunked Transfer-Encoding is added here. ``guard``:
+        what a new connection's address is judged by (egress.py).
         """
         m = method.encode("ascii")
         head = serialize_request(m, target, headers, body, length)
-        key = (dest.scheme, dest.host, dest.port, sslctx)
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
         conn = self._take(key)
         is_head = m == b"HEAD"
         if conn is not None:
@@ -130,7 +134,7 @@ class Pool:
             self._sweeper = loop.call_at(due, self._sweep)
 
     async def _connect(self, key: Key, dest: Origin, sslctx: ssl.SSLContext | None) -> H1Connection:
-        loop = asyncio.get_running_loop()
+        """A new connection, made by the one dial that judges addresses (loop check, destination policy)."""
         authority = dest.authority
 
         def factory() -> H1Connection:
@@ -140,13 +144,8 @@ class Pool:
         budget = self._connect_timeout + (handshake or 0.0)
         try:
             async with asyncio.timeout(budget):
-                _, conn = await loop.create_connection(
-                    factory,
-                    dest.host,
-                    dest.port,
-                    ssl=sslctx,
-                    server_hostname=dest.host if sslctx is not None else None,
-                    ssl_handshake_timeout=handshake,
+                _, conn = await self._egress.connect(
+                    dest.host, dest.port, factory, key[4].guard, sslctx=sslctx, handshake_timeout=handshake
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {authority} took longer than {self._connect_timeout:g} s.") from None

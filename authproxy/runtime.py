@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .access import Authenticator
 from .ca import LocalCA, ensure_ca
 from .config import Config
+from .egress import Egress, Via
 from .metrics import Metrics
 from .routes import RouteTable
 from .store import StateStore
@@ -41,11 +42,14 @@ class Snapshot:
 
 
 class Runtime:
-    def __init__(self, config: Config, worker: bool = False) -> None:
+    def __init__(self, config: Config, worker: bool = False, pseudonym: str | None = None) -> None:
         """``worker``: one of several processes (``run --workers``): tokens are
-        shared through the state store, metrics through the multiprocess files."""
+        shared through the state store, metrics through the multiprocess files.
+        ``pseudonym``: this proxy's name in ``Via`` (a worker's is its supervisor's), else a new one."""
         self.snapshot = Snapshot.of(config)
-        self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file)
+        self.egress = Egress(config.destinations)
+        self.via = Via(pseudonym)
+        self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file, self.egress)
         self._token_session = TokenSession(config.timeouts)
         self._token_session.prepare(config.routes)
         self.store = StateStore(config.state_dir)
@@ -54,11 +58,23 @@ class Runtime:
         self.tokens = TokenManager(
             self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
         )
-        self.bound: tuple[str, int] | None = None  # the address actually listened on
+        self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()
         self.reloads: deque[ReloadEvent] = deque(maxlen=20)
         self.ready = False  # listening, CA loaded: what /readyz reports
+
+    @property
+    def bound(self) -> tuple[str, int] | None:
+        """The address actually listened on (its first socket's)."""
+        return self._bound
+
+    @bound.setter
+    def bound(self, value: tuple[str, int] | None) -> None:
+        # Whoever starts listening says so here; the loop check learns it at once.
+        self._bound = value
+        if value is not None:
+            self.egress.listening(*value)
 
     def enable_interception(self) -> LocalCA:
         """Load (or make, on first use) the CA that signs intercepted hosts' leaves."""
@@ -85,6 +101,7 @@ class Runtime:
         self.tokens.retain(routes)
         self._token_session.prepare(routes)
         self.snapshot = Snapshot.of(config)
+        self.egress.configure(config.destinations)
         self.metrics.routes.set(len(config.routes))
         restart = [
             key

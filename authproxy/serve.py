@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from .ca import CAError
 from .config import Config
-from .hosts import format_authority
+from .egress import ADMIN_ENV, PSEUDONYM_ENV
+from .hosts import format_authority, parse_port
 from .listener import ProxyServer
 from .reload import Reloader
 from .runtime import Runtime
@@ -27,7 +29,11 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     """Serve until SIGTERM/SIGINT, then drain; the exit code. ``link``: this process is
     a worker of ``run --workers``, and its supervisor says "listening" and runs the
     admin listener."""
-    rt = Runtime(cfg, worker=link is not None)
+    # A worker's Via pseudonym and admin address are its supervisor's (supervisor.py passes them);
+    # taken out of the environment, so that nothing this process starts inherits them.
+    pseudonym = os.environ.pop(PSEUDONYM_ENV, None) if link is not None else None
+    fleet_admin = os.environ.pop(ADMIN_ENV, None) if link is not None else None
+    rt = Runtime(cfg, worker=link is not None, pseudonym=pseudonym)
     try:
         rt.enable_interception()
     except CAError:
@@ -57,6 +63,11 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     watcher = asyncio.create_task(reloader.watch())
     try:
         bound = await server.start(host, port)
+        # Every address the port is bound to (a name may stand for several): the loop check's to know.
+        await rt.egress.listening_on(host, bound[1])
+        if fleet_admin:
+            admin_host, _, admin_port = fleet_admin.rpartition(" ")
+            await rt.egress.listening_on(admin_host, parse_port(admin_port), proxy=False)
     except OSError:
         await rt.close()
         raise
@@ -65,6 +76,7 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
         log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
         if cfg.admin is not None:
             admin = await start_admin(rt, *cfg.admin)
+            await rt.egress.listening_on(admin.host, admin.port, proxy=False)
             log.info("admin listener on %s", format_authority(cfg.admin[0], admin.port))
     rt.ready = True
     if link is not None:

@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from .ca import LocalCA, ensure_ca
 from .config import Config
+from .egress import ADMIN_ENV, PSEUDONYM_ENV, Via
 from .fleet import Channel, MetricsDir, reserve
 from .hosts import format_authority, normalize_host
 from .worker import pin
@@ -116,7 +117,11 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._failed: tuple[str | None, int] | None = None  # why the proxy could not start, and its exit code
-        self._env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics.path)}
+        # One Via pseudonym for the whole proxy: a request that went through one worker and comes
+        # back to another is the loop it is.
+        via = Via()
+        self._env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics.path), PSEUDONYM_ENV: via.pseudonym}
+        self._env.pop(ADMIN_ENV, None)
         self.registry = CollectorRegistry(auto_describe=True)
         MultiProcessCollector(self.registry, path=str(metrics.path))  # type: ignore[no-untyped-call]
         Gauge("authproxy_workers", "Worker processes accepting connections now.", registry=self.registry).set_function(
@@ -263,6 +268,13 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._hup)
+        # The admin listener first: its address (a port 0 is known only once bound) goes to every
+        # worker, which refuses it as a destination as it refuses the proxy port.
+        admin = await self._start_admin()
+        if self._failed is not None:
+            return self._failed[1]
+        if admin is not None:
+            self._env[ADMIN_ENV] = f"{admin.host} {admin.port}"
         slots = [asyncio.create_task(self._keep(w)) for w in self.workers]
         for t in slots:
             t.add_done_callback(self._slot_ended)
@@ -271,12 +283,10 @@ class Supervisor:
         first: list[asyncio.Future[Any]] = [all_ready, stopped]
         await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         all_ready.cancel()
-        admin = None
         if not self._stop.is_set():
             self.accepting = True
             routes, n = len(self.cfg.routes), len(self.workers)
             log.info("listening on %s with %d routes from %s (%d workers)", self.listen, routes, self.cfg.file, n)
-            admin = await self._start_admin()
         await stopped
         code = await self._finish(slots)
         if admin is not None:

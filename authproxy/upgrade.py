@@ -9,12 +9,12 @@ anything else the answer is relayed like any response.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 
 import h11
 
+from .egress import Egress, Guard
 from .errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
 from .messages import Origin, Reply, Upgraded
 from .upstream import filter_response_headers
@@ -36,6 +36,8 @@ def is_upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 async def open_upgrade(
+    egress: Egress,
+    guard: Guard,
     dest: Origin,
     method: str,
     path: str,
@@ -45,19 +47,11 @@ async def open_upgrade(
     connect_timeout: float,
     headers_timeout: float,
 ) -> Reply:
-    """Send the upgrade request on a fresh connection; a 101 reply carries ``upgraded``."""
-    server_hostname = None
-    if sslctx is not None:
-        try:
-            ipaddress.ip_address(dest.host)
-        except ValueError:
-            server_hostname = dest.host
+    """Send the upgrade request on a fresh connection (dialled as every upstream connection is,
+    judged by ``guard``); a 101 reply carries ``upgraded``."""
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                dest.host, dest.port, ssl=sslctx, server_hostname=server_hostname, limit=256 * 1024
-            ),
-            connect_timeout,
+            egress.open(dest.host, dest.port, guard, sslctx=sslctx, limit=256 * 1024), connect_timeout
         )
     except TimeoutError:
         raise UpstreamTimeout(f"connecting to {dest.authority} took longer than {connect_timeout:g} s.") from None

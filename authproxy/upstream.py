@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .ca import system_roots
 from .config import Limits, Route, Timeouts
+from .egress import Egress
 from .pool import Pool
 
 if TYPE_CHECKING:
@@ -44,9 +45,15 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def without_hop_by_hop(
-    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = HOP_BY_HOP
+    raw: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes] = HOP_BY_HOP,
+    via: Callable[[bytes], None] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """``raw`` minus the names in ``drop`` and those its Connection header lists, in one pass."""
+    """``raw`` minus the names in ``drop`` and those its Connection header lists, in one pass.
+
+    ``via``: when ``drop`` names ``via``, each Via value is handed to it (it may
+    raise) and kept, so that looking at Via costs the common header nothing.
+    """
     out: list[tuple[bytes, bytes]] = []
     listed: set[bytes] | None = None
     for name, value in raw:
@@ -54,6 +61,9 @@ def without_hop_by_hop(
         if low in drop:
             if low == b"connection":
                 listed = (listed or set()) | connection_tokens([(name, value)])
+            elif low == b"via" and via is not None:
+                via(value)
+                out.append((name, value))
             continue
         out.append((name, value))
     if listed and not listed <= OWN_TOKENS:
@@ -68,13 +78,15 @@ def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[by
 class Upstreams:
     """The connection pool and one SSL context per (ca_file, verify)."""
 
-    def __init__(self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None) -> None:
+    def __init__(
+        self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None, egress: Egress | None = None
+    ) -> None:
         self._timeouts = timeouts
         self._extra_ca = extra_ca_file
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
         # No connection limit of its own: the proxy's max_connections bounds the load.
         # An upstream's head is held to the bound a client's is.
-        self.pool = Pool(timeouts, limits.max_header_bytes)
+        self.pool = Pool(timeouts, limits.max_header_bytes, egress)
 
     def ssl_context(self, route: Route | None) -> ssl.SSLContext:
         """Contexts are built once: creating one reads the CA store from disk."""

@@ -310,6 +310,30 @@ class Section:
                 out.append(res[0])
         return out
 
+    def str_items(self, key: str) -> list[tuple[str, str, int]] | None:
+        """A list of strings, each with its own path (``key[2]``) and line, for judging entries one by one."""
+        node = self._node(key, False)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(key, "must be a list")
+            return None
+        out = []
+        for i, item in enumerate(node.value):
+            path, line = f"{self.sub(key)}[{i}]", line_of(item)
+            if not isinstance(item, yaml.ScalarNode):
+                self.problems.error(path, line, "must be a string")
+                continue
+            res = self._interpolate(key, self.doc.restore(str(item.value)))
+            if res is None:
+                continue
+            text, missing = res
+            if missing:
+                self.problems.error(path, line, missing[0])
+                continue
+            out.append((text, path, line))
+        return out
+
     def str_map(self, key: str) -> dict[str, Value] | None:
         sec = self.section(key)
         if sec is None:

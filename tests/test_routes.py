@@ -475,7 +475,8 @@ def test_prefix_matches(prefix: str, path: str, want: bool) -> None:
     ("host", "want"),
     [
         ("localhost", True),
-        ("api.localhost", True),
+        ("api.localhost", False),
+        ("::ffff:127.0.0.1", True),
         ("127.0.0.1", True),
         ("127.8.9.10", True),
         ("::1", True),
