@@ -238,7 +238,8 @@ async def test_an_intercepted_connect_to_the_proxy_is_a_loop_inside(make_proxy, 
 
 
 async def test_a_hundred_nested_connects_cannot_fill_the_connection_limit(make_proxy, upstream, secret_env) -> None:
-    p = await _proxy(make_proxy, upstream, secret_env, "limits: {max_connections: 20}\n")
+    # Every client here is 127.0.0.1: the per-client limit is lifted to the global one, which is what is tested.
+    p = await _proxy(make_proxy, upstream, secret_env, "limits: {max_connections: 20, max_connections_per_client: 20}\n")
     nested = _connect(f"127.0.0.1:{p.port}") * 100
 
     async def flood() -> bytes:
