@@ -20,6 +20,7 @@ from .grants import LATER, REGISTRY, Grant
 from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from .problems import ConfigError, Problem, Problems
+from .redact import REDACTOR
 from .secrets import Secret
 from .yamlreader import Document, Section
 
@@ -184,6 +185,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = _parse(Section(node, "", doc), p)
     if problems.errors:
         raise ConfigError(problems.items)
+    REDACTOR.learn_config(doc.secrets)  # from now on no output of this process shows them
     return cfg
 
 
