@@ -185,7 +185,8 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = _parse(Section(node, "", doc), p)
     if problems.errors:
         raise ConfigError(problems.items)
-    REDACTOR.learn_config(doc.secrets)  # from now on no output of this process shows them
+    # From now on no output of this process shows them: every secret read, and each grant's own list.
+    REDACTOR.learn_config([*doc.secrets, *(s.reveal() for r in cfg.routes for s in r.auth.secrets())])
     return cfg
 
 

@@ -112,6 +112,8 @@ def _char(c: str) -> str:
     if c in _JSON_SHORT:
         alts.append(r"\\" + re.escape(_JSON_SHORT[c]))
     alts += [re.escape(h) for h in _HTML.get(c, ())]
+    # Escapes before the bare character: `&amp;` must not match as `&` and leave `amp;` behind.
+    alts.sort(key=len, reverse=True)
     return "(?:" + "|".join(alts) + ")"
 
 

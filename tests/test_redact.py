@@ -19,13 +19,17 @@ import html
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authproxy import accesslog, oautherror
+from authproxy.config import load
 from authproxy.redact import MASK, REDACTOR, Redactor, learn_header_values, redact_data
 
 from .support.forms import lower_hex, secret_forms, stable_runs
@@ -253,3 +257,44 @@ def test_oauth_error_description_is_redacted_then_one_short_line() -> None:
     assert "\n" not in text and "\r" not in text and "\t" not in text
     assert len(text) <= len("invalid_client: ") + oautherror.MAX_DESCRIPTION
     assert text.endswith("…")
+
+
+# -- what a load teaches it ---------------------------------------------------------------------------
+
+
+def test_a_load_teaches_every_secret_and_warns_about_short_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RD_CLIENT_SECRET", "rd-client-secret-value")
+    monkeypatch.setenv("RD_CLIENT_ID", "rd-client-id-not-secret")
+    monkeypatch.setenv("RD_HELPER_ARG", "rd-helper-argument-secret")
+    (tmp_path / "key.txt").write_text("rd-file-key-value\n")
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            routes:
+              - name: cc
+                match: a.example
+                auth: {type: client_credentials, token_url: "https://idp.example/t",
+                       client_id: "${RD_CLIENT_ID}", client_secret: "${RD_CLIENT_SECRET}"}
+              - name: file
+                match: b.example
+                auth: {type: api_key, value: "${file:key.txt}"}
+              - name: helper
+                match: c.example
+                auth: {type: command, argv: [get-token, "${RD_HELPER_ARG}"]}
+              - name: short
+                match: d.example
+                auth: {type: basic, username: u, password: "shortpw"}
+            """
+        )
+    )
+    cfg = load(path)
+    known = REDACTOR.known()
+    for value in ("rd-client-secret-value", "rd-file-key-value", "rd-helper-argument-secret", "shortpw"):
+        assert value in known
+    assert "rd-client-id-not-secret" not in known  # a client id is no secret: log lines may name it
+    short = [w for w in cfg.warnings if w.path == "routes[3].auth.password" and "under 8 bytes" in w.message]
+    assert len(short) == 1, cfg.warnings
+    assert "shortpw" not in str(short[0])

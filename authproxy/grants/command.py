@@ -77,11 +77,7 @@ def _read_argv(sec: Section) -> tuple[Value, ...]:
             continue
         text, missing = res
         sec._note_missing("argv", missing)
-        if Value(text, raw).is_literal:
-            out.append(Value(text, raw, missing))
-        else:
-            sec.doc.keep_secret(text)
-            out.append(Secret(text, raw, missing))
+        out.append(Value(text, raw, missing) if Value(text, raw).is_literal else Secret(text, raw, missing))
     if out and not out[0].missing and not out[0].text:
         sec.problems.error(f"{sec.sub('argv')}[0]", sec.line_at("argv"), "the program name is empty")
     return tuple(out)
