@@ -21,7 +21,7 @@ from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from .problems import ConfigError, Problem, Problems
 from .redact import REDACTOR
-from .secrets import Secret
+from .secrets import Secret, secrets_in
 from .yamlreader import Document, Section
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -185,8 +185,8 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = _parse(Section(node, "", doc), p)
     if problems.errors:
         raise ConfigError(problems.items)
-    # From now on no output of this process shows them: every secret read, and each grant's own list.
-    REDACTOR.learn_config([*doc.secrets, *(s.reveal() for r in cfg.routes for s in r.auth.secrets())])
+    # From now on no output of this process shows them: every secret read, and every Secret the config holds.
+    REDACTOR.learn_config([*doc.secrets, *(s.reveal() for s in secrets_in(cfg))])
     return cfg
 
 

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Route
-from .errors import ProxyError
+from .errors import ProxyError, one_line
 from .grants.authorization_code import AuthorizationCode
 from .grants.base import GrantContext
 from .grants.checks import clear_text, clear_text_reason
@@ -88,7 +88,7 @@ def refuse_clear_text(ends: Endpoints) -> None:
     for what, url in (("token endpoint", ends.token), ("authorization endpoint", ends.authorization)):
         if clear_text(url):
             raise LoginError(
-                f"the discovered {what} {scrub(url, [])[:100]} {clear_text_reason('the login')}; refusing it."
+                f"the discovered {what} {one_line(url)[:100]} {clear_text_reason('the login')}; refusing it."
             )
 
 

@@ -268,11 +268,13 @@ def test_a_load_teaches_every_secret_and_warns_about_short_ones(
     monkeypatch.setenv("RD_CLIENT_SECRET", "rd-client-secret-value")
     monkeypatch.setenv("RD_CLIENT_ID", "rd-client-id-not-secret")
     monkeypatch.setenv("RD_HELPER_ARG", "rd-helper-argument-secret")
+    monkeypatch.setenv("RD_ADMIN_TOKEN", "rd-admin-token-0123456789")
     (tmp_path / "key.txt").write_text("rd-file-key-value\n")
     path = tmp_path / "routes.yaml"
     path.write_text(
         textwrap.dedent(
             """
+            admin: {listen: "127.0.0.1:0", token: "${RD_ADMIN_TOKEN}"}
             routes:
               - name: cc
                 match: a.example
@@ -292,7 +294,8 @@ def test_a_load_teaches_every_secret_and_warns_about_short_ones(
     )
     cfg = load(path)
     known = REDACTOR.known()
-    for value in ("rd-client-secret-value", "rd-file-key-value", "rd-helper-argument-secret", "shortpw"):
+    learned = ("rd-client-secret-value", "rd-file-key-value", "rd-helper-argument-secret", "shortpw")
+    for value in (*learned, "rd-admin-token-0123456789"):
         assert value in known
     assert "rd-client-id-not-secret" not in known  # a client id is no secret: log lines may name it
     short = [w for w in cfg.warnings if w.path == "routes[3].auth.password" and "under 8 bytes" in w.message]

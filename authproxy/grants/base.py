@@ -124,7 +124,7 @@ class Grant(ABC):
         """Obtain a credential now (``tokens.py`` decides when)."""
 
     def secrets(self) -> list[Secret]:
-        """Every secret this grant holds: the redactor learns them when the config loads."""
+        """Every secret this grant holds."""
         return []
 
     def sources(self) -> list[tuple[str, str]]:
