@@ -1,7 +1,14 @@
-"""The one log line per request (and per tunnel), text or JSON.
+"""The log: one line per request (and per tunnel), and the proxy's other messages; text or JSON.
 
-Fields are values the proxy chose to record (the path has its query cut off,
-since keys travel there), so no secret can reach this line by construction.
+Access lines are built from fields the proxy chose to record (the path has
+its query cut off, since keys travel there; credentials go only into headers
+and the query), so no secret can reach them by construction, and they skip
+the redactor: it would cost every request a scan per known secret. Every
+other message, at every level, and the text of an exception with its
+traceback, goes through the redactor (``redact.py``) in the formatter, so
+whatever handler writes it (ours, or one a test or an embedding adds with
+these formatters) writes it redacted; ``setup`` routes other libraries'
+warnings (asyncio's "Exception in callback", aiohttp's) through it too.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import select
 import sys
 import time
 from dataclasses import asdict, dataclass
+
+from .redact import redact
 
 log = logging.getLogger("authproxy.access")
 
@@ -70,6 +79,18 @@ def json_line(rec: AccessRecord, ts: str) -> str:
     return json.dumps(data)
 
 
+def _exception_text(fmt: logging.Formatter, record: logging.LogRecord) -> str:
+    """The traceback (and stack) a record carries, as ``logging.Formatter`` would add it; "" for none."""
+    parts = []
+    if record.exc_info:
+        parts.append(fmt.formatException(record.exc_info))
+    elif record.exc_text:
+        parts.append(record.exc_text)
+    if record.stack_info:
+        parts.append(fmt.formatStack(record.stack_info))
+    return "\n".join(parts)
+
+
 class TextFormatter(logging.Formatter):
     # "worker 2: " in front of messages (not access lines) of a worker process,
     # so that an operator can tell which of several processes said what.
@@ -83,7 +104,11 @@ class TextFormatter(logging.Formatter):
         ts = self.clock.stamp(record.created)
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
-            return f"{ts} {record.levelname.lower()} {self.tag}{record.getMessage()}"
+            text = record.getMessage()
+            trace = _exception_text(self, record)
+            if trace:
+                text += "\n" + trace
+            return f"{ts} {record.levelname.lower()} {self.tag}{redact(text)}"
         return text_line(rec, ts)
 
     def access(self, rec: AccessRecord) -> str:
@@ -101,8 +126,11 @@ class JsonFormatter(logging.Formatter):
         ts = self.clock.stamp(record.created)
         rec = getattr(record, "access", None)
         if not isinstance(rec, AccessRecord):
-            message = self.tag + record.getMessage()
-            return json.dumps({"time": ts, "level": record.levelname.lower(), "message": message})
+            data = {"time": ts, "level": record.levelname.lower(), "message": self.tag + redact(record.getMessage())}
+            trace = _exception_text(self, record)
+            if trace:
+                data["exception"] = redact(trace)
+            return json.dumps(data)
         return json_line(rec, ts)
 
     def access(self, rec: AccessRecord) -> str:
@@ -214,6 +242,9 @@ def setup(fmt: str, level: int = logging.INFO, shared: bool = False, tag: str = 
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Other libraries' records (asyncio's "Exception in callback", aiohttp's) go to the
+    # root logger: through the same handler, and so the same redactor, not logging's bare stderr.
+    logging.getLogger().handlers[:] = [handler]
     global _direct
     access = logging.getLogger("authproxy.access")
     # Only while nothing else listens for access records (a filter, another handler).

@@ -52,6 +52,8 @@ from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from .oautherror import describe
+from .redact import REDACTOR
 from .secrets import Unresolved
 
 # Where Bitwarden's cloud lives; self-hosted servers give identity_url + api_url.
@@ -330,26 +332,14 @@ def read_secret(body: Any, secret_id: str, org_key: SymmetricKey, organization_i
     return SecretFields(secret_id, out["key"], out["value"], out["note"])
 
 
-def _short(text: str, hide: list[str]) -> str:
-    for h in hide:
-        if len(h) >= 4:
-            text = text.replace(h, "****")
-    return "".join(c if c.isprintable() else " " for c in text)[:120]
-
-
-def oauth_error(raw: bytes, hide: list[str]) -> str | None:
-    """``error`` (and ``error_description``) of an OAuth error answer, scrubbed; None when there is none."""
+def oauth_error(raw: bytes) -> str | None:
+    """What may be shown of an OAuth error answer (``oautherror.describe``); None when it is none."""
     try:
         data = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
-        return None
-    text = _short(data["error"], hide)
-    desc = data.get("error_description")
-    if isinstance(desc, str) and desc:
-        text += ": " + _short(desc, hide)
-    return text
+    said = describe(data) if isinstance(data, dict) else None
+    return None if said is None else said[1]
 
 
 # --------------------------------------------------------------------------- a small synchronous client
@@ -447,9 +437,8 @@ class SyncClient:
             status, raw = self._open(req)
         except BwsError as exc:
             raise BwsError(f"the identity server {self._identity_url}: {exc}") from None
-        hide = [self._token.client_secret]
         if status != 200:
-            err = oauth_error(raw, hide) if status in (400, 401) else None
+            err = oauth_error(raw) if status in (400, 401) else None
             what = f"refused the access token ({err})" if err else f"answered {status}"
             raise BwsError(f"the identity server {self._identity_url} {what}")
         try:
@@ -459,6 +448,7 @@ class SyncClient:
         if not isinstance(body, dict):
             raise BwsError(f"the identity server {self._identity_url} answered something that is not JSON")
         login = read_login(body)
+        REDACTOR.learn(login.access_token, slot=f"bws:{self._identity_url}")
         if login.encrypted_payload is None:
             raise BwsError("the identity server's answer has no encrypted_payload (is this a Secrets Manager server?)")
         return login.access_token, organization_key(login.encrypted_payload, self._token), login.organization_id

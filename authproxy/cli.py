@@ -22,6 +22,7 @@ from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .memory import tune_asyncio_tls, tune_malloc
 from .problems import ConfigError
+from .redact import redact
 from .runtime import Runtime
 from .serve import serve
 from .state import ensure_dir
@@ -132,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(redact(str(problem)), file=sys.stderr)
         return 2
     except (UsageError, CAError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 1
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_check(path: str, strict: bool) -> int:
     cfg = load(path)
     for w in cfg.warnings:
-        print(w, file=sys.stderr)
+        print(redact(str(w)), file=sys.stderr)
     rows = [("NAME", "MODE", "MATCH", "TYPE", "SECRETS")]
     for r in cfg.routes:
         parts = [r.match.text] if r.match else []
@@ -162,7 +163,7 @@ def cmd_check(path: str, strict: bool) -> int:
         rows.append((r.name, r.mode, match, r.auth.type_name, secrets))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4])
+        print(redact("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4]))
     # On stderr, so that stdout stays one line per route.
     beyond = not is_loopback(cfg.listen_host)
     policy = Policy.build(cfg.destinations, beyond_loopback=beyond)
@@ -193,12 +194,13 @@ def cmd_token(path: str, name: str, show: bool) -> int:
             cred, _ = await rt.tokens.get(route)
         finally:
             await rt.close()
-        return cred.shown_lines() if show else cred.masked_lines()
+        # --show prints the credential on purpose; everything else is redacted.
+        return cred.shown_lines() if show else [redact(line) for line in cred.masked_lines()]
 
     try:
         lines = asyncio.run(obtain())
     except ProxyError as err:
-        print(f"error: route {name}: {err.detail}", file=sys.stderr)
+        print(redact(f"error: route {name}: {err.detail}"), file=sys.stderr)
         return 1
     for line in lines:
         print(line)
@@ -231,7 +233,8 @@ def cmd_status(path: str, admin: str | None) -> int:
     except OSError as exc:
         print(f"error: cannot reach the admin listener at {at} ({exc}).", file=sys.stderr)
         return 1
-    sys.stdout.write(status_table(data))
+    # Redacted by the proxy already; and again here, with what this process knows of the file.
+    sys.stdout.write(redact(status_table(data)))
     return 0
 
 
@@ -275,7 +278,7 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
     route = _route(cfg, name, path)
 
     def say(text: str) -> None:
-        print(text, flush=True)
+        print(redact(text), flush=True)
 
     try:
         where = asyncio.run(
@@ -289,9 +292,9 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
             )
         )
     except LoginError as exc:
-        print(f"error: route {name}: {exc}", file=sys.stderr)
+        print(redact(f"error: route {name}: {exc}"), file=sys.stderr)
         return 1
-    print(f"Logged in: route {name}'s refresh token is stored in {where}.")
+    print(redact(f"Logged in: route {name}'s refresh token is stored in {where}."))
     return 0
 
 

@@ -21,7 +21,8 @@ from .grants import LATER, REGISTRY, Grant
 from .grants.bws import check_access_token, parse_endpoints
 from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from .problems import ConfigError, Problem, Problems
-from .secrets import Secret
+from .redact import REDACTOR
+from .secrets import Secret, secrets_in
 from .yamlreader import Document, Section
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -186,6 +187,8 @@ def load(path: str | os.PathLike[str]) -> Config:
     cfg = _parse(Section(node, "", doc), p)
     if problems.errors:
         raise ConfigError(problems.items)
+    # From now on no output of this process shows them: every secret read, and every Secret the config holds.
+    REDACTOR.learn_config([*doc.secrets, *(s.reveal() for s in secrets_in(cfg))])
     return cfg
 
 

@@ -29,13 +29,18 @@ The tree::
 Every one renders the same way (``render``): a JSON body
 ``{"error", "route", "detail"}`` and an ``X-Authproxy-Error`` header, so a
 client can tell the proxy's answers from the upstream's. ``detail`` is one
-sentence built by our code from values we chose to show; no secret goes in.
+sentence built by our code from values we chose to show, and it passes
+through the redactor on the way out: a value from elsewhere in it (a token
+endpoint's description, a helper's words) cannot carry a secret out in any
+encoding.
 """
 
 from __future__ import annotations
 
 import json
 from typing import ClassVar
+
+from .redact import redact
 
 
 class ProxyError(Exception):
@@ -181,7 +186,7 @@ def from_status_hint(status: int, detail: str) -> ProxyError:
 
 def render(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of the JSON answer for ``err``."""
-    body = json.dumps({"error": err.code, "route": err.route, "detail": err.detail}).encode()
+    body = json.dumps({"error": err.code, "route": err.route, "detail": redact(err.detail)}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

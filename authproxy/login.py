@@ -25,11 +25,12 @@ import aiohttp
 from aiohttp import web
 
 from .config import Route
-from .errors import ProxyError
+from .errors import ProxyError, one_line
 from .grants.authorization_code import AuthorizationCode
 from .grants.base import GrantContext
 from .grants.checks import clear_text, clear_text_reason
-from .grants.oauth import request_token, scrub
+from .grants.oauth import request_token
+from .oautherror import describe
 from .secrets import Value
 from .store import StateStore
 
@@ -87,7 +88,7 @@ def refuse_clear_text(ends: Endpoints) -> None:
     for what, url in (("token endpoint", ends.token), ("authorization endpoint", ends.authorization)):
         if clear_text(url):
             raise LoginError(
-                f"the discovered {what} {scrub(url, [])[:100]} {clear_text_reason('the login')}; refusing it."
+                f"the discovered {what} {one_line(url)[:100]} {clear_text_reason('the login')}; refusing it."
             )
 
 
@@ -187,13 +188,10 @@ async def login(
         finally:
             await runner.cleanup()
 
-        if "error" in params:
-            desc = params.get("error_description", "")
-            raise LoginError(
-                f"the authorization server refused: {scrub(params['error'], [])}"
-                + (f": {scrub(desc, [])}" if desc else "")
-                + "."
-            )
+        said = describe(params)
+        if said is not None:
+            # RFC 6749 §4.1.2.1: the code and, redacted, the description; nothing else of the redirect.
+            raise LoginError(f"the authorization server refused: {said[1]}".rstrip(".") + ".")
         iss = params.get("iss")
         if iss is not None and ends.issuer is not None and iss.rstrip("/") != ends.issuer.rstrip("/"):
             raise LoginError("the redirect names another issuer than the one discovered (RFC 9207); refusing it.")
@@ -214,7 +212,7 @@ async def login(
         if grant.client.client_secret is None and grant.client.client_id is not None:
             params_tok["client_id"] = grant.client.client_id.reveal()
         try:
-            resp = await request_token(ctx, client, params_tok, grant.secrets())
+            resp = await request_token(ctx, client, params_tok)
         except ProxyError as err:
             raise LoginError(f"exchanging the code failed: {err.detail}") from None
         rt = resp.body.get("refresh_token")

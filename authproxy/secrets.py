@@ -8,9 +8,10 @@ traceback's locals show ``****``, never the credential.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +127,19 @@ def interpolate(
 
     text = _REF.sub(resolve, raw)
     return text, tuple(missing)
+
+
+def secrets_in(value: object) -> Iterator[Secret]:
+    """Every ``Secret`` in an object, however deep (a ``Config``: its grants, ``admin.token``, ``bws``):
+    found by type, so a key added later cannot be missed by a list of names."""
+    if isinstance(value, Secret):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from secrets_in(getattr(value, f.name))
+    elif isinstance(value, (tuple, list, frozenset, set)):
+        for item in value:
+            yield from secrets_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from secrets_in(item)

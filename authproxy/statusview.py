@@ -3,12 +3,18 @@
 Apart from ``admin.py`` so that a worker of ``run --workers`` can answer its
 supervisor's status questions (``worker.worker_status``) without importing
 aiohttp.web, which only the process serving the admin listener needs.
+
+Everything it returns has been through the redactor of the process that holds
+the tokens (a worker's, under ``run --workers``): ``last_error`` may quote a
+token endpoint, and reload details a value of the file.
 """
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
+
+from .redact import redact_data
 
 if TYPE_CHECKING:
     from .config import Route
@@ -21,7 +27,7 @@ def runtime_view(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     reloads = [
         {"at": round(ev.at, 3), "ok": ev.ok, "detail": quoted_values_elided(ev.detail)} for ev in reversed(rt.reloads)
     ]
-    return routes, reloads
+    return redact_data(routes), redact_data(reloads)
 
 
 def quoted_values_elided(detail: str) -> str:

@@ -28,6 +28,7 @@ from .errors import CredentialUnavailable, ProxyError, TokenEndpointError
 from .grants import Credential, GrantContext
 from .grants.base import refresh_point
 from .metrics import Metrics
+from .redact import learn_header_values
 from .sharedtokens import SharedTokens
 from .store import StateStore
 
@@ -253,6 +254,9 @@ class TokenManager:
             raise
         finally:
             st.task = None
+        # Whatever goes out as the credential (a token, a key, a helper's output, one
+        # another worker stored) is known to the redactor before anything can print it.
+        learn_header_values(f"route:{route.name}", [v for _, v in (*cred.headers, *cred.query)])
         st.generation += 1
         st.backoff, st.retry_at, st.last_error, st.stale = 0.0, 0.0, None, None
         st.last_fetch_at = time.time()

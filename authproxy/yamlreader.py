@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .problems import Problems
+from .redact import MIN_ENCODED, MIN_RAW, REDACTOR, Redactor
 from .secrets import Secret, UnsupportedReference, Value, interpolate
 
 _TRUE = {"true", "yes", "on"}
@@ -34,13 +35,31 @@ class Document:
     bws: Callable[[str], str] | None = None
     # Every value a reference resolved to: never quoted back in a message.
     resolved: list[str] = field(default_factory=list)
+    # Every secret value read (``Secret`` keys, ``${bws:...}`` values, an access
+    # token's parts): the process's redactor learns them once the file loads.
+    secrets: list[str] = field(default_factory=list)
+    # The redactor of this file's messages: it knows every resolved value, since a
+    # secret may sit in the wrong key (``verify: ${API_KEY}``).
+    _messages: Redactor = field(default_factory=Redactor)
+    _told: int = 0
 
     def scrub(self, message: str) -> str:
-        """A message about the config with no resolved value in it (a secret in the wrong key)."""
-        for value in sorted(self.resolved, key=len, reverse=True):
-            if len(value) >= 3 and value in message:
-                message = message.replace(value, "****")
-        return message
+        """A message about the config with no resolved value in it, in any form the redactor knows."""
+        if self._told < len(self.resolved):
+            self._messages.learn(*self.resolved[self._told :])
+            self._told = len(self.resolved)
+        return REDACTOR.redact(self._messages.redact(message))
+
+    def keep_secret(self, text: str) -> None:
+        if text:
+            self.secrets.append(text)
+
+    def resolve_bws(self, secret_id: str) -> str:
+        """``${bws:SECRET_ID}``: whatever key it stands in, a Secrets Manager value is a secret."""
+        assert self.bws is not None
+        value = self.bws(secret_id)
+        self.keep_secret(value)
+        return value
 
     def protect(self, text: str) -> str:
         """Hide ``${...}`` from the YAML parser.
@@ -156,7 +175,8 @@ class Section:
 
     def _interpolate(self, key: str, raw: str) -> tuple[str, tuple[str, ...]] | None:
         try:
-            return interpolate(raw, self.base_dir, self.doc.bws, self.doc.resolved)
+            bws = self.doc.resolve_bws if self.doc.bws is not None else None
+            return interpolate(raw, self.base_dir, bws, self.doc.resolved)
         except UnsupportedReference as exc:
             self.error(key, str(exc))
         except ValueError as exc:
@@ -184,8 +204,15 @@ class Section:
             return None
         text, missing = res
         self._note_missing(key, missing)
+        self.doc.keep_secret(text)
         if "${" not in raw:
             self.warn(key, "a literal secret in the file; prefer ${VAR} or ${file:PATH}")
+        if text and len(text.encode()) < MIN_ENCODED:
+            self.warn(
+                key,
+                f"a secret under {MIN_ENCODED} bytes; logs and error bodies are kept free of it only as written,"
+                f" not encoded (and not at all under {MIN_RAW} bytes)",
+            )
         return Secret(text, raw, missing)
 
     def _note_missing(self, key: str, missing: tuple[str, ...]) -> None:

@@ -1,17 +1,17 @@
 """Shared fixtures: a real aiohttp upstream and the proxy itself, both on 127.0.0.1.
 
 The proxy runs in the test's event loop (``proxy`` fixture) with its log
-captured at DEBUG; at teardown every captured line and every error body is
-grepped for every secret the test registered, in raw, base64, URL-encoded
-and JSON-escaped forms.
+captured at DEBUG, through the proxy's own formatter (tracebacks included);
+at teardown every captured line and every error body is grepped for every
+secret the test registered, in every form ``tests/support/forms.py`` derives
+(raw, percent- and form-encoded, JSON- and HTML-escaped, Base64 at any offset
+in either alphabet, and their compositions).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import json
 import logging
 import os
 import ssl
@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import pytest
 import trustme
@@ -30,15 +29,11 @@ from authproxy import accesslog
 from authproxy.config import load
 from authproxy.listener import ProxyServer
 from authproxy.runtime import Runtime
+from tests.support.forms import secret_forms
 
 pytest_plugins = ["tests.support.oauth_server"]
 
-
-def secret_forms(secret: str) -> set[str]:
-    """Every spelling of a secret that could leak: raw, base64 (Basic), URL- and JSON-escaped."""
-    forms = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
-    forms.add(base64.b64encode(secret.encode()).decode().rstrip("="))
-    return {f for f in forms if len(f) >= 6}
+__all__ = ["assert_no_secrets", "secret_forms"]
 
 
 def assert_no_secrets(texts: Iterable[str], secrets: Iterable[str]) -> None:
@@ -49,16 +44,15 @@ def assert_no_secrets(texts: Iterable[str], secrets: Iterable[str]) -> None:
 
 
 class _Capture(logging.Handler):
+    """What the proxy's stderr would show: its formatter writes the message and any traceback."""
+
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[str] = []
         self.setFormatter(accesslog.TextFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record)
-        if record.exc_info:
-            text += "\n" + logging.Formatter().formatException(record.exc_info)
-        self.lines.append(text)
+        self.lines.append(self.format(record))
 
 
 @dataclass

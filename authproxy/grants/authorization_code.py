@@ -57,4 +57,4 @@ class AuthorizationCode(OAuthClientGrant):
 
     async def fetch(self, ctx: GrantContext) -> Credential:
         hint = f"this route has no refresh token yet; run `authproxy login {ctx.route}` once."
-        return await refresh(ctx, self.client, None, self.secrets(), hint)
+        return await refresh(ctx, self.client, None, hint)

@@ -124,7 +124,7 @@ class Grant(ABC):
         """Obtain a credential now (``tokens.py`` decides when)."""
 
     def secrets(self) -> list[Secret]:
-        """Every secret this grant holds, so errors can be scrubbed of them."""
+        """Every secret this grant holds."""
         return []
 
     def sources(self) -> list[tuple[str, str]]:

@@ -90,9 +90,13 @@ def check_access_token(sec: Section, key: str, token: Secret) -> None:
     from ..bws import parse_access_token
 
     try:
-        parse_access_token(token.reveal())
+        parsed = parse_access_token(token.reveal())
     except ValueError as exc:
         sec.error(key, f"not a Bitwarden access token: {exc}")
+        return
+    # Its parts travel alone (the client secret in a form body, the key nowhere): each is a secret.
+    sec.doc.keep_secret(parsed.client_secret)
+    sec.doc.keep_secret(token.reveal().strip().partition(":")[2])
 
 
 @register
@@ -184,7 +188,6 @@ class Bws(Grant):
         from ..bws import login_form, login_headers, token_url
 
         url = token_url(self.identity_url)
-        hide = [self.access_token, Secret(token.client_secret, "(client secret)")]
         return await post_with_retries(
-            ctx, url, "form", login_form(token), login_headers(), hide, "the Bitwarden identity server"
+            ctx, url, "form", login_form(token), login_headers(), "the Bitwarden identity server"
         )

@@ -23,4 +23,4 @@ class ClientCredentials(OAuthClientGrant):
 
     async def fetch(self, ctx: GrantContext) -> Credential:
         params = {"grant_type": "client_credentials", **self.client.base_params()}
-        return (await request_token(ctx, self.client, params, self.secrets())).credential
+        return (await request_token(ctx, self.client, params)).credential

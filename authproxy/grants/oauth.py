@@ -2,8 +2,9 @@
 
 Retries 429/5xx and connection failures with jittered backoff inside one
 deadline, honouring ``Retry-After``; turns an OAuth error response into a
-``TokenEndpointError`` that names ``error``/``error_description`` and nothing
-the client sent.
+``TokenEndpointError`` that names what ``oautherror.describe`` lets through
+(the ``error`` code, the redacted ``error_description``) and nothing else of
+the body.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..errors import TokenEndpointError, TokenEndpointTimeout, one_line
+from ..errors import TokenEndpointError, TokenEndpointTimeout
+from ..oautherror import describe
+from ..redact import REDACTOR, learn_header_values
 from ..secrets import Secret, Value
 from ..yamlreader import Section
 from .base import Credential, Grant, GrantContext
@@ -31,8 +34,6 @@ if TYPE_CHECKING:
 # aiohttp, tenacity and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
 # never fetch (api_key, bearer, basic, command) need not load them.
-
-_MAX_DETAIL = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +127,6 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def scrub(text: str, secrets: list[Secret]) -> str:
-    """One printable line with no secret in it, short enough for an error body."""
-    for s in secrets:
-        t = s.reveal()
-        if len(t) >= 4:
-            text = text.replace(t, "****")
-    text = one_line(text)
-    return text[:_MAX_DETAIL]
-
-
 def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
     """``expires_in``, else the JWT's ``exp``, else the configured default."""
     now = time.time()
@@ -177,9 +168,7 @@ class TokenResponse:
     body: dict[str, Any]
 
 
-async def request_token(
-    ctx: GrantContext, client: OAuthClient, params: dict[str, str], secrets: list[Secret]
-) -> TokenResponse:
+async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str, str]) -> TokenResponse:
     """POST to the token endpoint and turn the answer into a credential."""
     headers = {"Accept": "application/json"}
     params = dict(params)
@@ -194,13 +183,18 @@ async def request_token(
         if csecret is not None:
             params["client_secret"] = csecret
 
-    body = await post_with_retries(ctx, client.token_url.reveal(), client.body, params, headers, secrets)
+    body = await post_with_retries(ctx, client.token_url.reveal(), client.body, params, headers)
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
     if "\r" in access or "\n" in access:
         raise TokenEndpointError("the token endpoint's access_token holds a line break.", ctx.route)
     value = authorization_value(body.get("token_type"), access)
+    # Known to the redactor from the moment they exist: the tokens, and the header as it will be sent.
+    learn_header_values(f"route:{ctx.route}", [value])
+    refresh = body.get("refresh_token")
+    if isinstance(refresh, str):
+        REDACTOR.learn(refresh, slot=f"refresh:{ctx.route}")
     expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
     return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
 
@@ -211,7 +205,6 @@ async def post_with_retries(
     kind: str,
     params: dict[str, str],
     headers: dict[str, str],
-    secrets: list[Secret],
     who: str = "the token endpoint",
 ) -> dict[str, Any]:
     """POST a form (or JSON) body; 429, 5xx and connection failures retried within ``ctx.deadline``."""
@@ -237,7 +230,7 @@ async def post_with_retries(
             ):
                 with attempt:
                     try:
-                        return await _post(ctx, url, kind, params, headers, secrets)
+                        return await _post(ctx, url, kind, params, headers, who)
                     except _Retryable as exc:
                         failures.append(exc)
                         raise
@@ -257,7 +250,7 @@ async def _post(
     kind: str,
     params: dict[str, str],
     headers: dict[str, str],
-    secrets: list[Secret],
+    who: str,
 ) -> dict[str, Any]:
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
@@ -276,12 +269,12 @@ async def _post(
     except ValueError:
         data = None
     if status != 200 or not isinstance(data, dict):
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            err = scrub(data["error"], secrets)
-            desc = data.get("error_description")
-            msg = f"the token endpoint answered {status} {err}"
-            if isinstance(desc, str) and desc:
-                msg += f": {scrub(desc, secrets)}"
-            raise TokenEndpointError(msg.rstrip(".") + ".", ctx.route, oauth_error=data["error"])
-        raise TokenEndpointError(f"the token endpoint answered {status} without an OAuth JSON body.", ctx.route)
+        # RFC 6749 §5.2: the code, and the description redacted; never the body, which
+        # an endpoint may fill with the request it got (client secret included).
+        said = describe(data) if isinstance(data, dict) else None
+        if said is not None:
+            code, text = said
+            msg = f"{who} answered {status} {text}".rstrip(".") + "."
+            raise TokenEndpointError(msg, ctx.route, oauth_error=code)
+        raise TokenEndpointError(f"{who} answered {status} without an OAuth JSON body.", ctx.route)
     return data

@@ -34,7 +34,7 @@ class Password(OAuthClientGrant):
             "password": self.password.reveal(),
             **self.client.base_params(),
         }
-        return (await request_token(ctx, self.client, params, self.secrets())).credential
+        return (await request_token(ctx, self.client, params)).credential
 
     def secrets(self) -> list[Secret]:
         return [*self.client.secrets(), self.password]

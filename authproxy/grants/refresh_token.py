@@ -31,7 +31,7 @@ class RefreshToken(OAuthClientGrant):
         hint = (
             "no refresh token is stored for this route and none is configured; set `refresh_token` in its auth block."
         )
-        return await refresh(ctx, self.client, self.refresh_token, self.secrets(), hint)
+        return await refresh(ctx, self.client, self.refresh_token, hint)
 
     def secrets(self) -> list[Secret]:
         return [*self.client.secrets(), self.refresh_token]

@@ -17,10 +17,11 @@ import time
 from typing import Any
 
 from ..errors import CredentialUnavailable, TokenEndpointError
+from ..redact import REDACTOR
 from ..secrets import Secret, Value
 from .base import Credential, GrantContext
 from .checks import clear_text, clear_text_reason
-from .oauth import OAuthClient, request_token, scrub
+from .oauth import OAuthClient, request_token
 
 
 def seed_hash(seed: Secret | None) -> str | None:
@@ -47,7 +48,6 @@ async def refresh(
     ctx: GrantContext,
     client: OAuthClient,
     seed: Secret | None,
-    secrets: list[Secret],
     no_token_hint: str,
 ) -> Credential:
     store = ctx.store
@@ -61,6 +61,8 @@ async def refresh(
         refresh_token = rec.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
             raise CredentialUnavailable(no_token_hint, ctx.route)
+        # Read from the store (a login, another process, a rotation): known before it is sent anywhere.
+        REDACTOR.learn(refresh_token, slot=f"refresh:{ctx.route}")
         stored = _stored_access(rec, ctx, client.refresh_skew)
         if stored is not None:
             return stored
@@ -76,17 +78,16 @@ async def refresh(
             )
         if not client.token_url.reveal():
             client = dataclasses.replace(client, token_url=Value(token_url, token_url))
-        spent = Secret(refresh_token, "(stored refresh token)")
         params = {"grant_type": "refresh_token", "refresh_token": refresh_token, **client.base_params()}
         try:
-            resp = await request_token(ctx, client, params, [*secrets, spent])
+            resp = await request_token(ctx, client, params)
         except TokenEndpointError as exc:
             if exc.oauth_error == "invalid_grant":
                 rec.pop("access", None)
                 rec["refused_at"] = time.time()
                 await asyncio.to_thread(store.write, ctx.route, rec)
                 raise TokenEndpointError(
-                    f"the refresh token was refused ({scrub(exc.detail, [*secrets, spent])}); "
+                    f"the refresh token was refused ({exc.detail.rstrip('.')}); "
                     f"this route needs a new refresh token or login.",
                     ctx.route,
                     oauth_error="invalid_grant",
