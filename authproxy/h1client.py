@@ -5,6 +5,11 @@ the proxy needs: one request at a time per connection, raw headers as received,
 the body handed over as it arrives (bounded by pausing the socket), and an
 exact account of whether the connection can carry another request.
 
+A streamed request body is sent by a task of its own, so that it keeps flowing
+while the response comes back: a server may answer before it has read the whole
+request and go on reading (RFC 9112 §9.3; an echo, a transcoder). It stops when
+the response is complete, the connection is gone, or the body is.
+
 Errors before the response head are ``ProxyError``s naming the upstream (the
 pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
 after it end the body with ``UpstreamBodyError`` (see h1message.py).
@@ -82,6 +87,7 @@ class H1Connection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
         self._exc: UpstreamBodyError | None = None
+        self._sender: asyncio.Task[None] | None = None  # a streamed body on its way (see _send_body)
         self._malformed = ""  # why the body was refused, when it was
         self._paused = False
         self._last_read = 0.0
@@ -121,9 +127,12 @@ class H1Connection(asyncio.BufferedProtocol):
                     transport.write(head)
                     transport.write(body)
             else:
+                # Its own task: the head wait must not hang on a client that
+                # holds its body back until it sees an answer, and the body
+                # must go on once the answer starts.
                 self.sent = False
                 transport.write(head)
-                await self._send_stream(body, length)
+                self._sender = loop.create_task(self._send_body(body, length))
             await waiter
             if self._exc is not None and not self._chunks:
                 # Broken before a body byte came: the client can still get a clean 502.
@@ -138,15 +147,29 @@ class H1Connection(asyncio.BufferedProtocol):
             self._head_waiter = None
         return Response(self._status, self._reason, self._headers, self, self._on_release)
 
+    async def _send_body(self, body: AsyncIterator[bytes], length: int | None) -> None:
+        """The sender task: a failure before the response head is the exchange's, after it the body's."""
+        try:
+            await self._send_stream(body, length)
+        except ProxyError as err:
+            if self._phase == _HEAD:
+                self._fail_head(err)
+            else:
+                # The upstream must never take a truncated body for a whole
+                # request; the response being read then breaks off too.
+                self.abort()
+
     async def _send_stream(self, body: AsyncIterator[bytes], length: int | None) -> None:
-        """Stream the body: Content-Length framed when known, else chunked; stops early if answered."""
+        """Stream the body, Content-Length framed when known, else chunked, until the response is complete."""
         transport = self.transport
         assert transport is not None
         left = length
         try:
             async for chunk in body:
-                if self._phase != _HEAD or self.closed:
-                    return  # answered (or gone) before the body was all sent: not reusable
+                if self._phase == _DONE or self.closed or transport.is_closing():
+                    # Answered in full (or gone) before the body was all sent: the
+                    # rest is not wanted, and the connection is not reused.
+                    return
                 if not chunk:
                     continue
                 if left is None:
@@ -170,14 +193,13 @@ class H1Connection(asyncio.BufferedProtocol):
         self.sent = True
 
     async def _drain(self) -> None:
-        """Wait until the transport takes more, the answer starts, or the connection is gone."""
-        if self.closed or self._phase != _HEAD:
-            return
-        waiter = self._drain_waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
+        """Wait until the transport takes more, the response is complete, or the connection is gone."""
+        while self._write_paused and not self.closed and self._phase != _DONE:
+            waiter = self._drain_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
 
     @property
     def has_data(self) -> bool:
@@ -234,6 +256,10 @@ class H1Connection(asyncio.BufferedProtocol):
         self.reusable = False
         if self._exc is None:
             self._exc = UpstreamBodyError(f"{self.authority}: the connection was cut")
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done() and sender is not asyncio.current_task():
+            # Wherever it waits (the client's next chunk, mostly), it reads no more.
+            sender.cancel()
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
@@ -422,10 +448,10 @@ class H1Connection(asyncio.BufferedProtocol):
             self._phase = _DONE
             self._head_only = True
             self._parser = _parser(self)
+            _wake(self._drain_waiter)
         else:
-            self._phase = _BODY
+            self._phase = _BODY  # a body still being sent goes on (RFC 9112 §9.3)
         _wake(self._head_waiter)
-        _wake(self._drain_waiter)
 
     def on_body(self, body: bytes) -> None:
         if self._phase != _BODY:
@@ -444,6 +470,7 @@ class H1Connection(asyncio.BufferedProtocol):
         if phase == _BODY:
             self._phase = _DONE
             _wake(self._body_waiter)
+            _wake(self._drain_waiter)  # a body still being sent is no longer wanted
         elif phase == _HEAD and self._interim:
             self._interim = False
         elif phase == _DONE and self._head_only:

@@ -202,7 +202,12 @@ class Connection:
                 deadline = time.monotonic() + t.client_header
 
     async def receive_body(self) -> bytes | None:
-        """One chunk of the request body, None at its end."""
+        """One chunk of the request body, None at its end.
+
+        Called by the connection's task (buffering a body for a retry) or by
+        the upstream connection's sender, which reads a streamed body while
+        this task writes the response (RFC 9112 §9.3).
+        """
         if self.waiting_100:
             # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
             self.waiting_100 = False
@@ -225,9 +230,33 @@ class Connection:
             if self.eof:
                 raise ClientGone("the client closed while sending its body")
             try:
-                await self._fill(idle)
+                if asyncio.current_task() is self._task:
+                    await self._fill(idle)
+                else:
+                    await self._fill_aside(idle)
             except TimeoutError:
                 raise ClientGone("the client stopped sending its body") from None
+
+    async def _fill_aside(self, wait: float) -> None:
+        """``_fill`` for another task than the connection's: the sender of a streamed body.
+
+        The read deadline of ``_fill`` cancels the connection's task, which is
+        busy with the response meanwhile: this read has a timeout of its own.
+        Cancelled (the response ended first), it leaves the buffer and the
+        stream's waiter to the connection's next read.
+        """
+        had = len(self.buf)
+        try:
+            async with asyncio.timeout(wait):
+                await self.stream.more()
+        except TimeoutError:
+            # As in _fill: bytes that came in the turn the timer fired are served, not dropped.
+            if len(self.buf) == had and not self.stream.eof:
+                raise
+        except OSError as exc:
+            raise ClientGone() from exc
+        if len(self.buf) == had:
+            self.eof = True
 
     # -- writing ---------------------------------------------------------
 
@@ -372,6 +401,7 @@ class Connection:
         target = req.target.decode("latin-1")
         # The path is the pipeline's to log once it understood the target; log_path only if it never did.
         rec = AccessRecord(method=method, mode="plain", host="-", path="")
+        body: RequestBody | None = None
         try:
             check_framing(req)
             check_size(req, snap.config.limits)
@@ -395,7 +425,8 @@ class Connection:
             try:
                 await self._send_reply(reply, rec)
             finally:
-                reply.release()
+                reply.release()  # a body still on its way upstream stops here (h1client)
+                rec.bytes_in = body.bytes_in  # it went on while the response streamed
             if not self.req_done:
                 return await self._finish_body(body)
         except ProxyError as err:
@@ -410,6 +441,9 @@ class Connection:
             # the only honest signal left is to cut the client connection.
             log.debug("aborting a response: %s", type(exc).__name__)
             rec.error = "upstream_broke_off"
+            if body is not None and body.error is not None:
+                # The client's body broke while the response streamed; the upstream was cut for it.
+                rec.error = body.error.code if isinstance(body.error, ProxyError) else "client_gone"
             self.stream.transport.abort()
             return False
         except Exception as exc:
