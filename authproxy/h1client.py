@@ -63,6 +63,8 @@ class H1Connection(asyncio.BufferedProtocol):
         self._phase = _IDLE
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # A streamed body on its way (see _send_body); finished, once the connection is reused.
+        self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -87,7 +89,6 @@ class H1Connection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
         self._exc: UpstreamBodyError | None = None
-        self._sender: asyncio.Task[None] | None = None  # a streamed body on its way (see _send_body)
         self._malformed = ""  # why the body was refused, when it was
         self._paused = False
         self._last_read = 0.0

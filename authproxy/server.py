@@ -419,14 +419,14 @@ class Connection:
             preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
             reply = await pipeline.handle(preq, self.rt, snap, rec)
             rec.status = reply.status
-            rec.bytes_in = body.bytes_in
             if reply.upgraded is not None:
+                rec.bytes_in = body.bytes_in
                 return await connect.switch(self, reply, preq, rec)
             try:
                 await self._send_reply(reply, rec)
             finally:
                 reply.release()  # a body still on its way upstream stops here (h1client)
-                rec.bytes_in = body.bytes_in  # it went on while the response streamed
+                rec.bytes_in = body.bytes_in  # counted once the response is done: it goes on meanwhile
             if not self.req_done:
                 return await self._finish_body(body)
         except ProxyError as err:

@@ -17,10 +17,14 @@ sending or holding the rest of its body back, and the proxy serves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
+import logging
 import random
 import shutil
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,9 @@ import pytest
 import trustme
 from aiohttp import web
 
+from authproxy.config import Timeouts
+from authproxy.messages import Origin
+from authproxy.pool import Pool
 from tests.support.proc import start_proxy
 
 from .conftest import Proxy, assert_no_secrets
@@ -124,7 +131,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(make_proxy, secret_env, tmp_path: Path) -> AsyncIterator[Env]:
+async def env(make_proxy, secret_env, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Env]:
     plain, tls = Echo(), Echo()
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -160,6 +167,10 @@ async def env(make_proxy, secret_env, tmp_path: Path) -> AsyncIterator[Env]:
     finally:
         await plain_runner.cleanup()
         await tls_runner.cleanup()
+    # A sender task left failing or pending would be reported by asyncio once collected.
+    gc.collect()
+    records = [*caplog.get_records("call"), *caplog.records]
+    assert not [r.getMessage() for r in records if r.name == "asyncio" and r.levelno >= logging.ERROR]
 
 
 async def _pieces(data: bytes) -> AsyncIterator[bytes]:
@@ -237,19 +248,32 @@ async def test_an_upstream_reset_mid_exchange_cuts_only_that_client(env: Env, pa
     assert (status, size, sha) == (200, MIB, hashlib.sha256(payload[:MIB]).hexdigest())
 
 
-async def test_a_client_vanishing_mid_exchange_never_completes_the_upstream_request(env: Env, payload: bytes) -> None:
-    """The client goes after 2 MiB of its 20: the upstream must see the request broken off, never complete."""
+@pytest.mark.parametrize("how", ["vanishes", "sends a malformed chunk"])
+async def test_a_client_breaking_off_mid_exchange_never_completes_the_upstream_request(
+    env: Env, payload: bytes, how: str
+) -> None:
+    """The client goes (or sends garbage) after 2 MiB of its 20: the upstream must see the request broken off."""
+    chunked = how != "vanishes"
+    first = payload[: 2 * MIB]
+    if chunked:
+        first = b"%x\r\n%s\r\n" % (len(first), first)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {SIZE}"
     reader, writer = await asyncio.open_connection("127.0.0.1", env.p.port)
     try:
-        writer.write(_head(env.plain.port, "/vanish", f"Content-Length: {SIZE}") + payload[: 2 * MIB])
+        writer.write(_head(env.plain.port, "/broken", framing) + first)
         await writer.drain()
         async with asyncio.timeout(30):
             await reader.readuntil(b"\r\n\r\n")
             await reader.readexactly(MIB)  # the echo is flowing
+        if chunked:
+            writer.write(b"zz\r\n")  # not a chunk size (RFC 9112 §7.1)
+            _, closed = await _answer_then_close(reader)
+            assert closed, "the proxy kept a connection whose body it cannot frame"
     finally:
         writer.transport.abort()
-    line = await _access_line(env.p, "/vanish")
-    assert "status=200" in line and "error=client_gone" in line, line
+    line = await _access_line(env.p, "/broken")
+    code = "bad_request" if chunked else "client_gone"
+    assert "status=200" in line and f"error={code}" in line, line
     for _ in range(100):
         if "error" in env.plain.seen[0]:
             break
@@ -562,3 +586,59 @@ async def _still_serving(refuser: tuple[Proxy, Refuser, Path, Echo]) -> None:
     assert (status, size, key_seen) == (200, 300_000, "yes")
     assert sha == hashlib.sha256(b"z" * 300_000).hexdigest()
     assert_no_secrets(p.lines(), p.secrets)
+
+
+# -- the upstream connection, used directly --------------------------------------
+
+
+async def _answer_early_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A whole answer from the head alone, then a close (lingering, RFC 9112 §9.6) without reading the body."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.write_eof()
+        while await reader.read(65536):
+            pass
+    writer.transport.abort()
+
+
+async def test_a_body_still_coming_when_the_answer_ends_stops_and_frees_the_connection() -> None:
+    """The client's body waits on a chunk that never comes; the answer ends: the sender stops, nothing leaks.
+
+    Freed by reference counting alone (no cycle through the sender task), and
+    the body is not read any further once the answer is complete.
+    """
+    server = await asyncio.start_server(_answer_early_and_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Pool(Timeouts(connect=5, idle=30, upstream_headers=5), 64 * 1024)
+    never = asyncio.Event()
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first"
+        pulled.append(1)
+        await never.wait()  # a client holding the rest back
+        pulled.append(2)
+        yield b"never sent"
+
+    gc.disable()
+    try:
+        headers = [(b"Host", f"127.0.0.1:{port}".encode())]
+        async with asyncio.timeout(10):  # the answer must not wait for the body
+            resp = await pool.request(Origin("http", "127.0.0.1", port), None, "POST", "/", headers, body(), None, 5)
+        ref = weakref.ref(next(iter(pool._all)))
+        assert resp.status == 200 and b"".join([chunk async for chunk in resp]) == b"ok"
+        del resp
+        for _ in range(100):  # loop turns, until the cancelled sender and connection_lost have run
+            if ref() is None:
+                break
+            await asyncio.sleep(0)
+        assert ref() is None, "the connection outlived its exchange (a cycle through the sender?)"
+        never.set()
+        await asyncio.sleep(0)
+        assert pulled == [1]
+    finally:
+        gc.enable()
+        server.close()
+        await pool.close()

@@ -20,7 +20,7 @@ from .test_duplex import (  # noqa: F401  (collected again here, on uvloop, with
     payload,
     refuser,
     test_20mb_echoed_while_it_is_uploaded,
-    test_a_client_vanishing_mid_exchange_never_completes_the_upstream_request,
+    test_a_client_breaking_off_mid_exchange_never_completes_the_upstream_request,
     test_an_early_refusal_reaches_a_client_that_holds_its_body_back,
 )
 from .test_intercept import (  # noqa: F401  (collected again here, on uvloop)
