@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, cast
 
 import httptools
@@ -32,6 +32,8 @@ from .lost import LOST
 
 # Buffered body bytes above which the socket is paused until the consumer catches up.
 HIGH_WATER = 256 * 1024
+# At most this much of a streamed body that is already at hand leaves with the head, in one write.
+_WITH_HEAD = 256 * 1024
 
 # Where a connection is in its current exchange.
 _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
@@ -128,12 +130,7 @@ class H1Connection(asyncio.BufferedProtocol):
                     transport.write(head)
                     transport.write(body)
             else:
-                # Its own task: the head wait must not hang on a client that
-                # holds its body back until it sees an answer, and the body
-                # must go on once the answer starts.
-                self.sent = False
-                transport.write(head)
-                self._sender = loop.create_task(self._send_body(body, length))
+                self._send_start(transport, head, body, length)
             await waiter
             if self._exc is not None and not self._chunks:
                 # Broken before a body byte came: the client can still get a clean 502.
@@ -148,10 +145,55 @@ class H1Connection(asyncio.BufferedProtocol):
             self._head_waiter = None
         return Response(self._status, self._reason, self._headers, self, self._on_release)
 
-    async def _send_body(self, body: AsyncIterator[bytes], length: int | None) -> None:
+    def _send_start(
+        self, transport: asyncio.Transport, head: bytes, body: AsyncIterable[bytes], length: int | None
+    ) -> None:
+        """The head, with what of the body is already at hand, in one write; a sender task for the rest.
+
+        Most bodies are whole by then: they need no task and leave with the
+        head, as a client would send them. The rest is sent by a task of its
+        own: the head wait must not hang on a client that holds its body back
+        until it sees an answer, and the body must go on once the answer starts.
+        """
+        self.sent = False
+        ready = getattr(body, "ready", None)
+        parts = [head]
+        size = 0
+        end = False
+        try:
+            while ready is not None and size < _WITH_HEAD:
+                chunk = ready()
+                if chunk is None:
+                    end = True
+                    break
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"the request to {self.authority} failed ({type(exc).__name__}).") from None
+        left = None if length is None else length - size
+        if left is None and size:
+            parts.insert(1, b"%x\r\n" % size)
+            parts.append(b"\r\n")
+        if end and left:
+            raise UpstreamError(f"the request to {self.authority} failed (body shorter than declared).")
+        if left is not None and left < 0:
+            raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
+        if end and left is None:
+            parts.append(b"0\r\n\r\n")
+        transport.write(b"".join(parts))
+        if end:
+            self.sent = True
+        else:
+            self._sender = self._loop.create_task(self._send_body(body, left))
+
+    async def _send_body(self, body: AsyncIterable[bytes], left: int | None) -> None:
         """The sender task: a failure before the response head is the exchange's, after it the body's."""
         try:
-            await self._send_stream(body, length)
+            await self._send_stream(body, left)
         except ProxyError as err:
             if self._phase == _HEAD:
                 self._fail_head(err)
@@ -160,11 +202,13 @@ class H1Connection(asyncio.BufferedProtocol):
                 # request; the response being read then breaks off too.
                 self.abort()
 
-    async def _send_stream(self, body: AsyncIterator[bytes], length: int | None) -> None:
-        """Stream the body, Content-Length framed when known, else chunked, until the response is complete."""
+    async def _send_stream(self, body: AsyncIterable[bytes], left: int | None) -> None:
+        """Send the rest of the body (``left``: bytes of its Content-Length to go, None: chunked).
+
+        It goes on until the body ends, the response is complete, or the connection is gone.
+        """
         transport = self.transport
         assert transport is not None
-        left = length
         try:
             async for chunk in body:
                 if self._phase == _DONE or self.closed or transport.is_closing():

@@ -201,6 +201,24 @@ class Connection:
             if deadline is None:
                 deadline = time.monotonic() + t.client_header
 
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk of the request body if it is already here, else b""; None at its end."""
+        if self.waiting_100:
+            # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
+            self.waiting_100 = False
+            self.stream.write(informational(100, b"", []))
+        try:
+            chunk = self.body.next(self.buf)
+        except BodyFramingError:
+            if self.eof:
+                raise ClientGone("the client closed while sending its body") from None
+            # A bad chunk size, more data than a chunk declared: the client's fault.
+            self.keep_alive = False
+            raise BadRequest("the request body is malformed (bad chunked framing).") from None
+        if chunk is None:
+            self.req_done = True
+        return chunk
+
     async def receive_body(self) -> bytes | None:
         """One chunk of the request body, None at its end.
 
@@ -208,24 +226,10 @@ class Connection:
         the upstream connection's sender, which reads a streamed body while
         this task writes the response (RFC 9112 §9.3).
         """
-        if self.waiting_100:
-            # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
-            self.waiting_100 = False
-            self.stream.write(informational(100, b"", []))
         idle = self.rt.snapshot.config.timeouts.idle
         while True:
-            try:
-                chunk = self.body.next(self.buf)
-            except BodyFramingError:
-                if self.eof:
-                    raise ClientGone("the client closed while sending its body") from None
-                # A bad chunk size, more data than a chunk declared: the client's fault.
-                self.keep_alive = False
-                raise BadRequest("the request body is malformed (bad chunked framing).") from None
-            if chunk is None:
-                self.req_done = True
-                return None
-            if chunk:
+            chunk = self.body_at_hand()
+            if chunk is None or chunk:
                 return chunk
             if self.eof:
                 raise ClientGone("the client closed while sending its body")
@@ -415,7 +419,7 @@ class Connection:
                 if self.tunnel is not None:
                     raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
                 return await connect.connect(self, target, snap, rec)
-            body = RequestBody(self.receive_body, length)
+            body = RequestBody(self, length)
             preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
             reply = await pipeline.handle(preq, self.rt, snap, rec)
             rec.status = reply.status
