@@ -32,7 +32,7 @@ from .lost import LOST
 
 # Buffered body bytes above which the socket is paused until the consumer catches up.
 HIGH_WATER = 256 * 1024
-# At most this much of a streamed body that is already at hand leaves with the head, in one write.
+# What of a streamed body is already at hand leaves with the head up to this much (and the chunk crossing it).
 _WITH_HEAD = 256 * 1024
 
 # Where a connection is in its current exchange.
@@ -184,7 +184,11 @@ class H1Connection(asyncio.BufferedProtocol):
             raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
         if end and left is None:
             parts.append(b"0\r\n\r\n")
-        transport.write(b"".join(parts))
+        if size <= 65536:
+            transport.write(b"".join(parts))  # one segment, as for a buffered body
+        else:
+            for part in parts:  # not copied just to be glued to the head
+                transport.write(part)
         if end:
             self.sent = True
         else:

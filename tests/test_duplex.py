@@ -222,6 +222,44 @@ async def test_20mb_echoed_while_it_is_uploaded(env: Env, payload: bytes, mode: 
     assert [s["peer"] for s in echo.seen] == [seen["peer"]] * 2
 
 
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response's head and body, framed by Content-Length or chunked."""
+    async with asyncio.timeout(30):
+        head = await reader.readuntil(b"\r\n\r\n")
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(b":") for x in head.split(b"\r\n")[1:])}
+        if b"content-length" in fields:
+            return head, await reader.readexactly(int(fields[b"content-length"]))
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+        return head, body
+
+
+async def test_bodies_at_hand_leave_with_the_head_and_keep_the_connection(env: Env, payload: bytes) -> None:
+    """Bodies that arrived with their head, in both framings and every size class, on one kept connection each way."""
+    big = payload[:300_000]  # more than goes with the head in one write
+    cases = [
+        ("Content-Length: 5", b"hello", b"hello"),
+        ("Transfer-Encoding: chunked", b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+        ("Transfer-Encoding: chunked", b"0\r\n\r\n", b""),
+        (f"Content-Length: {len(big)}", big, big),
+        ("Transfer-Encoding: chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big), big),
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.p.port)
+    try:
+        for framing, wire, expected in cases:
+            writer.write(_head(env.plain.port, "/at-hand", framing) + wire)
+            await writer.drain()
+            head, body = await _read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200 ") and body == expected, (framing, head[:200])
+    finally:
+        writer.transport.abort()
+    assert [s["size"] for s in env.plain.seen] == [len(e) for _, _, e in cases]
+    assert all(s["complete"] for s in env.plain.seen)
+    assert len({s["peer"] for s in env.plain.seen}) == 1, "a complete exchange did not leave its connection reusable"
+
+
 async def test_curl_upload_echoed_through_the_proxy(env: Env, payload: bytes, tmp_path: Path) -> None:
     curl = shutil.which("curl")
     assert curl, "curl is installed by the test command (apt) and must be on PATH"
