@@ -5,6 +5,11 @@ the proxy needs: one request at a time per connection, raw headers as received,
 the body handed over as it arrives (bounded by pausing the socket), and an
 exact account of whether the connection can carry another request.
 
+A streamed request body is sent by a task of its own, so that it keeps flowing
+while the response comes back: a server may answer before it has read the whole
+request and go on reading (RFC 9112 §9.3; an echo, a transcoder). It stops when
+the response is complete, the connection is gone, or the body is.
+
 Errors before the response head are ``ProxyError``s naming the upstream (the
 pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
 after it end the body with ``UpstreamBodyError`` (see h1message.py).
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, cast
 
 import httptools
@@ -27,6 +32,8 @@ from .lost import LOST
 
 # Buffered body bytes above which the socket is paused until the consumer catches up.
 HIGH_WATER = 256 * 1024
+# What of a streamed body is already at hand leaves with the head up to this much (and the chunk crossing it).
+_WITH_HEAD = 256 * 1024
 
 # Where a connection is in its current exchange.
 _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
@@ -58,6 +65,8 @@ class H1Connection(asyncio.BufferedProtocol):
         self._phase = _IDLE
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # A streamed body on its way (see _send_body); finished, once the connection is reused.
+        self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -121,9 +130,7 @@ class H1Connection(asyncio.BufferedProtocol):
                     transport.write(head)
                     transport.write(body)
             else:
-                self.sent = False
-                transport.write(head)
-                await self._send_stream(body, length)
+                self._send_start(transport, head, body, length)
             await waiter
             if self._exc is not None and not self._chunks:
                 # Broken before a body byte came: the client can still get a clean 502.
@@ -138,15 +145,80 @@ class H1Connection(asyncio.BufferedProtocol):
             self._head_waiter = None
         return Response(self._status, self._reason, self._headers, self, self._on_release)
 
-    async def _send_stream(self, body: AsyncIterator[bytes], length: int | None) -> None:
-        """Stream the body: Content-Length framed when known, else chunked; stops early if answered."""
+    def _send_start(
+        self, transport: asyncio.Transport, head: bytes, body: AsyncIterable[bytes], length: int | None
+    ) -> None:
+        """The head, with what of the body is already at hand, in one write; a sender task for the rest.
+
+        Most bodies are whole by then: they need no task and leave with the
+        head, as a client would send them. The rest is sent by a task of its
+        own: the head wait must not hang on a client that holds its body back
+        until it sees an answer, and the body must go on once the answer starts.
+        """
+        self.sent = False
+        ready = getattr(body, "ready", None)
+        parts = [head]
+        size = 0
+        end = False
+        try:
+            while ready is not None and size < _WITH_HEAD:
+                chunk = ready()
+                if chunk is None:
+                    end = True
+                    break
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except ProxyError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"the request to {self.authority} failed ({type(exc).__name__}).") from None
+        left = None if length is None else length - size
+        if left is None and size:
+            parts.insert(1, b"%x\r\n" % size)
+            parts.append(b"\r\n")
+        if end and left:
+            raise UpstreamError(f"the request to {self.authority} failed (body shorter than declared).")
+        if left is not None and left < 0:
+            raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
+        if end and left is None:
+            parts.append(b"0\r\n\r\n")
+        if size <= 65536:
+            transport.write(b"".join(parts))  # one segment, as for a buffered body
+        else:
+            for part in parts:  # not copied just to be glued to the head
+                transport.write(part)
+        if end:
+            self.sent = True
+        else:
+            self._sender = self._loop.create_task(self._send_body(body, left))
+
+    async def _send_body(self, body: AsyncIterable[bytes], left: int | None) -> None:
+        """The sender task: a failure before the response head is the exchange's, after it the body's."""
+        try:
+            await self._send_stream(body, left)
+        except ProxyError as err:
+            if self._phase == _HEAD:
+                self._fail_head(err)
+            else:
+                # The upstream must never take a truncated body for a whole
+                # request; the response being read then breaks off too.
+                self.abort()
+
+    async def _send_stream(self, body: AsyncIterable[bytes], left: int | None) -> None:
+        """Send the rest of the body (``left``: bytes of its Content-Length to go, None: chunked).
+
+        It goes on until the body ends, the response is complete, or the connection is gone.
+        """
         transport = self.transport
         assert transport is not None
-        left = length
         try:
             async for chunk in body:
-                if self._phase != _HEAD or self.closed:
-                    return  # answered (or gone) before the body was all sent: not reusable
+                if self._phase == _DONE or self.closed or transport.is_closing():
+                    # Answered in full (or gone) before the body was all sent: the
+                    # rest is not wanted, and the connection is not reused.
+                    return
                 if not chunk:
                     continue
                 if left is None:
@@ -170,14 +242,13 @@ class H1Connection(asyncio.BufferedProtocol):
         self.sent = True
 
     async def _drain(self) -> None:
-        """Wait until the transport takes more, the answer starts, or the connection is gone."""
-        if self.closed or self._phase != _HEAD:
-            return
-        waiter = self._drain_waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
+        """Wait until the transport takes more, the response is complete, or the connection is gone."""
+        while self._write_paused and not self.closed and self._phase != _DONE:
+            waiter = self._drain_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
 
     @property
     def has_data(self) -> bool:
@@ -234,6 +305,10 @@ class H1Connection(asyncio.BufferedProtocol):
         self.reusable = False
         if self._exc is None:
             self._exc = UpstreamBodyError(f"{self.authority}: the connection was cut")
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done() and sender is not asyncio.current_task():
+            # Wherever it waits (the client's next chunk, mostly), it reads no more.
+            sender.cancel()
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
@@ -422,10 +497,10 @@ class H1Connection(asyncio.BufferedProtocol):
             self._phase = _DONE
             self._head_only = True
             self._parser = _parser(self)
+            _wake(self._drain_waiter)
         else:
-            self._phase = _BODY
+            self._phase = _BODY  # a body still being sent goes on (RFC 9112 §9.3)
         _wake(self._head_waiter)
-        _wake(self._drain_waiter)
 
     def on_body(self, body: bytes) -> None:
         if self._phase != _BODY:
@@ -444,6 +519,7 @@ class H1Connection(asyncio.BufferedProtocol):
         if phase == _BODY:
             self._phase = _DONE
             _wake(self._body_waiter)
+            _wake(self._drain_waiter)  # a body still being sent is no longer wanted
         elif phase == _HEAD and self._interim:
             self._interim = False
         elif phase == _DONE and self._head_only:

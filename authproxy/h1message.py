@@ -11,7 +11,7 @@ off mid-body (the client connection is cut, never padded).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -33,7 +33,10 @@ class NoAnswer(UpstreamError):
     """The connection closed before a single byte of an answer: what a stale pooled connection does."""
 
 
-Body = bytes | AsyncIterator[bytes] | None
+# A streamed body (an async iterable) may also have ``ready() -> bytes | None``:
+# what of it is already at hand, taken without waiting (b"" when nothing is,
+# None once it has all been taken), so that it leaves with the request head.
+Body = bytes | AsyncIterable[bytes] | None
 # Scheme, host, port, TLS context (by identity), and the rule the connection's address was judged by.
 Key = tuple[str, str, int, ssl.SSLContext | None, "Rule"]
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .access import User
 from .hosts import format_authority
@@ -27,6 +28,18 @@ class Origin:
         return format_authority(self.host, self.port)
 
 
+class BodySource(Protocol):
+    """Where a request body's bytes come from: the client connection."""
+
+    async def receive_body(self) -> bytes | None:
+        """The next chunk, waiting for it; None at the body's end."""
+        ...
+
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk if it is already here, else b"" (no waiting); None at the body's end."""
+        ...
+
+
 class RequestBody:
     """The client's body, read on demand: buffered when small, else streamed once.
 
@@ -34,8 +47,8 @@ class RequestBody:
     possible; a larger body streams through with memory bounded by one chunk.
     """
 
-    def __init__(self, receive: Callable[[], Awaitable[bytes | None]], length: int | None) -> None:
-        self._receive = receive
+    def __init__(self, source: BodySource, length: int | None) -> None:
+        self._source = source
         self.length = length  # Content-Length, or None when chunked
         self.bytes_in = 0
         self.error: Exception | None = None  # why reading the client's body failed
@@ -49,7 +62,7 @@ class RequestBody:
 
     async def _next(self) -> bytes | None:
         try:
-            chunk = await self._receive()
+            chunk = await self._source.receive_body()
         except Exception as exc:
             # The upstream client may wrap this in its own error; the pipeline
             # looks here to blame the client, not the upstream.
@@ -78,6 +91,29 @@ class RequestBody:
             self._prefix = []
             return True
         return False
+
+    def ready(self) -> bytes | None:
+        """Body bytes at hand, taken without waiting: b"" when none are, None once the body has all been taken.
+
+        An upstream exchange sends them with the request head (h1client).
+        """
+        if self._prefix:
+            return self._prefix.pop(0)
+        if self._done:
+            return None
+        try:
+            chunk = self._source.body_at_hand()
+        except Exception as exc:
+            self.error = exc
+            raise
+        if chunk is None:
+            self._done = True
+        else:
+            self.bytes_in += len(chunk)
+        return chunk
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.stream()
 
     async def stream(self) -> AsyncIterator[bytes]:
         """What was read so far, then the rest as it arrives."""

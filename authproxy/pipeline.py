@@ -10,7 +10,6 @@ resolve the target → route (or pass through / deny)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
@@ -21,7 +20,7 @@ from .config import Route
 from .egress import Guard, Via, is_ip_literal
 from .errors import BadRequest, Denied, MisdirectedRequest, ProxyError
 from .grants import Credential
-from .h1message import Response
+from .h1message import Body, Response
 from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
 from .messages import Origin, ProxyRequest, Reply
 from .runtime import Runtime, Snapshot
@@ -293,14 +292,14 @@ def _with_query(path: str, cred: Credential | None) -> str:
     return base + "?" + "&".join(kept)
 
 
-def _payload(req: ProxyRequest) -> tuple[bytes | AsyncIterator[bytes] | None, int | None]:
+def _payload(req: ProxyRequest) -> tuple[Body, int | None]:
     """The body to send and, for a streamed one, its Content-Length when the client gave one."""
     body = req.body
     if body.buffered is not None:
         if (not body.buffered and body.length is None) or (body.empty and req.method in _NO_BODY):
             return None, None
         return body.buffered, None
-    return body.stream(), body.length
+    return body, body.length
 
 
 async def send(
@@ -308,7 +307,7 @@ async def send(
     target: Target,
     method: str,
     headers: list[tuple[bytes, bytes]],
-    data: bytes | AsyncIterator[bytes] | None,
+    data: Body,
     length: int | None = None,
     cred: Credential | None = None,
 ) -> Response:

@@ -201,33 +201,66 @@ class Connection:
             if deadline is None:
                 deadline = time.monotonic() + t.client_header
 
-    async def receive_body(self) -> bytes | None:
-        """One chunk of the request body, None at its end."""
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk of the request body if it is already here, else b""; None at its end."""
         if self.waiting_100:
             # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
             self.waiting_100 = False
             self.stream.write(informational(100, b"", []))
+        try:
+            chunk = self.body.next(self.buf)
+        except BodyFramingError:
+            if self.eof:
+                raise ClientGone("the client closed while sending its body") from None
+            # A bad chunk size, more data than a chunk declared: the client's fault.
+            self.keep_alive = False
+            raise BadRequest("the request body is malformed (bad chunked framing).") from None
+        if chunk is None:
+            self.req_done = True
+        return chunk
+
+    async def receive_body(self) -> bytes | None:
+        """One chunk of the request body, None at its end.
+
+        Called by the connection's task (buffering a body for a retry) or by
+        the upstream connection's sender, which reads a streamed body while
+        this task writes the response (RFC 9112 §9.3).
+        """
         idle = self.rt.snapshot.config.timeouts.idle
         while True:
-            try:
-                chunk = self.body.next(self.buf)
-            except BodyFramingError:
-                if self.eof:
-                    raise ClientGone("the client closed while sending its body") from None
-                # A bad chunk size, more data than a chunk declared: the client's fault.
-                self.keep_alive = False
-                raise BadRequest("the request body is malformed (bad chunked framing).") from None
-            if chunk is None:
-                self.req_done = True
-                return None
-            if chunk:
+            chunk = self.body_at_hand()
+            if chunk is None or chunk:
                 return chunk
             if self.eof:
                 raise ClientGone("the client closed while sending its body")
             try:
-                await self._fill(idle)
+                if asyncio.current_task() is self._task:
+                    await self._fill(idle)
+                else:
+                    await self._fill_aside(idle)
             except TimeoutError:
                 raise ClientGone("the client stopped sending its body") from None
+
+    async def _fill_aside(self, wait: float) -> None:
+        """``_fill`` for another task than the connection's: the sender of a streamed body.
+
+        The read deadline of ``_fill`` cancels the connection's task, which is
+        busy with the response meanwhile: this read has a timeout of its own.
+        Cancelled (the response ended first), it leaves the buffer and the
+        stream's waiter to the connection's next read.
+        """
+        had = len(self.buf)
+        try:
+            async with asyncio.timeout(wait):
+                await self.stream.more()
+        except TimeoutError:
+            # As in _fill: bytes that came in the turn the timer fired are served, not dropped.
+            if len(self.buf) == had and not self.stream.eof:
+                raise
+        except OSError as exc:
+            raise ClientGone() from exc
+        if len(self.buf) == had:
+            self.eof = True
 
     # -- writing ---------------------------------------------------------
 
@@ -372,6 +405,7 @@ class Connection:
         target = req.target.decode("latin-1")
         # The path is the pipeline's to log once it understood the target; log_path only if it never did.
         rec = AccessRecord(method=method, mode="plain", host="-", path="")
+        body: RequestBody | None = None
         try:
             check_framing(req)
             check_size(req, snap.config.limits)
@@ -385,17 +419,18 @@ class Connection:
                 if self.tunnel is not None:
                     raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
                 return await connect.connect(self, target, snap, rec)
-            body = RequestBody(self.receive_body, length)
+            body = RequestBody(self, length)
             preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
             reply = await pipeline.handle(preq, self.rt, snap, rec)
             rec.status = reply.status
-            rec.bytes_in = body.bytes_in
             if reply.upgraded is not None:
+                rec.bytes_in = body.bytes_in
                 return await connect.switch(self, reply, preq, rec)
             try:
                 await self._send_reply(reply, rec)
             finally:
-                reply.release()
+                reply.release()  # a body still on its way upstream stops here (h1client)
+                rec.bytes_in = body.bytes_in  # counted once the response is done: it goes on meanwhile
             if not self.req_done:
                 return await self._finish_body(body)
         except ProxyError as err:
@@ -410,6 +445,9 @@ class Connection:
             # the only honest signal left is to cut the client connection.
             log.debug("aborting a response: %s", type(exc).__name__)
             rec.error = "upstream_broke_off"
+            if body is not None and body.error is not None:
+                # The client's body broke while the response streamed; the upstream was cut for it.
+                rec.error = body.error.code if isinstance(body.error, ProxyError) else "client_gone"
             self.stream.transport.abort()
             return False
         except Exception as exc:

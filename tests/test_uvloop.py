@@ -15,6 +15,14 @@ import pytest
 import uvloop
 
 from .conftest import Proxy, Upstream
+from .test_duplex import (  # noqa: F401  (collected again here, on uvloop, with their fixtures)
+    env,
+    payload,
+    refuser,
+    test_20mb_echoed_while_it_is_uploaded,
+    test_a_client_breaking_off_mid_exchange_never_completes_the_upstream_request,
+    test_an_early_refusal_reaches_a_client_that_holds_its_body_back,
+)
 from .test_intercept import (  # noqa: F401  (collected again here, on uvloop)
     test_50_concurrent_connects,
     test_curl_with_authproxy_env,
