@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -33,8 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "local-upstream-token-6d2f83c1a9"
 TIMEOUT = 60.0
 DEFAULT = "localhost,127.0.0.1,::1"
-
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
 def _env_output(config: Path, *args: str) -> str:
@@ -172,7 +169,6 @@ async def _shell(script: str, proxy: ProxyProcess, cwd: Path, home: Path) -> tup
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-@needs_curl
 async def test_a_route_on_localhost_is_reached_through_the_proxy(tmp_path: Path) -> None:
     async with _local_service(tmp_path) as (port, ca, seen):
         path = _config(tmp_path, _route("dev", f"localhost:{port}", f"ca_file: {ca}"))
@@ -206,7 +202,6 @@ def _block(section: str, lang: str) -> str:
     return str(blocks[0])
 
 
-@needs_curl
 async def test_the_readme_local_upstream_example_as_written(tmp_path: Path) -> None:
     """README.md's YAML and commands, run by a new user: only the service's port and the token differ."""
     section = _readme_section("Local upstreams")
