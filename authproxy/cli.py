@@ -17,7 +17,7 @@ from .access import hash_password
 from .ca import BUNDLE_NAME, CAError, CAFiles, LocalCA, ensure_ca
 from .config import Config, Route, load, parse_listen
 from .destinations import Policy
-from .envvars import DEFAULT_NO_PROXY, render, variables
+from .envvars import DEFAULT_NO_PROXY, default_no_proxy, no_proxy_note, render, variables
 from .errors import ProxyError
 from .hosts import HostError, format_authority, is_loopback
 from .memory import tune_asyncio_tls, tune_malloc
@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("-c", "--config", default="routes.yaml")
     env.add_argument("--shell", choices=("sh", "bash", "zsh", "fish", "powershell"), default="sh")
     env.add_argument(
-        "--no-proxy", default=DEFAULT_NO_PROXY, help=f"NO_PROXY value (default {DEFAULT_NO_PROXY}; '' for none)"
+        "--no-proxy",
+        help=f"NO_PROXY value, exactly (default {DEFAULT_NO_PROXY}, or none when a route matches a loopback host)",
     )
     env.add_argument("--listen", help="the proxy address to use, if not the file's `listen`")
 
@@ -346,7 +347,7 @@ The key ({files.key}) can sign a certificate for any site: keep it private."""
     return 0
 
 
-def cmd_env(path: str, shell: str, no_proxy: str, listen: str | None) -> int:
+def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None) -> int:
     cfg = load(path)
     host, port = cfg.listen_host, cfg.listen_port
     if listen:
@@ -356,8 +357,12 @@ def cmd_env(path: str, shell: str, no_proxy: str, listen: str | None) -> int:
             raise UsageError(f"--listen: {exc}.") from None
     _, bundle, _ = _bundle(cfg)
     url = f"http://{format_authority(host, port)}"
+    notes: list[str] = []
+    if no_proxy is None:
+        no_proxy, local = default_no_proxy(cfg.routes)
+        notes += [no_proxy_note(local)] if local else []
     pairs = variables(url, bundle, no_proxy)
-    sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell))
+    sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell, notes))
     return 0
 
 

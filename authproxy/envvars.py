@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+from .config import Match, Route
+from .hosts import is_loopback
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "WS_PROXY", "WSS_PROXY")
 # Each names the CA bundle for one family of clients.
@@ -21,6 +25,38 @@ CA_VARS = (
 DEFAULT_NO_PROXY = "localhost,127.0.0.1,::1"
 
 
+def loopback_routes(routes: Iterable[Route]) -> list[str]:
+    """The routes a client would reach directly, not through the proxy, with the default NO_PROXY.
+
+    That is a ``match`` on a loopback literal, ``localhost``, or a name under
+    ``.localhost`` (RFC 6761 §6.3): curl, wget, Go, Ruby, undici, urllib and
+    requests read the NO_PROXY entry ``localhost`` as "this name and every name
+    under it". A route whose ``upstream`` alone is on loopback is not one:
+    clients send its ``match`` host to the proxy, which dials the upstream.
+    """
+    return [r.name for r in routes if r.match is not None and _loopback_match(r.match)]
+
+
+def _loopback_match(match: Match) -> bool:
+    host = match.host  # normalized: lower case, no trailing dot; for `*.h`, `h`
+    return is_loopback(host) or host.endswith(".localhost")
+
+
+def default_no_proxy(routes: Iterable[Route]) -> tuple[str, list[str]]:
+    """NO_PROXY when the user gave none, and the routes that emptied it (a local upstream must be proxied)."""
+    local = loopback_routes(routes)
+    return ("" if local else DEFAULT_NO_PROXY), local
+
+
+def no_proxy_note(local: list[str]) -> str:
+    """The line `authproxy env` prints when loopback left NO_PROXY: `#` starts a comment in sh, fish and PowerShell."""
+    which = f"route {local[0]} (it matches" if len(local) == 1 else f"routes {', '.join(local)} (they match"
+    return (
+        f"# NO_PROXY leaves out localhost, 127.0.0.1 and ::1 for {which} a loopback host); Go, Java and Ruby "
+        "go direct to loopback anyway, so match a name that does not resolve (such as api.test) instead"
+    )
+
+
 def variables(proxy_url: str, bundle: Path, no_proxy: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name in PROXY_VARS:
@@ -32,8 +68,8 @@ def variables(proxy_url: str, bundle: Path, no_proxy: str) -> list[tuple[str, st
     return out
 
 
-def render(pairs: list[tuple[str, str]], shell: str) -> str:
-    lines = []
+def render(pairs: list[tuple[str, str]], shell: str, notes: Iterable[str] = ()) -> str:
+    lines = list(notes)
     for name, value in pairs:
         if shell == "fish":
             lines.append(f"set -gx {name} {_single_quoted(value, fish=True)}")
