@@ -339,8 +339,10 @@ Trust it in one of these ways:
     sudo cp {cert} /etc/pki/ca-trust/source/anchors/authproxy.pem && sudo update-ca-trust
   On macOS (Go programs and Safari read only the keychain):
     sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {cert}
-  For Java (it ignores all of the above):
-    keytool -importcert -noprompt -alias authproxy -file {cert} -cacerts -storepass changeit
+  For Java (it ignores all of the above), a truststore of its own, leaving the JDK's untouched
+  (copy the JDK's lib/security/cacerts to authproxy.truststore first to keep its roots too):
+    keytool -importcert -noprompt -alias authproxy -file {cert} -keystore authproxy.truststore -storepass changeit
+    java -Djavax.net.ssl.trustStore=authproxy.truststore -Djavax.net.ssl.trustStorePassword=changeit ...
 
 The key ({files.key}) can sign a certificate for any site: keep it private."""
     )
