@@ -66,7 +66,7 @@ class Connection:
         self.busy = False
         # Read and not yet parsed (the next head, body bytes, a tunnel's early bytes): the stream's own buffer.
         self.buf = stream.buf
-        # Inside an intercepted CONNECT: where the tunnel goes.
+        # Inside an intercepted CONNECT: where the tunnel goes (scheme https over TLS, http when plain).
         self.tunnel: Origin | None = None
         self.head = b""  # the current head's raw bytes (bounded), to explain a refusal
         self.user: User | None = None  # who proved themselves with Proxy-Authorization
@@ -155,9 +155,10 @@ class Connection:
         """The next request's head, or None when the client is done.
 
         The head must be whole within ``timeouts.client_header``: for the first
-        request counted from the connection's start (accept, or the end of an
-        intercepted CONNECT's TLS handshake), so a socket that never sends a
-        byte is not held for ``timeouts.idle``; for the next ones on a
+        request counted from the connection's start (accept; the end of an
+        intercepted CONNECT's TLS handshake, or its 200 when plain HTTP
+        follows), so a socket that never sends a byte is not held for
+        ``timeouts.idle``; for the next ones on a
         keep-alive connection from their first byte, the wait before it being
         ``timeouts.idle``.
         """
