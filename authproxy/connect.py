@@ -1,8 +1,9 @@
 """CONNECT and protocol switches: where a client connection stops being one HTTP request after another.
 
 A CONNECT to a host a route matches is intercepted (answered 200, then TLS
-with a leaf from our CA, then the requests inside are served like any
-others); one to any other host becomes a blind byte tunnel. An upgrade the
+with a leaf from our CA, or plain HTTP if that is what the client sends
+first, then the requests inside are served like any others); one to any
+other host becomes a blind byte tunnel. An upgrade the
 upstream accepted (101) turns the connection into a tunnel too.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from .accesslog import AccessRecord
@@ -20,7 +22,9 @@ from .h1request import connect_target
 from .h1response import informational
 from .hosts import format_authority
 from .messages import Origin, ProxyRequest, Reply
+from .routes import connect_default
 from .runtime import Snapshot
+from .sniff import Inside, sniff
 from .tunnel import pump_both
 from .upgrade import is_upgrade, switch_headers
 
@@ -59,7 +63,7 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
     host, port = connect_target(target)
     rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
-    matched = snap.table.candidates(host, port, 443)
+    matched = snap.table.candidates(host, port, connect_default(port))
     if matched:
         rec.route = matched[0].name if len(matched) == 1 else "*"
         return await _intercept(conn, host, port, rec)
@@ -91,32 +95,55 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
 
 
 async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) -> bool:
-    """Answer 200, be ``host`` over TLS with a leaf from our CA, then serve the requests inside."""
+    """Answer 200, then serve the requests inside: over TLS as ``host`` with a leaf from our CA, or in plain HTTP.
+
+    The client's first byte decides (sniff.py): some clients open a tunnel
+    for ``http://`` and ``ws://`` URLs too (undici, https-proxy-agent,
+    Python websockets, Java), and speak plain HTTP/1.1 inside it.
+    """
     rec.mode = "intercept"
     ca = conn.rt.ca
     if ca is None:
         raise NotImplementedByProxy(f"{rec.host} matches a route, but interception is not enabled.")
-    ctx = await ca.context_for(host)
     if conn.buf:
         # Bytes sent before our 200 would be lost by start_tls
         # (python/cpython#142352); a conforming client waits for the 200.
         raise BadRequest("the client sent data before the CONNECT was answered.")
     conn.stream.write(conn.framer(200, b"Connection established", []).head)
     rec.status = 200
-    # No await between the 200 and start_tls: nothing may sit in the buffer.
+    t = conn.rt.snapshot.config.timeouts
+    opened = time.monotonic()
+    # No await between the 200 and the sniff's pause: nothing of the answer may reach the buffer.
     try:
-        await conn.stream.start_tls(ctx, conn.rt.snapshot.config.timeouts.tls_handshake)
-    except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
-        rec.error = "client_tls_failed"
-        log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
+        inside = await sniff(conn.stream.transport, t.client_header)
+    except TimeoutError:
+        inside = None
+    if inside is not Inside.TLS:
+        conn.stream.transport.resume_reading()  # the connection reads again, if only to see the close
+    if inside is None or inside is Inside.GONE:
+        rec.error = "client_timeout" if inside is None else "client_gone"
         return False
-    # A fresh HTTP/1.1 connection on the TLS layer.
-    conn.tunnel = Origin("https", host, port)
+    if inside is Inside.OTHER:
+        conn.tunnel = Origin("http", host, port)  # the refusal has a line of its own
+        await conn.refuse(BadRequest("the bytes inside the tunnel are neither TLS nor an HTTP/1.1 request."))
+        return False
+    if inside is Inside.TLS:
+        try:
+            await conn.stream.start_tls(await ca.context_for(host), t.tls_handshake)
+        except (ssl.SSLError, TimeoutError, OSError, ConnectionError) as exc:
+            rec.error = "client_tls_failed"
+            log.debug("TLS handshake with a client for %s failed: %s", rec.host, type(exc).__name__)
+            return False
+        # A fresh HTTP/1.1 connection on the TLS layer; its first head is due from the end of the handshake.
+        conn.tunnel, start = Origin("https", host, port), None
+    else:
+        # Plain HTTP/1.1 on the tunnel's bytes; the first head is due from the 200 (the wait for its first byte too).
+        conn.tunnel, start, rec.note = Origin("http", host, port), opened, "plain"
     conn.busy = False
     tunnels = conn.rt.metrics.tunnels.labels("intercept")
     tunnels.inc()
     try:
-        await conn.serve_requests()
+        await conn.serve_requests(start)
     finally:
         tunnels.dec()
     return False

@@ -23,6 +23,7 @@ from .grants import Credential
 from .h1message import Body, Response
 from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
 from .messages import Origin, ProxyRequest, Reply
+from .routes import connect_default
 from .runtime import Runtime, Snapshot
 from .tokens import TokenState
 from .upgrade import is_upgrade, open_upgrade
@@ -39,7 +40,7 @@ _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    mode: str  # plain | gateway | intercept
+    mode: str  # plain | gateway | intercept (as logged)
     route: Route | None
     dest: Origin  # where the request is sent
     path: str  # origin-form path and query sent upstream
@@ -161,34 +162,42 @@ def _clear_text_guard(route: Route, host: str) -> Guard:
 
 
 def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
-    """A request inside an intercepted CONNECT: the tunnel's authority decides."""
+    """A request inside an intercepted CONNECT: the tunnel's authority decides.
+
+    Inside a TLS tunnel the origin is ``https://host:port``; inside a plain
+    one ``http://host:port``, under the rules of an absolute-form request
+    (the clear-text rule among them), logged as mode plain.
+    """
     tun = req.tunnel
     assert tun is not None
     t = req.target
-    rec.mode, rec.host = "intercept", tun.authority
+    plain = tun.scheme == "http"
+    rec.mode, rec.host = "plain" if plain else "intercept", tun.authority
     if t.startswith("/"):
         path = t
-    elif t[:8].lower() == "https://":
-        authority, path = _split_authority(t[8:])
-        if _origin("https", authority).host != tun.host:
-            raise MisdirectedRequest(f"the request names {authority[:100]}, but the tunnel goes to {tun.host}.")
     else:
-        raise BadRequest("a request inside an intercepted connection must be origin-form (`GET /path`).")
+        scheme, sep, rest = t.partition("://")
+        if not sep or _SCHEMES.get(scheme.lower()) != tun.scheme:
+            raise BadRequest("a request inside an intercepted connection must be origin-form (`GET /path`).")
+        authority, path = _split_authority(rest)
+        if _origin(tun.scheme, authority).host != tun.host:
+            raise MisdirectedRequest(f"the request names {authority[:100]}, but the tunnel goes to {tun.host}.")
     rec.path = path.partition("?")[0]
     host = _host_of(req.headers)
     if host is not None and host != tun.host:
         # RFC 9110 §15.5.20: the connection is bound to the CONNECT authority.
         raise MisdirectedRequest(f"the Host header names {host[:100]}, but the tunnel goes to {tun.host}.")
-    route = snap.table.match(tun.host, tun.port, 443, rec.path)
+    route = snap.table.match(tun.host, tun.port, connect_default(tun.port), rec.path)
     if route is None:
         if snap.config.unmatched == "deny":
             raise Denied(f"{tun.authority}{rec.path[:100]} matches no route and `unmatched` is deny.")
-        return Target("intercept", None, tun, path, _host_header(tun), Guard.UNMATCHED)
+        return Target(rec.mode, None, tun, path, _host_header(tun), Guard.UNMATCHED)
     rec.route = route.name
     dest = _destination(route, tun)
+    guard = _clear_text_guard(route, tun.host) if plain and route.upstream is None else Guard.ROUTE
     if not route.verify:
         rec.note = "unverified-tls"
-    return Target("intercept", route, dest, path, _host_header(dest))
+    return Target(rec.mode, route, dest, path, _host_header(dest), guard)
 
 
 def _destination(route: Route, origin: Origin) -> Origin:

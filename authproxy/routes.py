@@ -1,10 +1,11 @@
 """Which route a request belongs to.
 
-Precedence (PRODUCT.md): exact host over wildcard (and a longer wildcard
-suffix over a shorter one), a route with a port over one without, a longer
-path prefix over a shorter one, then file order. The candidates for a host
-are computed once and cached, so the per-request work is a dict lookup and a
-prefix scan of a short list.
+A match without a port means 443 for CONNECT and https, 80 for plain http
+and for a CONNECT to port 80. Precedence (PRODUCT.md): exact host over
+wildcard (and a longer wildcard suffix over a shorter one), a route with a
+port over one without, a longer path prefix over a shorter one, then file
+order. The candidates for a host are computed once and cached, so the
+per-request work is a dict lookup and a prefix scan of a short list.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from .config import Route
 from .hosts import prefix_matches, rule_path
 
 _CANDIDATES_MAX = 4096
+
+
+def connect_default(port: int) -> int:
+    """The port a portless match means for a CONNECT to ``port`` (and the requests inside it).
+
+    443, as for https; but a tunnel to port 80 carries what an ``http://``
+    URL means, in plain HTTP or TLS (clients that tunnel every URL), so
+    there a portless match means 80.
+    """
+    return 80 if port == 80 else 443
 
 
 def _rank(route: Route) -> tuple[int, int, int, int, int]:

@@ -66,7 +66,7 @@ class Connection:
         self.busy = False
         # Read and not yet parsed (the next head, body bytes, a tunnel's early bytes): the stream's own buffer.
         self.buf = stream.buf
-        # Inside an intercepted CONNECT: where the tunnel goes.
+        # Inside an intercepted CONNECT: where the tunnel goes (scheme https over TLS, http when plain).
         self.tunnel: Origin | None = None
         self.head = b""  # the current head's raw bytes (bounded), to explain a refusal
         self.user: User | None = None  # who proved themselves with Proxy-Authorization
@@ -155,9 +155,10 @@ class Connection:
         """The next request's head, or None when the client is done.
 
         The head must be whole within ``timeouts.client_header``: for the first
-        request counted from the connection's start (accept, or the end of an
-        intercepted CONNECT's TLS handshake), so a socket that never sends a
-        byte is not held for ``timeouts.idle``; for the next ones on a
+        request counted from the connection's start (accept; the end of an
+        intercepted CONNECT's TLS handshake, or its 200 when plain HTTP
+        follows), so a socket that never sends a byte is not held for
+        ``timeouts.idle``; for the next ones on a
         keep-alive connection from their first byte, the wait before it being
         ``timeouts.idle``.
         """
@@ -368,16 +369,19 @@ class Connection:
         except TimeoutError:
             w.transport.abort()
 
-    async def serve_requests(self) -> None:
-        """Requests one after another on this connection (or TLS layer) until it ends."""
-        self._opened = time.monotonic()
+    async def serve_requests(self, opened: float | None = None) -> None:
+        """Requests one after another on this connection (or TLS layer, or tunnel) until it ends.
+
+        ``opened``: when the first request's head became due (``time.monotonic()``), if not now.
+        """
+        self._opened = time.monotonic() if opened is None else opened
         while True:
             try:
                 req = await self._next_request()
             except ProxyError as err:
                 if self.tunnel is not None and err.status == 400:
                     err.detail = "the bytes inside the intercepted connection are not a valid HTTP/1.1 request."
-                await self._refuse(err)
+                await self.refuse(err)
                 return
             if req is None:
                 return
@@ -387,9 +391,12 @@ class Connection:
             if not keep or self.server.draining or not (self.keep_alive and self.req_done):
                 return
 
-    async def _refuse(self, err: ProxyError) -> None:
+    async def refuse(self, err: ProxyError) -> None:
         """Answer a request that never got as far as a request head, and log it like any other."""
-        rec = AccessRecord(method="-", mode="intercept" if self.tunnel else "plain", host="-", path="-")
+        self.req, self.responding = None, False
+        tun = self.tunnel
+        mode = "intercept" if tun is not None and tun.scheme == "https" else "plain"
+        rec = AccessRecord(method="-", mode=mode, host=tun.authority if tun else "-", path="-")
         try:
             await self._send_error(err, rec)
         finally:

@@ -15,6 +15,14 @@ import pytest
 import uvloop
 
 from .conftest import Proxy, Upstream
+from .test_connect_plain import (  # noqa: F401  (collected again here, on uvloop: the sniff pauses its transport)
+    test_a_client_closing_after_the_200_is_logged_and_forgotten,
+    test_a_silent_client_after_connect_is_closed_by_client_header,
+    test_connect_80_to_a_portless_route_serves_plain_http_with_the_credential,
+    test_neither_tls_nor_http_inside_is_400_and_close,
+    test_tls_on_port_80_is_intercepted_too,
+    test_websockets_ws_through_connect_gets_the_credential,
+)
 from .test_duplex import (  # noqa: F401  (collected again here, on uvloop, with their fixtures)
     env,
     payload,
