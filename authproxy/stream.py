@@ -50,6 +50,8 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    async def wait_closed(self) -> None: ...
+
 
 class ClientStream(asyncio.BufferedProtocol):
     """One accepted connection; ``on_connected`` runs as its task once the transport is there."""

@@ -15,6 +15,18 @@ import pytest
 import uvloop
 
 from .conftest import Proxy, Upstream
+from .test_close import (  # noqa: F401  (collected again here, on uvloop, with their fixture)
+    test_blind_tunnel_client_half_close_still_gets_the_answer,
+    test_blind_tunnel_upstream_half_close_still_takes_the_client_bytes,
+    test_client_close_reaches_upstream,
+    test_client_connection_end_reaches_upstream,
+    test_raw_client_bytes_then_close_notify_reach_the_upstream,
+    test_raw_upstream_bytes_then_close_notify_reach_the_client,
+    test_server_close_reaches_websockets_client,
+    test_undici_websocket_sees_the_close,
+    test_upstream_closing_pooled_connections_keeps_the_client_connection,
+    upstream_tls,
+)
 from .test_connect_plain import (  # noqa: F401  (collected again here, on uvloop: the sniff pauses its transport)
     test_a_client_closing_after_the_200_is_logged_and_forgotten,
     test_a_silent_client_after_connect_is_closed_by_client_header,
