@@ -21,7 +21,7 @@ bundle `authproxy env` names.
 | wget | `--ca-certificate=BUNDLE` | x | | |
 | git | none (`git ls-remote`, smart HTTP) | x | | |
 | urllib | none | x | x | |
-| requests | none (`iter_lines(chunk_size=None)`) | x | x | |
+| requests | none | x | x | |
 | httpx | none | x | x | |
 | aiohttp | `ClientSession(trust_env=True)` | x | x | x |
 | websockets | none | | | x |
@@ -44,7 +44,13 @@ Each feature runs against both upstreams (`https://api.test`, `http://plain.test
 - WebSocket: an echo, then the close. With `timeouts.idle` and every client's
   own close timeout at 30 s, the upstream closes (1000 "bye") and ends the
   connection; the client must report the close frame and the connection's
-  end within 10 s: an event, not a timeout.
+  end within 10 s: an event, not a timeout. (aiohttp and Java end the
+  connection themselves once the close frames are exchanged; websockets,
+  undici and `ws` wait for the server's end.)
+
+The clients are small programs in tests/clients/ (Node's in tests/node/, next
+to its package.json), each printing the same lines: `status N` and the body,
+each event-stream line as it arrives, or the echo and `closed CODE REASON SECONDS`.
 
 Every client call is bounded (15 s). Only Java may skip, when it is not
 installed (apt could not install `default-jdk-headless`); any other missing
@@ -70,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import trustme
 from aiohttp import web
@@ -120,6 +127,8 @@ class Upstreams:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._git_root = tmp / "git"
         self.commit = _make_repo(tmp / "work", self._git_root / "repo.git")
+        exec_path = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True, timeout=60)
+        self._git_backend = str(Path(exec_path.stdout.strip()) / "git-http-backend")
 
     def start(self) -> None:
         self._thread.start()
@@ -225,11 +234,8 @@ class Upstreams:
         for header, var in (("Content-Encoding", "HTTP_CONTENT_ENCODING"), ("Git-Protocol", "HTTP_GIT_PROTOCOL")):
             if header in request.headers:
                 env[var] = request.headers[header]
-        backend = subprocess.run(
-            ["git", "--exec-path"], capture_output=True, text=True, check=True, timeout=CALL_TIMEOUT
-        ).stdout.strip()
         proc = await asyncio.create_subprocess_exec(
-            f"{backend}/git-http-backend",
+            self._git_backend,
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -314,6 +320,8 @@ def _authproxy_env(config: Path, port: int, home: Path) -> dict[str, str]:
     )
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     env = dict(item.split("=", 1) for item in r.stdout.decode().split("\0") if "=" in item)
+    for shell_own in ("PWD", "OLDPWD", "SHLVL", "_"):
+        env.pop(shell_own, None)
     assert env["HTTPS_PROXY"] == f"http://127.0.0.1:{port}", env
     return env
 
@@ -392,6 +400,9 @@ def run(m: Matrix, argv: list[str], on_line: Callable[[str], None] | None = None
         proc.wait(5)
     for t in readers:
         t.join(5)
+    while not lines.empty():  # what a killed client wrote after the deadline
+        if (rest := lines.get_nowait()) is not None:
+            out.append(rest)
     result = Result(proc.returncode, "".join(out), "".join(err))
     m.outputs += [result.out, result.err]
     assert_no_secrets([result.out, result.err], {HTTPS_TOKEN, PLAIN_TOKEN})
@@ -555,6 +566,22 @@ WS_CLIENTS = ["websockets", "aiohttp", "node-undici-ws", "node-ws", "java"]
 
 
 # --------------------------------------------------------------------------- the cases
+
+
+def test_only_the_proxy_makes_the_upstreams_answer(matrix: Matrix) -> None:
+    """The controls: without the credential each upstream refuses, and the bundle the clients
+    trust does not verify the HTTPS upstream itself, so a client's success proves both the
+    interception and the injection."""
+    up = matrix.upstreams
+    own_ca = ssl.create_default_context(cafile=str(up.ca))
+    for scheme, verify in (("https", own_ca), ("http", True)):
+        direct = httpx.get(
+            f"{scheme}://127.0.0.1:{up.ports[scheme]}/hello?client=direct", verify=verify, trust_env=False
+        )
+        assert direct.status_code == 401, direct.text
+    bundle = ssl.create_default_context(cafile=matrix.bundle)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"https://127.0.0.1:{up.ports['https']}/hello?client=direct", verify=bundle, trust_env=False)
 
 
 @pytest.mark.parametrize("scheme", ["https", "http"])
