@@ -45,8 +45,9 @@ Each feature runs against both upstreams (`https://api.test`, `http://plain.test
   own close timeout at 30 s, the upstream closes (1000 "bye") and ends the
   connection; the client must report the close frame and the connection's
   end within 10 s: an event, not a timeout. (aiohttp and Java end the
-  connection themselves once the close frames are exchanged; websockets,
-  undici and `ws` wait for the server's end.)
+  connection themselves once the close frames are exchanged; websockets and
+  undici wait for the server's end; `ws` half-closes and waits for the socket
+  to close.)
 
 The clients are small programs in tests/clients/ (Node's in tests/node/, next
 to its package.json), each printing the same lines: `status N` and the body,
