@@ -30,6 +30,7 @@ import secrets
 import socket
 import ssl
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TypeVar
 
 from .destinations import IP, Destinations, Policy
@@ -219,7 +220,10 @@ async def _addresses(host: str, port: int, *, passive: bool = False) -> list[IP]
     return list(dict.fromkeys(canonical(str(info[4][0])) for info in infos))
 
 
+@lru_cache(maxsize=4096)
 def is_ip_literal(host: str) -> bool:
+    """Remembered per host: the clear-text rule asks it on every plain request, and parsing
+    with ipaddress costs about a twentieth of a small GET."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
