@@ -13,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from authproxy import config, yamlreader
+from authproxy.grants import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH = "$2b$12$" + "a" * 53
@@ -82,14 +85,130 @@ routes:
 """
 
 
-def test_every_key_the_parser_accepts_is_in_the_configuration_manual(tmp_path: Path, monkeypatch) -> None:
+def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.Config:
     for name in ("ca.pem", "ca-key.pem", "token.txt"):
         (tmp_path / name).write_text("x\n")
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)
     (tmp_path / "routes.yaml").write_text(EVERY_KEY.replace("STATE", str(tmp_path / "state")))
+    return config.load(tmp_path / "routes.yaml")
+
+
+def test_every_key_the_parser_accepts_is_in_the_configuration_manual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     yamlreader.KEYS.clear()
-    config.load(tmp_path / "routes.yaml")
-    keys = sorted(yamlreader.KEYS)
-    print("\n".join(keys))
+    cfg = _load_every_key(tmp_path, monkeypatch)
+    # The file exercised every grant type and every block, so the registry holds every key.
+    assert {r.auth.type_name for r in cfg.routes} == set(REGISTRY)
+    assert cfg.admin and cfg.proxy_auth and cfg.destinations and cfg.bws
+    keys = set(yamlreader.KEYS)
+    assert "routes[].auth.type" in keys and "proxy_auth.users.*.hash" in keys
+    manual = (ROOT / "docs" / "configuration.md").read_text()
+    named = set(re.findall(r"`([^`\s]+)`", manual))
+    assert sorted(keys - named) == [], "docs/configuration.md does not name these keys (in backticks)"
+
+
+def test_the_registry_names_a_key_the_parser_refuses_nowhere(tmp_path: Path) -> None:
+    """A key nobody reads is an error, not a registered key: the registry lists what is accepted."""
+    yamlreader.KEYS.clear()
+    (tmp_path / "routes.yaml").write_text("routes: [{name: a, match: a.test, auth: {type: basic, user: u}}]\n")
+    with pytest.raises(config.ConfigError):
+        config.load(tmp_path / "routes.yaml")
+    assert "routes[].auth.user" not in yamlreader.KEYS
+    assert "routes[].auth.username" in yamlreader.KEYS
+
+
+def test_each_grant_type_has_its_example_in_the_grants_page() -> None:
+    page = (ROOT / "docs" / "grants.md").read_text()
+    for name in REGISTRY:
+        assert f"\n## {name}\n" in page, name
+        assert f"type: {name}" in page, name
+
+
+def test_the_commands_page_embeds_each_commands_current_help() -> None:
+    """docs/commands.md is what scripts/docs.py makes of it: run the script when this fails."""
+    current = (ROOT / "docs" / "commands.md").read_text()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "docs.py"), "--check"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (ROOT / "docs" / "commands.md").read_text() == current  # --check never writes
+    shown = set(re.findall(r"<!-- help: ([a-z-]+) -->", current))
+    # Every command `authproxy --help` lists has its own block.
+    top = current.split("<!-- help: authproxy -->")[1].split("<!-- /help -->")[0]
+    listed = set(re.findall(r"^    ([a-z][a-z-]+)", top, re.M))
+    assert "run" in listed and listed | {"authproxy"} == shown
+
+
+def test_the_stale_check_fails_on_a_changed_help_block(tmp_path: Path) -> None:
+    """The check is not vacuous: an edited block is reported with a diff."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import docs as script
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    current = (ROOT / "docs" / "commands.md").read_text()
+    stale = current.replace("route table (default ./routes.yaml)", "route table")
+    assert stale != current
+    assert script.generate(stale) == current
+
+
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation but `-` and `_` dropped, spaces to `-`."""
+    seen: dict[str, int] = {}
+    out = set()
+    in_code = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not line.startswith("#"):
+            continue
+        title = line.lstrip("#").strip().lower()
+        slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def _doc_files() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for doc in _doc_files():
+        text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+        for m in _LINK.finditer(text):
+            target = m.group(1) or m.group(2)
+            if re.match(r"[a-z]+:", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            dest = (doc.parent / file_part).resolve() if file_part else doc
+            if not dest.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_link_check_sees_a_broken_anchor() -> None:
+    assert "grant-keys" in _anchors(ROOT / "docs" / "configuration.md")
+    assert "no-such-heading" not in _anchors(ROOT / "docs" / "configuration.md")
+
+
+def test_readme_is_a_front_door() -> None:
+    """At most ~200 lines, the two commands first, and no history: the project speaks of itself only."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 210
+    head = readme[: readme.index("\n## ")]
+    assert "python3 -m pip install . && authproxy run" in head and "bash .ci/run" in head
+    for doc in _doc_files():
+        text = doc.read_text()
+        found = re.findall(r"\b[Ss]ession \d|\b[Ii]ssue \d|#\d+\b(?!\d)", text)
+        assert found == [], f"{doc.relative_to(ROOT)}: {found}"
