@@ -8,7 +8,9 @@ added to the parser fails here until the manual names it.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,9 @@ import pytest
 
 from authproxy import config, yamlreader
 from authproxy.grants import REGISTRY
+from tests.support.proc import start_proxy
+
+from .conftest import assert_no_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 HASH = "$2b$12$" + "a" * 53
@@ -212,3 +217,56 @@ def test_readme_is_a_front_door() -> None:
         text = doc.read_text()
         found = re.findall(r"\b[Ss]ession \d|\b[Ii]ssue \d|#\d+\b(?!\d)", text)
         assert found == [], f"{doc.relative_to(ROOT)}: {found}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_readme_walkthrough_as_written(tmp_path: Path) -> None:
+    """The five minutes, run as a new user would: only the two ports differ (the test's are free ones)."""
+    readme = (ROOT / "README.md").read_text()
+    part = readme[readme.index("## Five minutes") : readme.index("\n## Commands")]
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", part, re.M | re.S)
+    assert [lang for lang, _ in blocks] == ["sh", "yaml", "sh", "text"]
+    (_, setup), (_, routes), (_, commands), (_, shown) = blocks
+    echo_port = _free_port()
+    assert setup.splitlines()[-1] == "python3 echo.py &" and "8000" in setup and "8000" in routes
+    subprocess.run(["sh", "-ec", "\n".join(setup.splitlines()[:-1])], cwd=tmp_path, check=True)
+    work, home = tmp_path / "try-authproxy", tmp_path / "home"
+    home.mkdir()
+    echo_py = work / "echo.py"
+    echo_py.write_text(echo_py.read_text().replace("8000", str(echo_port)))
+    (work / "routes.yaml").write_text(routes.replace("8000", str(echo_port)))
+    lines = commands.splitlines()
+    key = re.fullmatch(r"export ECHO_KEY=(\S+)", lines[0])
+    assert key is not None and lines[2].startswith("authproxy run &")
+    echo = subprocess.Popen([sys.executable, str(echo_py)], cwd=work, stderr=subprocess.DEVNULL)
+    proxy = start_proxy(work / "routes.yaml", env={"ECHO_KEY": key.group(1), "HOME": str(home)})
+    try:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.endswith(("_BUNDLE", "_FILE"))}
+        env.update(HOME=str(home), PYTHONPATH=str(ROOT), AP_PYTHON=sys.executable, AP_PORT=str(proxy.port))
+        # `authproxy` is this checkout; `env` is told the test's port, as `--listen` would.
+        prelude = (
+            'set -e\nauthproxy() { if [ "$1" = env ]; then "$AP_PYTHON" -m authproxy "$@" --listen "127.0.0.1:$AP_PORT";'
+            ' else "$AP_PYTHON" -m authproxy "$@"; fi; }\n'
+        )
+        script = prelude + "\n".join([lines[0], lines[1], *lines[3:]])
+        out = subprocess.run(["sh", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        echo.kill()
+        echo.wait()
+        assert proxy.stop() == 0, proxy.stderr_text()
+    assert out.returncode == 0, out.stderr
+    answers = out.stdout.split("GET /hello\n")[1:]
+    assert len(answers) == 2, out.stdout  # plain and intercepted
+    for answer in answers:
+        for line in shown.replace("8000", str(echo_port)).splitlines()[1:]:
+            if not line.startswith(("User-Agent", "Via")):  # curl's version; the proxy's random pseudonym
+                assert line in answer, (line, answer)
+    assert "${ECHO_KEY}" in out.stdout  # check shows the key by its source
+    for mode in ("plain echo.test:80", "intercept echo.test:443"):
+        assert any(f"GET {mode} /hello route=echo status=200" in x for x in proxy.err_lines), proxy.err_lines
+    assert_no_secrets(proxy.err_lines, [key.group(1)])
