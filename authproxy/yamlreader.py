@@ -22,6 +22,12 @@ from .secrets import Secret, UnsupportedReference, Value, interpolate
 _TRUE = {"true", "yes", "on"}
 _REF = re.compile(r"\$\{([^}\n]*)\}")
 _TOKEN = re.compile(r"\$__authproxy_ref_(\d+)__")
+_INDEX = re.compile(r"\[\d+\]")
+
+# Every key the parser has asked for, as a path pattern (``routes[].auth.token_url``;
+# ``*`` for a name the user chooses, as in ``proxy_auth.users.*``): the parser's own
+# list of the keys it accepts, which the configuration manual is checked against.
+KEYS: set[str] = set()
 
 
 @dataclass(slots=True)
@@ -97,9 +103,12 @@ class Section:
         path: str,
         doc: Document,
         missing: list[str] | None = None,
+        pattern: str | None = None,
     ) -> None:
         self.node = node
         self.path = path
+        self.pattern = _INDEX.sub("[]", path) if pattern is None else pattern
+        self._named = False  # its keys are names the user chose (``names()`` was asked)
         self.doc = doc
         self.problems = problems = doc.problems
         self.base_dir = doc.base_dir
@@ -128,7 +137,13 @@ class Section:
         return key in self._items
 
     def names(self) -> list[str]:
+        """The keys as given, when they are names the user chooses (users, extra parameters)."""
+        self._named = True
         return list(self._items)
+
+    def _pattern(self, key: str) -> str:
+        key = "*" if self._named else key
+        return f"{self.pattern}.{key}" if self.pattern else key
 
     def is_mapping(self, key: str) -> bool:
         item = self._items.get(key)
@@ -153,6 +168,7 @@ class Section:
 
     def _node(self, key: str, required: bool) -> yaml.Node | None:
         self._read.add(key)
+        KEYS.add(self._pattern(key))
         item = self._items.get(key)
         if item is None:
             if required:
@@ -303,7 +319,7 @@ class Section:
         if not isinstance(node, yaml.MappingNode):
             self.error(key, "must be a mapping (key: value lines)")
             return None
-        return Section(node, self.sub(key), self.doc, self.missing)
+        return Section(node, self.sub(key), self.doc, self.missing, self._pattern(key))
 
     def sections(self, key: str) -> Iterator[Section]:
         """The mappings of a list, each with its index in the path."""
@@ -318,7 +334,7 @@ class Section:
             if not isinstance(item, yaml.MappingNode):
                 self.problems.error(path, line_of(item), "must be a mapping (key: value lines)")
                 continue
-            yield Section(item, path, self.doc, [])
+            yield Section(item, path, self.doc, [], f"{self._pattern(key)}[]")
 
     def str_list(self, key: str) -> list[str] | None:
         node = self._node(key, False)
@@ -366,7 +382,7 @@ class Section:
         if sec is None:
             return None
         out = {}
-        for name in list(sec._items):
+        for name in sec.names():
             val = sec.value(name)
             if val is not None:
                 out[name] = val

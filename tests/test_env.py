@@ -3,8 +3,9 @@
 The value is read back from the real command's output; the end-to-end tests run
 a real `authproxy run`, an HTTPS upstream on 127.0.0.1 with its own CA (trustme)
 that answers 401 without the route's token, and curl in a shell that only
-evaluated what `authproxy env` printed. README.md's "Local upstreams" example
-is taken from README.md itself and run as written, so the two cannot drift.
+evaluated what `authproxy env` printed. The "Local upstreams" example of
+docs/clients.md is taken from that page itself and run as written, so the two
+cannot drift.
 """
 
 from __future__ import annotations
@@ -189,22 +190,22 @@ async def test_a_route_on_localhost_is_reached_through_the_proxy(tmp_path: Path)
         assert_no_secrets(p.err_lines, [TOKEN])
 
 
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n### {title}\n")
-    end = text.index("\n## ", start)
+def _clients_section(title: str) -> str:
+    text = (ROOT / "docs" / "clients.md").read_text() + "\n## "
+    start = text.index(f"\n## {title}\n")
+    end = text.index("\n## ", start + 1)
     return text[start:end]
 
 
 def _block(section: str, lang: str) -> str:
     blocks = re.findall(rf"^```{lang}\n(.*?)^```$", section, re.M | re.S)
-    assert len(blocks) == 1, f"README, Local upstreams: expected one ```{lang} block"
+    assert len(blocks) == 1, f"docs/clients.md, Local upstreams: expected one ```{lang} block"
     return str(blocks[0])
 
 
 async def test_the_readme_local_upstream_example_as_written(tmp_path: Path) -> None:
-    """README.md's YAML and commands, run by a new user: only the service's port and the token differ."""
-    section = _readme_section("Local upstreams")
+    """docs/clients.md's YAML and commands, run by a new user: only the service's port and the token differ."""
+    section = _clients_section("Local upstreams")
     yaml_text, commands = _block(section, "yaml"), _block(section, "sh").splitlines()
     first, second, rest = commands[0], commands[1], commands[2:]
     assert re.match(r"export LOCAL_API_TOKEN=\.\.\.\s", first), first
@@ -213,7 +214,7 @@ async def test_the_readme_local_upstream_example_as_written(tmp_path: Path) -> N
     home = tmp_path / "home"
     home.mkdir()
     async with _local_service(tmp_path) as (port, _ca, seen):
-        # dev-ca.pem (the README's `ca_file`) is the service's CA, next to local.yaml.
+        # dev-ca.pem (the example's `ca_file`) is the service's CA, next to local.yaml.
         (tmp_path / "local.yaml").write_text(yaml_text.replace("localhost:18443", f"localhost:{port}"))
         p = start_proxy(tmp_path / "local.yaml", env={"LOCAL_API_TOKEN": TOKEN, "HOME": str(home)})
         try:
