@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("authproxy.server")
 
 
-async def switch(conn: Connection, reply: Reply, req: ProxyRequest, rec: AccessRecord) -> bool:
-    """Relay the upstream's 101, then pump bytes both ways until either side closes."""
+async def switch(conn: Connection, snap: Snapshot, reply: Reply, req: ProxyRequest, rec: AccessRecord) -> bool:
+    """Relay the upstream's 101, then pump bytes both ways until either side closes (``snap``'s idle timeout)."""
     up = reply.upgraded
     assert up is not None
     try:
@@ -50,7 +50,7 @@ async def switch(conn: Connection, reply: Reply, req: ProxyRequest, rec: AccessR
         conn.buf.clear()
         if client_early:
             up.writer.write(client_early)
-        idle = conn.rt.snapshot.config.timeouts.idle
+        idle = snap.config.timeouts.idle
         bytes_in, bytes_out = await pump_both((conn.stream, conn.stream), (up.reader, up.writer), idle)
         rec.bytes_in += bytes_in + len(client_early)
         rec.bytes_out += bytes_out + len(up.early)
@@ -66,7 +66,7 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     matched = snap.table.candidates(host, port, connect_default(port))
     if matched:
         rec.route = matched[0].name if len(matched) == 1 else "*"
-        return await _intercept(conn, host, port, rec)
+        return await _intercept(conn, snap, host, port, rec)
     if snap.config.unmatched == "deny":
         raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
     t = snap.config.timeouts
@@ -94,7 +94,7 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     return False
 
 
-async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) -> bool:
+async def _intercept(conn: Connection, snap: Snapshot, host: str, port: int, rec: AccessRecord) -> bool:
     """Answer 200, then serve the requests inside: over TLS as ``host`` with a leaf from our CA, or in plain HTTP.
 
     The client's first byte decides (sniff.py): some clients open a tunnel
@@ -111,7 +111,7 @@ async def _intercept(conn: Connection, host: str, port: int, rec: AccessRecord) 
         raise BadRequest("the client sent data before the CONNECT was answered.")
     conn.stream.write(conn.framer(200, b"Connection established", []).head)
     rec.status = 200
-    t = conn.rt.snapshot.config.timeouts
+    t = snap.config.timeouts
     opened = time.monotonic()
     # No await between the 200 and the sniff's pause: nothing of the answer may reach the buffer.
     try:

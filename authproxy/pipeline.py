@@ -58,12 +58,12 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
-        return await exchange(rt, target, req, None)
+        return await exchange(rt, snap, target, req, None)
 
     cred, state = await rt.tokens.get(route)
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
-    reply = await exchange(rt, target, req, cred)
+    reply = await exchange(rt, snap, target, req, cred)
 
     if reply.status == 401 and route.auth.may_retry():
         try:
@@ -76,18 +76,22 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             rec.retry = "skipped"
         else:
             reply.release()
-            reply = await exchange(rt, target, req, retry)
+            reply = await exchange(rt, snap, target, req, retry)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply
 
 
-async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
-    """One round trip upstream: a pooled HTTP/1.1 request, or an upgrade on its own connection."""
+async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
+    """One round trip upstream: a pooled HTTP/1.1 request, or an upgrade on its own connection.
+
+    Its timeouts are those of ``snap``, the snapshot the request started with:
+    a reload while it waits for a token or its body does not change them.
+    """
     headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
-        t = rt.snapshot.config.timeouts
+        t = snap.config.timeouts
         sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
         return await open_upgrade(
             rt.egress,
@@ -103,7 +107,7 @@ async def exchange(rt: Runtime, target: Target, req: ProxyRequest, cred: Credent
         )
     data, length = _payload(req)
     try:
-        resp = await send(rt, target, req.method, headers, data, length, cred)
+        resp = await send(rt, snap, target, req.method, headers, data, length, cred)
     except ProxyError:
         if req.body.error is not None:
             raise req.body.error from None  # the client's body broke, not the upstream
@@ -313,6 +317,7 @@ def _payload(req: ProxyRequest) -> tuple[Body, int | None]:
 
 async def send(
     rt: Runtime,
+    snap: Snapshot,
     target: Target,
     method: str,
     headers: list[tuple[bytes, bytes]],
@@ -331,7 +336,7 @@ async def send(
         headers,
         data,
         length,
-        rt.snapshot.config.timeouts.upstream_headers,
+        snap.config.timeouts.upstream_headers,
         target.guard,
     )
 

@@ -78,6 +78,8 @@ class Connection:
         self.waiting_100 = False  # Expect: 100-continue, not yet answered
         self.responding = False
         self.keep_alive = True
+        # The snapshot of the request in progress (the one in force when it started), for its body's reads.
+        self.snap = self.rt.snapshot
         # The read deadline (see _fill): one timer, checked when it fires.
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
@@ -227,7 +229,7 @@ class Connection:
         the upstream connection's sender, which reads a streamed body while
         this task writes the response (RFC 9112 §9.3).
         """
-        idle = self.rt.snapshot.config.timeouts.idle
+        idle = self.snap.config.timeouts.idle
         while True:
             chunk = self.body_at_hand()
             if chunk is None or chunk:
@@ -407,7 +409,7 @@ class Connection:
         """Serve one request; False when the connection must close after it."""
         self.busy = True
         started = time.perf_counter()
-        snap = self.rt.snapshot  # kept to the end, whatever a reload does
+        snap = self.snap = self.rt.snapshot  # kept to the end, whatever a reload does
         method = req.method.decode("ascii", "replace")
         target = req.target.decode("latin-1")
         # The path is the pipeline's to log once it understood the target; log_path only if it never did.
@@ -432,7 +434,7 @@ class Connection:
             rec.status = reply.status
             if reply.upgraded is not None:
                 rec.bytes_in = body.bytes_in
-                return await connect.switch(self, reply, preq, rec)
+                return await connect.switch(self, snap, reply, preq, rec)
             try:
                 await self._send_reply(reply, rec)
             finally:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+from aiohttp import web
 
+from authproxy.reload import Reloader
 from tests.support.oauth_server import OAuthServer
 from tests.support.proc import start_proxy
 
@@ -124,3 +129,89 @@ async def test_changed_grant_drops_its_token(tmp_path: Path, upstream: Upstream,
         p.stop()
     assert oauth_server.token_requests() == 2
     assert oauth_server.last_request()["params"]["scope"] == "b"
+
+
+@asynccontextmanager
+async def _held_upstream() -> AsyncIterator[tuple[int, list[asyncio.Event], asyncio.Event]]:
+    """A real aiohttp upstream that answers only when told: (port, one event per request arrived, release)."""
+    arrived = [asyncio.Event() for _ in range(4)]
+    release = asyncio.Event()
+    count = 0
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal count
+        await request.read()
+        arrived[count].set()
+        count += 1
+        await release.wait()
+        return web.Response(text="answered late")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", held)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port, arrived, release
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def _read_until(reader: asyncio.StreamReader, mark: bytes) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(mark), 30)  # a hang guard only
+
+
+async def test_a_reload_mid_request_keeps_the_requests_timeouts(
+    make_proxy: Callable[[str], Any], tmp_path: Path
+) -> None:
+    """A request keeps the snapshot it started with; the next one takes the reloaded timeouts.
+
+    Request A is held inside the proxy (its head read, its body awaited for a
+    possible 401 retry, the ``100 Continue`` saying so) while the file is
+    reloaded with a short ``upstream_headers``. Request B, sent after A reached
+    the upstream, gets the new timeout's 504; A, whose wait began earlier, is
+    still waiting then and gets the upstream's late answer.
+    """
+    token = tmp_path / "token"
+    token.write_text("reload-bearer-token-77\n")
+    async with _held_upstream() as (port, arrived, release):
+
+        def config(upstream_headers: float) -> str:
+            return textwrap.dedent(f"""
+                state_dir: {tmp_path / "state"}
+                timeouts: {{upstream_headers: {upstream_headers}}}
+                routes:
+                  - name: held
+                    match: 127.0.0.1:{port}
+                    auth: {{type: bearer, token_file: {token}}}
+                """)
+
+        p = await make_proxy(config(60))
+        p.secrets.add("reload-bearer-token-77")
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(
+            f"POST http://127.0.0.1:{port}/a HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert b" 100 " in await _read_until(reader, b"\r\n\r\n")  # A has its snapshot and waits for its body
+
+        p.config_path.write_text(config(0.3))
+        assert await Reloader(p.runtime, p.config_path).reload("test")
+        writer.write(b"hello")
+        await asyncio.wait_for(arrived[0].wait(), 30)
+
+        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+            b = await client.get(f"http://127.0.0.1:{port}/b")
+        assert b.status_code == 504 and b.json()["error"] == "upstream_timeout"
+
+        release.set()
+        head = await _read_until(reader, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert b"answered late" in await asyncio.wait_for(reader.read(1000), 30)
+        writer.close()
+    b_line, a_line = p.access_lines()  # in the order they ended: B's 504 first, A answered after it
+    assert " /b " in b_line and "status=504" in b_line and "error=upstream_timeout" in b_line, b_line
+    assert " /a " in a_line and "status=200" in a_line and "error=" not in a_line, a_line
