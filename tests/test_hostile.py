@@ -3,7 +3,7 @@
 Every case writes hand-made bytes to the in-process proxy and asserts the exact
 status, that the connection closes, that no smuggled request ever reached the
 upstream, and that the proxy still serves a normal request afterwards.
-Statuses follow RFC 9112 and the README's "Framing" and "Errors" sections.
+Statuses follow RFC 9112 and docs/behaviour.md ("Framing") and docs/troubleshooting.md (the errors).
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ REFUSED: list[tuple[str, Callable[[str], bytes], int, str]] = [
         "bad_request",
     ),
     (
-        # README "Framing": a repeated Transfer-Encoding gets 400 (ARCHITECTURE pitfall 1).
+        # docs/behaviour.md, "Framing": a repeated Transfer-Encoding gets 400 (ARCHITECTURE pitfall 1).
         "te-repeated",
         lambda u: (
             (
@@ -530,7 +530,7 @@ LOGGED = [
 
 @pytest.mark.parametrize("name", LOGGED)
 async def test_every_refusal_gets_a_log_line(env: Env, name: str) -> None:
-    """README "Logs": one line per request; issue 7: each exceeded limit gets its status and a log line."""
+    """One access line per request (docs/behaviour.md, "Logs"); each exceeded limit gets its status and a log line."""
     _, build, status, code = next(c for c in REFUSED if c[0] == name)
     resp, _ = await talk(env.p.port, build(env.u))
     assert status_of(resp) == status
@@ -618,7 +618,7 @@ ACCEPTED: list[tuple[str, Callable[[str], bytes], Callable[[str], bytes]]] = [
         smuggled,
     ),
     (
-        # README "Framing": obs-fold is replaced by a space (RFC 9112 §5.2 allows that or a 400);
+        # docs/behaviour.md, "Framing": obs-fold is replaced by a space (RFC 9112 §5.2 allows that or a 400);
         # the folded `Transfer-Encoding` is then part of X-Note's value, not a header.
         "obs-fold-hides-nothing",
         lambda u: (
