@@ -20,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -591,39 +590,6 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def _start_anywhere(config: Path, *args: str) -> ProxyProcess:
-    """``authproxy run`` with its own ``--listen``; the port from its "listening on" line, whatever the address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "authproxy", "run", "-c", str(config), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **ENV},
-    )
-    lines: list[str] = []
-    found = threading.Event()
-    ports: list[int] = []
-
-    def reader() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            lines.append(line)
-            m = re.search(r"listening on \S+:(\d+)", line)
-            if m and not found.is_set():
-                ports.append(int(m.group(1)))
-                found.set()
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not found.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the proxy did not start:\n" + "\n".join(lines))
-    return ProxyProcess(proc, ports[0], f"http://127.0.0.1:{ports[0]}", lines, thread)
-
-
 @contextlib.asynccontextmanager
 async def _running(p: ProxyProcess) -> AsyncIterator[ProxyProcess]:
     try:
@@ -655,7 +621,7 @@ async def test_bound_to_every_address_the_hosts_own_address_is_a_loop(tmp_path: 
             auth: {{type: api_key, header: X-Key, value: "${{EGRESS_KEY}}"}}
         """,
     )
-    async with _running(_start_anywhere(config, "--listen", "0.0.0.0:0", "--allow-open")) as p:
+    async with _running(start_proxy(config, "--allow-open", env=ENV, listen="0.0.0.0:0")) as p:
         for target in (f"{lan}:{p.port}", f"[::ffff:{lan}]:{p.port}", f"127.0.0.2:{p.port}", f"0:{p.port}"):
             resp, _ = await _exchange(p.port, _get(target))
             _refused(resp, 400, "proxy_loop")

@@ -43,11 +43,16 @@ class ProxyProcess:
         return rc
 
 
-def start_proxy(config: Path, *args: str, env: dict[str, str] | None = None) -> ProxyProcess:
-    """Start on a free port and wait for its "listening on" line."""
+def start_proxy(
+    config: Path, *args: str, env: dict[str, str] | None = None, listen: str = "127.0.0.1:0"
+) -> ProxyProcess:
+    """Start on ``listen`` (a free loopback port by default) and wait for its "listening on" line.
+
+    The port is read from that line whatever the address (``0.0.0.0:0`` too).
+    """
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "authproxy", "run", "-c", str(config), "--listen", "127.0.0.1:0", *args],
+        [sys.executable, "-m", "authproxy", "run", "-c", str(config), "--listen", listen, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -62,7 +67,7 @@ def start_proxy(config: Path, *args: str, env: dict[str, str] | None = None) -> 
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             lines.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            m = re.search(r"listening on \S+:(\d+)", line)
             if m and not found.is_set():
                 port_box.append(int(m.group(1)))
                 found.set()
