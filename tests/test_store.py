@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
 
 WRITER = r"""
 import asyncio, sys
 from pathlib import Path
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
 
 async def main(state: str, me: str, rounds: int) -> None:
     store = StateStore(Path(state))
@@ -52,7 +52,7 @@ def test_two_processes_write_without_losing_an_update(tmp_path: Path) -> None:
 KILLED = r"""
 import sys
 from pathlib import Path
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
 
 store = StateStore(Path(sys.argv[1]))
 i = 0
