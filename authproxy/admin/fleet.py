@@ -13,13 +13,44 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from authproxy.admin.statusview import route_fields
 from authproxy.admin.web import AdminBase, listen_admin
 
 if TYPE_CHECKING:
-    from authproxy.run.supervisor import Supervisor
+    from prometheus_client import CollectorRegistry
+
+    from authproxy.config import Config
+
+
+class WorkerView(Protocol):
+    """What the fleet admin shows of one worker slot (run/supervisor.py's Worker)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def restarts(self) -> int: ...
+
+
+class FleetView(Protocol):
+    """What the fleet admin needs of the supervisor it serves (run/supervisor.py's Supervisor)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def listen(self) -> str: ...
+    def is_ready(self) -> bool: ...
+    async def ask_all(self) -> Sequence[tuple[WorkerView, dict[str, Any] | None]]: ...
 
 _SAME_RELOAD = 5.0  # seconds within which the workers' reloads of one SIGHUP or edit are one event
 _MAX_RELOADS = 20
@@ -90,7 +121,7 @@ def merge_routes(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class FleetAdmin(AdminBase):
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: FleetView) -> None:
         super().__init__(sup.registry)
         self.sup = sup
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from authproxy.errors import ProxyError, UpstreamError
 
 if TYPE_CHECKING:
     from authproxy.net.egress import Rule
-    from authproxy.upstream.h1client import H1Connection
 
 # Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
@@ -41,6 +40,24 @@ Body = bytes | AsyncIterable[bytes] | None
 Key = tuple[str, str, int, ssl.SSLContext | None, "Rule"]
 
 
+class BodySource(Protocol):
+    """Where a response body's chunks come from (upstream/h1client.py's H1Connection)."""
+
+    @property
+    def has_data(self) -> bool: ...
+
+    def take(self) -> bytes:
+        """Everything already received, without waiting."""
+        ...
+
+    async def read(self) -> bytes:
+        """The next chunk, waiting for it; b"" at the body's end."""
+        ...
+
+
+_Source = TypeVar("_Source", bound=BodySource)
+
+
 class Response:
     """Status, reason and raw headers, and the body as an async iterator of chunks."""
 
@@ -51,14 +68,14 @@ class Response:
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
-        conn: H1Connection,
-        release: Callable[[H1Connection], None],
+        conn: _Source,
+        release: Callable[[_Source], None],
     ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
-        self._conn: H1Connection | None = conn
-        self._release = release
+        self._conn: BodySource | None = conn
+        self._release: Callable[[Any], None] = release  # called with conn only, so of its type
 
     def __aiter__(self) -> Response:
         return self

@@ -13,9 +13,9 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from authproxy.errors import BadRequest, Denied, NotImplementedByProxy, UpstreamError, UpstreamTimeout
+from authproxy.errors import BadRequest, Denied, NotImplementedByProxy, ProxyError, UpstreamError, UpstreamTimeout
 from authproxy.http1.h1request import connect_target
 from authproxy.http1.h1response import informational
 from authproxy.messages import Origin, ProxyRequest, Reply
@@ -29,7 +29,28 @@ from authproxy.transport.tunnel import pump_both
 from authproxy.upstream.upgrade import is_upgrade, switch_headers
 
 if TYPE_CHECKING:
-    from authproxy.server.connection import Connection
+    from authproxy.http1.h1response import ResponseFramer
+    from authproxy.runtime import Runtime
+    from authproxy.transport.stream import ClientStream
+
+
+class Connection(Protocol):
+    """What CONNECT and a protocol switch need of the client connection they run on (server/connection.py's)."""
+
+    rt: Runtime
+    stream: ClientStream
+    buf: bytearray
+    busy: bool
+    req_done: bool
+    tunnel: Origin | None  # inside an intercepted CONNECT: where the tunnel goes
+
+    async def receive_body(self) -> bytes | None: ...
+
+    def framer(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> ResponseFramer: ...
+
+    async def refuse(self, err: ProxyError) -> None: ...
+
+    async def serve_requests(self, opened: float | None = None) -> None: ...
 
 log = logging.getLogger("authproxy.server")
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from authproxy import pipeline
 from authproxy.access import User
@@ -46,7 +46,15 @@ from authproxy.server import connect
 from authproxy.transport.stream import ClientStream
 
 if TYPE_CHECKING:
-    from authproxy.server.listener import ProxyServer
+    from authproxy.runtime import Runtime
+
+
+class Server(Protocol):
+    """What a connection needs of the server that accepted it (server/listener.py's ProxyServer)."""
+
+    rt: Runtime
+    draining: bool  # shutting down: finish the exchange in progress, take no new one
+
 
 log = logging.getLogger("authproxy.server")
 
@@ -61,7 +69,7 @@ class ClientGone(Exception):
 class Connection:
     """One client connection: a loop of requests (keep-alive, pipelining), each head parsed on its own."""
 
-    def __init__(self, server: ProxyServer, stream: ClientStream) -> None:
+    def __init__(self, server: Server, stream: ClientStream) -> None:
         self.server = server
         self.rt = server.rt
         self.stream = stream
