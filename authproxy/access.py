@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import bcrypt
 from cachetools import TTLCache
 
-from .errors import Denied, ProxyAuthRequired, one_line
-from .hosts import PathError, normalize_path, prefix_matches, rule_path
-from .yamlreader import Section
+from authproxy.errors import Denied, ProxyAuthRequired, one_line
+from authproxy.net.hosts import PathError, normalize_path, prefix_matches, rule_path
+from authproxy.schema.yamlreader import Section
 
 _METHOD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ-")
 # bcrypt reads at most 72 bytes of a password (bcrypt 5 refuses more), so no

@@ -15,15 +15,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
-from .destinations import Destinations, parse_destinations
-from .grants import LATER, REGISTRY, Grant
-from .grants.bws import check_access_token, parse_endpoints
-from .hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
-from .problems import ConfigError, Problem, Problems
-from .redact import REDACTOR
-from .secrets import Secret, secrets_in
-from .yamlreader import Document, Section
+from authproxy.access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
+from authproxy.credentials.grants import LATER, REGISTRY, Grant
+from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
+from authproxy.net.destinations import Destinations, parse_destinations
+from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
+from authproxy.schema.problems import ConfigError, Problem, Problems
+from authproxy.schema.yamlreader import Document, Section
+from authproxy.secrecy.redact import REDACTOR
+from authproxy.secrecy.secrets import Secret, secrets_in
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.local/state/authproxy"
@@ -323,7 +323,7 @@ def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSet
     if sec is None:
         return None
     # Imported only for a config with a `bws:` block: it loads PyJWT and cryptography's ciphers.
-    from .bws import Resolver, SyncClient, parse_access_token
+    from authproxy.credentials.bws import Resolver, SyncClient, parse_access_token
 
     token = sec.secret("access_token", required=True) or Secret("", "", ("bws.access_token",))
     check_access_token(sec, "access_token", token)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from .redact import redact
+from authproxy.secrecy.redact import redact
 
 
 class ProxyError(Exception):

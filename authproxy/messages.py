@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .access import User
-from .hosts import format_authority
+from authproxy.access import User
+from authproxy.net.hosts import format_authority
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,20 +14,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
-from .access import check_allowed, check_user_route
-from .accesslog import AccessRecord
-from .config import Route
-from .egress import Guard, Via, is_ip_literal
-from .errors import BadRequest, Denied, MisdirectedRequest, ProxyError
-from .grants import Credential
-from .h1message import Body, Response
-from .hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
-from .messages import Origin, ProxyRequest, Reply
-from .routes import connect_default
-from .runtime import Runtime, Snapshot
-from .tokens import TokenState
-from .upgrade import is_upgrade, open_upgrade
-from .upstream import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
+from authproxy.access import check_allowed, check_user_route
+from authproxy.config import Route
+from authproxy.credentials.grants import Credential
+from authproxy.errors import BadRequest, Denied, MisdirectedRequest, ProxyError
+from authproxy.http1.h1message import Body, Response
+from authproxy.messages import Origin, ProxyRequest, Reply
+from authproxy.net.egress import Guard, Via, is_ip_literal
+from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
+from authproxy.ops.accesslog import AccessRecord
+from authproxy.routes import connect_default
+from authproxy.runtime import Runtime, Snapshot
+from authproxy.tokens.manager import TokenState
+from authproxy.upstream.upgrade import is_upgrade, open_upgrade
+from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us. Via is

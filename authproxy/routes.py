@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .config import Route
-from .hosts import prefix_matches, rule_path
+from authproxy.config import Route
+from authproxy.net.hosts import prefix_matches, rule_path
 
 _CANDIDATES_MAX = 4096
 

@@ -11,15 +11,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from .access import Authenticator
-from .ca import LocalCA, ensure_ca
-from .config import Config
-from .egress import Egress, Via
-from .metrics import Metrics
-from .routes import RouteTable
-from .store import StateStore
-from .tokens import TokenManager
-from .upstream import TokenSession, Upstreams
+from authproxy.access import Authenticator
+from authproxy.config import Config
+from authproxy.disk.ca import LocalCA, ensure_ca
+from authproxy.disk.store import StateStore
+from authproxy.net.egress import Egress, Via
+from authproxy.ops.metrics import Metrics
+from authproxy.routes import RouteTable
+from authproxy.tokens.manager import TokenManager
+from authproxy.upstream.upstreams import TokenSession, Upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ class Runtime:
         """
         old = self.snapshot.config
         before = {r.name: r.auth for r in old.routes}
-        # An unchanged grant keeps its object, and so its cached token (tokens.py keys on it).
+        # An unchanged grant keeps its object, and so its cached token (tokens/manager.py keys on it).
         routes = tuple(
             dataclasses.replace(r, auth=before[r.name]) if before.get(r.name) == r.auth else r for r in config.routes
         )

@@ -35,7 +35,7 @@ def worker_pids(log: Path) -> dict[int, int]:
 
 
 def shared_token_pid(state: Path, route: str) -> int | None:
-    """The pid of the worker that wrote the route's shared token (authproxy/sharedtokens.py's record in
+    """The pid of the worker that wrote the route's shared token (authproxy/tokens/shared.py's record in
     the state store), None when there is none."""
     try:
         rec = json.loads((state / "tokens" / f"{route}.json").read_text())

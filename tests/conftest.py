@@ -25,10 +25,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from authproxy import accesslog
 from authproxy.config import load
-from authproxy.listener import ProxyServer
+from authproxy.ops import accesslog
 from authproxy.runtime import Runtime
+from authproxy.server.listener import ProxyServer
 from tests.support.forms import secret_forms
 
 pytest_plugins = ["tests.support.oauth_server"]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from authproxy.config import load
-from authproxy.problems import ConfigError
+from authproxy.schema.problems import ConfigError
 
 from .conftest import Proxy, Upstream
 

@@ -29,10 +29,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authproxy.admin import AdminServer, fetch_status, render_page, start_admin, status_table
+from authproxy.admin.web import AdminServer, fetch_status, render_page, start_admin, status_table
 from authproxy.config import load
-from authproxy.problems import ConfigError
-from authproxy.reload import Reloader
+from authproxy.run.reload import Reloader
+from authproxy.schema.problems import ConfigError
 from tests.support.proc import ProxyProcess, start_proxy
 
 from .conftest import Proxy, Upstream, assert_no_secrets

@@ -3,7 +3,7 @@
 The derivation is checked against the vector the public Bitwarden SDK
 publishes in its own unit tests; everything else runs against the local
 identity + Secrets Manager stand-in (``tests/support/bws_server.py``), whose
-crypto is written with ``cryptography`` independently of ``authproxy.bws``.
+crypto is written with ``cryptography`` independently of ``authproxy.credentials.bws``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from authproxy import bws
 from authproxy.config import load
-from authproxy.grants.bws import Bws
-from authproxy.problems import ConfigError
-from authproxy.secrets import Secret, interpolate
+from authproxy.credentials import bws
+from authproxy.credentials.grants.bws import Bws
+from authproxy.schema.problems import ConfigError
+from authproxy.secrecy.secrets import Secret, interpolate
 from tests.support.bws_server import BwsServer, bws_server, encrypt_type2, stretch
 from tests.support.proc import start_proxy
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from authproxy.config import load
-from authproxy.grants.command import Command, parse_expiry
-from authproxy.problems import ConfigError, Problem
+from authproxy.credentials.grants.command import Command, parse_expiry
+from authproxy.schema.problems import ConfigError, Problem
 
 from .conftest import Proxy, Upstream, assert_no_secrets
 from .helpers.cred_helper import FAKE_STDERR, FAKE_STDOUT, token

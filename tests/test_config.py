@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from authproxy.config import Config, Limits, Timeouts, load
-from authproxy.grants.api_key import ApiKey
-from authproxy.grants.base import Credential
-from authproxy.grants.basic import Basic
-from authproxy.grants.bearer import Bearer
-from authproxy.grants.client_credentials import ClientCredentials
-from authproxy.grants.password import Password
-from authproxy.problems import ConfigError, Problem
-from authproxy.secrets import Secret, Value, interpolate
+from authproxy.credentials.grants.api_key import ApiKey
+from authproxy.credentials.grants.base import Credential
+from authproxy.credentials.grants.basic import Basic
+from authproxy.credentials.grants.bearer import Bearer
+from authproxy.credentials.grants.client_credentials import ClientCredentials
+from authproxy.credentials.grants.password import Password
+from authproxy.schema.problems import ConfigError, Problem
+from authproxy.secrecy.secrets import Secret, Value, interpolate
 
 # ---------------------------------------------------------------- helpers
 

@@ -316,8 +316,8 @@ def test_dockerignore_sends_what_the_build_needs_and_no_secrets(stages: list[Sta
     for rel in (
         "pyproject.toml",
         "README.md",
-        "authproxy/cli.py",
-        "authproxy/grants/__init__.py",
+        "authproxy/cli/main.py",
+        "authproxy/credentials/grants/__init__.py",
         "docker/routes.yaml",
     ):
         assert not ignored(rel, rules), f"{rel} must be in the build context"

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from authproxy.config import Timeouts
 from authproxy.messages import Origin
-from authproxy.pool import Pool
+from authproxy.upstream.pool import Pool
 from tests.support.proc import start_proxy
 
 from .conftest import Proxy, assert_no_secrets

@@ -29,13 +29,13 @@ import httpx
 import pytest
 
 from authproxy.config import load
-from authproxy.destinations import Destinations, Policy, named
-from authproxy.egress import Egress, Guard, Via
 from authproxy.errors import Denied, ProxyLoop
-from authproxy.listener import ProxyServer
-from authproxy.localaddrs import canonical
-from authproxy.problems import ConfigError
+from authproxy.net.destinations import Destinations, Policy, named
+from authproxy.net.egress import Egress, Guard, Via
+from authproxy.net.localaddrs import canonical
 from authproxy.runtime import Runtime
+from authproxy.schema.problems import ConfigError
+from authproxy.server.listener import ProxyServer
 from tests.support.proc import ProxyProcess, start_proxy
 
 from .conftest import Proxy, Upstream, assert_no_secrets

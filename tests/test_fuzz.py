@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authproxy.config import Config, load
-from authproxy.problems import ConfigError
+from authproxy.schema.problems import ConfigError
 
 from .conftest import Proxy, assert_no_secrets, secret_forms
 

@@ -311,7 +311,7 @@ def test_leaf_certificate_contents(tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from authproxy.ca import LocalCA, ensure_ca
+    from authproxy.disk.ca import LocalCA, ensure_ca
 
     ca = LocalCA(ensure_ca(tmp_path / "st", None, None))
     for host, general in (("api.example.com", x509.DNSName), ("127.0.0.1", x509.IPAddress)):
@@ -352,8 +352,8 @@ async def test_closed_tls_connections_are_freed_without_the_cycle_collector(
     """
     import gc
 
-    from authproxy.h1client import H1Connection
-    from authproxy.stream import ClientStream
+    from authproxy.transport.stream import ClientStream
+    from authproxy.upstream.h1client import H1Connection
 
     up, ca_path = tls_upstream
     p = await _proxy(make_proxy, up, ca_path, secret_env)

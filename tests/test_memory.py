@@ -1,4 +1,4 @@
-"""The allocator settings in authproxy/memory.py, observed in a real process's RSS.
+"""The allocator settings in authproxy/server/memory.py, observed in a real process's RSS.
 
 The pattern that grew the soak's RSS: large buffers interleaved with small objects that
 outlive them. Freed buffers then sit in holes of the heap, below live data, where glibc
@@ -20,7 +20,7 @@ if not sys.platform.startswith("linux"):
 _PROGRAM = textwrap.dedent(
     """
     import sys
-    from authproxy.memory import tune_malloc
+    from authproxy.server.memory import tune_malloc
 
     def rss_kib():
         for line in open("/proc/self/status"):

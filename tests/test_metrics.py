@@ -12,8 +12,8 @@ import asyncio
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.samples import Sample
 
-from authproxy.accesslog import AccessRecord
-from authproxy.metrics import _BUCKETS, Metrics
+from authproxy.ops.accesslog import AccessRecord
+from authproxy.ops.metrics import _BUCKETS, Metrics
 
 # Every bucket's edge, either side of it, and past the last bound (+Inf).
 DURATIONS_MS = [0.2, 1.0, 1.01, 2.5, 7.0, 10.0, 49.9, 250.0, 999.0, 2500.0, 29999.0, 30000.0, 30001.0, 95000.0]

@@ -1,4 +1,4 @@
-"""The upstream connection pool (authproxy.pool, authproxy.h1client) against real servers on 127.0.0.1.
+"""The upstream connection pool (authproxy.upstream.pool, authproxy.upstream.h1client) against real servers on 127.0.0.1.
 
 Well-behaved upstreams are aiohttp servers whose accepted connections are
 counted (an aiohttp low-level server behind our own protocol factory);
@@ -27,10 +27,10 @@ from aiohttp import web
 
 from authproxy.config import Timeouts
 from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError
-from authproxy.h1client import HIGH_WATER
-from authproxy.h1message import Response, UpstreamBodyError
+from authproxy.http1.h1message import Response, UpstreamBodyError
 from authproxy.messages import Origin
-from authproxy.pool import Pool
+from authproxy.upstream.h1client import HIGH_WATER
+from authproxy.upstream.pool import Pool
 
 KEY = "pool-key-3c1d5e7f9a"
 BIG = 64 * 1024 * 1024

@@ -4,7 +4,7 @@ Hypothesis draws secrets of 8 bytes or more from any printable character
 (non-ASCII and beyond the BMP included), hides them at any offset in
 surrounding text, in one encoding or two composed, and checks that nothing
 derived from the secret survives. What "derived" means is computed here and
-in ``tests/support/forms.py``, not by ``authproxy.redact``: the Base64 runs
+in ``tests/support/forms.py``, not by ``authproxy.secrecy.redact``: the Base64 runs
 come from comparing two encodings, so an arithmetic slip in the module cannot
 hide itself.
 
@@ -28,9 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authproxy import accesslog, oautherror
 from authproxy.config import load
-from authproxy.redact import MASK, REDACTOR, Redactor, learn_header_values, redact_data
+from authproxy.credentials import oautherror
+from authproxy.ops import accesslog
+from authproxy.secrecy.redact import MASK, REDACTOR, Redactor, learn_header_values, redact_data
 
 from .support.forms import lower_hex, secret_forms, stable_runs
 

@@ -328,8 +328,8 @@ async def test_login_refuses_discovered_clear_text_endpoints(
     from aiohttp import web
 
     from authproxy.config import load
-    from authproxy.login import LoginError, login
-    from authproxy.store import StateStore
+    from authproxy.disk.store import StateStore
+    from authproxy.tokens.login import LoginError, login
 
     async def metadata(request: web.Request) -> web.Response:
         base = f"http://{request.host}"
@@ -368,7 +368,7 @@ async def test_login_refuses_discovered_clear_text_endpoints(
 
 async def test_a_stored_clear_text_token_endpoint_is_not_used(make_proxy, upstream: Upstream) -> None:
     """A token endpoint stored by an older login is checked before the refresh token goes to it."""
-    from authproxy.store import StateStore
+    from authproxy.disk.store import StateStore
 
     p = await make_proxy(
         f"""

@@ -13,7 +13,7 @@ import pytest
 
 from authproxy.config import Route, load
 from authproxy.errors import BadRequest
-from authproxy.hosts import (
+from authproxy.net.hosts import (
     HostError,
     PathError,
     is_loopback,

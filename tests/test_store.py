@@ -12,12 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkout_env() -> dict[str, str]:
+    """A script's own folder comes first on its sys.path: point it at this checkout's authproxy."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 WRITER = r"""
 import asyncio, sys
 from pathlib import Path
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
 
 async def main(state: str, me: str, rounds: int) -> None:
     store = StateStore(Path(state))
@@ -37,7 +44,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 def test_two_processes_write_without_losing_an_update(tmp_path: Path) -> None:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "st"), name, "150"]) for name in ("a", "b")]
+    env = _checkout_env()
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path / "st"), name, "150"], env=env)
+        for name in ("a", "b")
+    ]
     for p in procs:
         assert p.wait(120) == 0
     rec = StateStore(tmp_path / "st").read("shared")
@@ -52,7 +63,7 @@ def test_two_processes_write_without_losing_an_update(tmp_path: Path) -> None:
 KILLED = r"""
 import sys
 from pathlib import Path
-from authproxy.store import StateStore
+from authproxy.disk.store import StateStore
 
 store = StateStore(Path(sys.argv[1]))
 i = 0
@@ -67,7 +78,9 @@ def test_kill_9_during_writes_keeps_the_last_good_file(tmp_path: Path) -> None:
     script = tmp_path / "killed.py"
     script.write_text(KILLED)
     for attempt in range(5):
-        p = subprocess.Popen([sys.executable, str(script), str(tmp_path / "st")], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "st")], stdout=subprocess.PIPE, text=True, env=_checkout_env()
+        )
         assert p.stdout is not None
         written = 0
         deadline = time.monotonic() + 20

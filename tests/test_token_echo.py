@@ -27,7 +27,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from authproxy.redact import MASK
+from authproxy.secrecy.redact import MASK
 from tests.support.proc import ProxyProcess, start_proxy
 
 from .conftest import Upstream, assert_no_secrets, secret_forms

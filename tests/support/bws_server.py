@@ -16,7 +16,7 @@ proxy in a child process can all use it.
 - ``GET /api/secrets/{id}`` with that bearer: the secret, with ``key``,
   ``value`` and ``note`` as type-2 cipher strings under the organization key.
 
-The crypto here uses ``cryptography`` directly and none of ``authproxy.bws``,
+The crypto here uses ``cryptography`` directly and none of ``authproxy.credentials.bws``,
 so the proxy's code is checked against an independent implementation.
 Nothing here logs anything.
 """

@@ -1,7 +1,7 @@
 """Every spelling of a secret that must never leave the proxy, computed here without authproxy.
 
 The tests grep output for these; they are derived independently of
-``authproxy.redact`` (Base64 runs by comparing two encodings, not by the
+``authproxy.secrecy.redact`` (Base64 runs by comparing two encodings, not by the
 module's arithmetic), so a mistake there cannot hide itself here.
 
 For a secret of 8 bytes or more:

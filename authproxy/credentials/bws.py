@@ -1,0 +1,509 @@
+"""Bitwarden Secrets Manager: access tokens, their key, cipher strings, and the two HTTP calls.
+
+Crypto and protocol only; the ``bws`` grant (``grants/bws.py``) and the
+``${bws:SECRET_ID}`` references of routes.yaml (``Resolver``) are built on it.
+
+What the public Bitwarden SDK does, and so what this module does:
+
+- An access token is ``0.<access_token_id>.<client_secret>:<key>``: version
+  ``0``, a UUID, a client secret, and 16 random bytes in base64 (padding
+  optional).
+- The 16 bytes are stretched into a 64-byte key: HMAC-SHA256 keyed with
+  ``bitwarden-accesstoken`` over them (HKDF-Extract), then HKDF-Expand
+  (SHA-256, info ``sm-access-token``) to 64 bytes: an AES-256-CBC key and an
+  HMAC-SHA256 key, 32 bytes each.
+- The identity server is asked ``POST <identity>/connect/token`` with
+  ``grant_type=client_credentials``, ``scope=api.secrets``, ``client_id`` (the
+  access token id) and ``client_secret``, and a ``Device-Type`` header. Its
+  answer holds a JWT ``access_token`` whose ``organization`` claim names the
+  organization, and an ``encrypted_payload``: a type-2 cipher string
+  (``2.<iv>|<data>|<mac>``, base64 parts, MAC = HMAC-SHA256 over iv + data)
+  encrypted with the stretched key, whose JSON ``encryptionKey`` is the
+  organization's 64-byte key in base64.
+- ``GET <api>/secrets/<id>`` with that JWT as a bearer token answers the
+  secret with ``key`` (its name), ``value`` and ``note`` as cipher strings
+  under the organization key, and its ``organizationId``.
+
+Nothing here puts a token, a key, or a decrypted value into an exception
+message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import ssl
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hmac as chmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from authproxy.credentials.oautherror import describe
+from authproxy.secrecy.redact import REDACTOR
+from authproxy.secrecy.secrets import Unresolved
+
+# Where Bitwarden's cloud lives; self-hosted servers give identity_url + api_url.
+REGIONS: dict[str, tuple[str, str]] = {
+    "us": ("https://identity.bitwarden.com", "https://api.bitwarden.com"),
+    "eu": ("https://identity.bitwarden.eu", "https://api.bitwarden.eu"),
+}
+SCOPE = "api.secrets"
+# The SDK's DeviceType::SDK, sent in a Device-Type header.
+DEVICE_TYPE_SDK = "21"
+USER_AGENT = "authproxy"
+
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_FORM = "0.<access_token_id>.<client_secret>:<base64 key>"
+
+
+class BwsError(Exception):
+    """Something went wrong talking to Bitwarden; the message is safe to show."""
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SymmetricKey:
+    """An AES-256-CBC key and an HMAC-SHA256 key (64 bytes in all)."""
+
+    enc: bytes
+    mac: bytes
+
+    def __repr__(self) -> str:
+        return "SymmetricKey(****)"
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SymmetricKey:
+        if len(raw) != 64:
+            raise ValueError(f"a key for type-2 cipher strings has 64 bytes, this one {len(raw)}")
+        return cls(raw[:32], raw[32:])
+
+    def to_bytes(self) -> bytes:
+        return self.enc + self.mac
+
+
+def derive_shareable_key(secret: bytes, name: str, info: str | None) -> SymmetricKey:
+    """The SDK's ``derive_shareable_key``: HMAC-SHA256 keyed ``bitwarden-<name>``, then HKDF-Expand to 64 bytes."""
+    if len(secret) != 16:
+        raise ValueError(f"a shareable key is derived from 16 bytes, not {len(secret)}")
+    h = chmac.HMAC(f"bitwarden-{name}".encode(), hashes.SHA256())
+    h.update(secret)
+    prk = h.finalize()
+    okm = HKDFExpand(hashes.SHA256(), 64, (info or "").encode()).derive(prk)
+    return SymmetricKey.from_bytes(okm)
+
+
+def _b64_indifferent(text: str) -> bytes:
+    """Standard base64 with or without its ``=`` padding (as the SDK accepts a key)."""
+    if not _B64.fullmatch(text):
+        raise ValueError("not base64")
+    bare = text.rstrip("=")
+    try:
+        return base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AccessToken:
+    """A parsed access token. ``repr``/``str`` show only the (non-secret) id."""
+
+    access_token_id: str  # a UUID, lower case with hyphens
+    client_secret: str
+    key: bytes  # the 16 bytes after the colon
+    stretched: SymmetricKey = field(compare=False)
+
+    def __repr__(self) -> str:
+        return f"AccessToken({self.access_token_id})"
+
+    __str__ = __repr__
+
+    def fingerprint(self) -> str:
+        """A one-way digest of the whole token: says whether stored state belongs to it."""
+        h = chmac.HMAC(b"authproxy-bws-state", hashes.SHA256())
+        h.update(f"{self.access_token_id}.{self.client_secret}".encode() + b":" + self.key)
+        return h.finalize().hex()
+
+
+def parse_access_token(text: str) -> AccessToken:
+    """Parse and validate an access token; a ``ValueError`` never quotes any part of it."""
+    text = text.strip()
+    if not text:
+        raise ValueError(f"the access token is empty; it has the form {_FORM}")
+    head, colon, key_text = text.partition(":")
+    if not colon:
+        raise ValueError(f"the access token has no `:<key>` part; it has the form {_FORM}")
+    parts = head.split(".")
+    if len(parts) != 3:
+        raise ValueError(f"the access token has {len(parts)} dot-separated parts before `:`, not 3 ({_FORM})")
+    version, token_id, client_secret = parts
+    if version != "0":
+        raise ValueError("the access token is not of version 0, the only version there is")
+    try:
+        canonical = str(uuid.UUID(token_id))
+    except ValueError:
+        raise ValueError("the access token's id (between the first two dots) is not a UUID") from None
+    if not client_secret:
+        raise ValueError("the access token's client secret (between the second dot and `:`) is empty")
+    try:
+        key = _b64_indifferent(key_text)
+    except ValueError:
+        raise ValueError("the access token's key (after `:`) is not valid base64") from None
+    if len(key) != 16:
+        raise ValueError(f"the access token's key (after `:`) has {len(key)} bytes; it must have 16")
+    return AccessToken(canonical, client_secret, key, derive_shareable_key(key, "accesstoken", "sm-access-token"))
+
+
+# --------------------------------------------------------------------------- cipher strings
+
+
+def decrypt(cipher_string: str, key: SymmetricKey) -> bytes:
+    """Decrypt a type-2 cipher string (AES-256-CBC, HMAC-SHA256 checked first, in constant time)."""
+    kind, dot, rest = cipher_string.partition(".")
+    if not dot or kind != "2":
+        raise ValueError("not a type-2 cipher string (`2.<iv>|<data>|<mac>`)")
+    parts = rest.split("|")
+    if len(parts) != 3:
+        raise ValueError(f"a type-2 cipher string has 3 parts, this one {len(parts)}")
+    try:
+        iv, data, mac = (base64.b64decode(p, validate=True) for p in parts)
+    except (binascii.Error, ValueError):
+        raise ValueError("a part of the cipher string is not valid base64") from None
+    if len(iv) != 16 or len(mac) != 32 or not data or len(data) % 16:
+        raise ValueError("the cipher string's parts have the wrong sizes")
+    h = chmac.HMAC(key.mac, hashes.SHA256())
+    h.update(iv)
+    h.update(data)
+    try:
+        h.verify(mac)  # constant-time comparison
+    except InvalidSignature:
+        raise ValueError("the cipher string's MAC does not match: wrong key, or altered data") from None
+    decryptor = Cipher(algorithms.AES(key.enc), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(data) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise ValueError("the cipher string's padding is wrong") from None
+
+
+def decrypt_text(cipher_string: str, key: SymmetricKey) -> str:
+    try:
+        return decrypt(cipher_string, key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the decrypted text is not UTF-8") from None
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def token_url(identity_url: str) -> str:
+    return identity_url.rstrip("/") + "/connect/token"
+
+
+def secret_url(api_url: str, secret_id: str) -> str:
+    return api_url.rstrip("/") + "/secrets/" + quote(secret_id, safe="")
+
+
+def login_form(token: AccessToken) -> dict[str, str]:
+    """The client-credentials body the SDK posts for an access token."""
+    return {
+        "scope": SCOPE,
+        "client_id": token.access_token_id,
+        "client_secret": token.client_secret,
+        "grant_type": "client_credentials",
+    }
+
+
+def login_headers() -> dict[str, str]:
+    return {"Accept": "application/json", "Device-Type": DEVICE_TYPE_SDK, "User-Agent": USER_AGENT}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Login:
+    """What the identity server answered, checked."""
+
+    access_token: str  # the JWT
+    token_type: Any
+    expires_in: Any
+    encrypted_payload: str | None
+    organization_id: str | None
+
+    def __repr__(self) -> str:
+        return f"Login(organization={self.organization_id})"
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """The JWT's claims, unverified (the proxy only forwards it); empty when it is no JWT."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def jwt_expiry(token: str) -> float | None:
+    exp = jwt_claims(token).get("exp")
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp):
+        return float(exp)
+    return None
+
+
+def read_login(body: dict[str, Any]) -> Login:
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise BwsError("the identity server's answer has no access_token")
+    if any(c in access for c in "\r\n"):
+        raise BwsError("the identity server's access_token holds a line break")
+    payload = body.get("encrypted_payload")
+    org = jwt_claims(access).get("organization")
+    return Login(
+        access_token=access,
+        token_type=body.get("token_type"),
+        expires_in=body.get("expires_in"),
+        encrypted_payload=payload if isinstance(payload, str) and payload else None,
+        organization_id=org if isinstance(org, str) and org else None,
+    )
+
+
+def organization_key(encrypted_payload: str, token: AccessToken) -> SymmetricKey:
+    """Decrypt the identity server's ``encrypted_payload`` and take the organization key from it."""
+    try:
+        data = json.loads(decrypt(encrypted_payload, token.stretched))
+    except ValueError as exc:
+        raise BwsError(
+            f"the identity server's encrypted_payload cannot be read with the access token's key: {exc}"
+        ) from None
+    encoded = data.get("encryptionKey") if isinstance(data, dict) else None
+    if not isinstance(encoded, str):
+        raise BwsError("the identity server's encrypted_payload holds no encryptionKey")
+    try:
+        return SymmetricKey.from_bytes(_b64_indifferent(encoded))
+    except ValueError:
+        raise BwsError("the organization key in the encrypted_payload is not 64 bytes of base64") from None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SecretFields:
+    """A decrypted secret: its name (``key``), ``value`` and ``note``."""
+
+    id: str
+    key: str
+    value: str
+    note: str
+
+    def __repr__(self) -> str:
+        return f"SecretFields({self.id})"
+
+
+def read_secret(body: Any, secret_id: str, org_key: SymmetricKey, organization_id: str | None) -> SecretFields:
+    if not isinstance(body, dict):
+        raise BwsError("the secrets API answered something that is not a JSON object")
+    org = body.get("organizationId")
+    if organization_id and isinstance(org, str) and org.lower() != organization_id.lower():
+        raise BwsError("the secret belongs to another organization than the access token")
+    out: dict[str, str] = {}
+    for name in ("key", "value", "note"):
+        enc = body.get(name)
+        if enc is None and name != "value":
+            out[name] = ""
+            continue
+        if not isinstance(enc, str):
+            raise BwsError(f"the secret has no `{name}` cipher string")
+        try:
+            out[name] = decrypt_text(enc, org_key)
+        except ValueError as exc:
+            raise BwsError(f"the secret's {name} cannot be decrypted with the organization key: {exc}") from None
+    return SecretFields(secret_id, out["key"], out["value"], out["note"])
+
+
+def oauth_error(raw: bytes) -> str | None:
+    """What may be shown of an OAuth error answer (``oautherror.describe``); None when it is none."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    said = describe(data) if isinstance(data, dict) else None
+    return None if said is None else said[1]
+
+
+# --------------------------------------------------------------------------- a small synchronous client
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A bearer token or client secret goes to the configured host only."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class SyncClient:
+    """Fetches secrets while routes.yaml loads (that is synchronous): one login, then one GET per secret.
+
+    No proxy from the environment (the proxy itself may be it), no redirects,
+    TLS verified against the platform's roots (plus ``ca_file``).
+    """
+
+    def __init__(
+        self,
+        token: AccessToken,
+        identity_url: str,
+        api_url: str,
+        timeout: float,
+        ca_file: Path | None = None,
+    ) -> None:
+        self._token = token
+        self._identity_url = identity_url
+        self._api_url = api_url
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._opener: urllib.request.OpenerDirector | None = None
+        self._login: tuple[str, SymmetricKey, str | None] | BwsError | None = None
+        self.requests = 0
+
+    def __repr__(self) -> str:
+        return f"SyncClient({self._token!r}, {self._identity_url}, {self._api_url})"
+
+    def _open(self, req: urllib.request.Request) -> tuple[int, bytes]:
+        if self._opener is None:
+            ctx = ssl.create_default_context()
+            if self._ca_file is not None:
+                ctx.load_verify_locations(cafile=str(self._ca_file))
+            self._opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx), _NoRedirect()
+            )
+        last = ""
+        for attempt in range(2):  # one retry for a 429/5xx or a connection failure
+            self.requests += 1
+            try:
+                with self._opener.open(req, timeout=self._timeout) as resp:
+                    return int(resp.status), bytes(resp.read())
+            except urllib.error.HTTPError as exc:
+                status, body = int(exc.code), exc.read()
+                exc.close()
+                if (status == 429 or status >= 500) and attempt == 0:
+                    last = f"it answered {status}"
+                    time.sleep(0.5)
+                    continue
+                return status, body
+            except OSError as exc:  # URLError, TLS errors and timeouts among them
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    raise BwsError(f"its TLS certificate is not trusted ({reason.verify_message})") from None
+                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+                    last = f"it did not answer within {self._timeout:g} s"
+                else:
+                    last = f"it cannot be reached ({type(reason).__name__})"
+                if attempt == 0:
+                    time.sleep(0.5)
+        raise BwsError(last)
+
+    def login(self) -> tuple[str, SymmetricKey, str | None]:
+        """The bearer JWT, the organization key and the organization id; done once, failure included."""
+        if isinstance(self._login, BwsError):
+            raise self._login
+        if self._login is not None:
+            return self._login
+        try:
+            self._login = self._do_login()
+        except BwsError as exc:
+            self._login = exc
+            raise
+        return self._login
+
+    def _do_login(self) -> tuple[str, SymmetricKey, str | None]:
+        req = urllib.request.Request(  # noqa: S310 (the URL was checked to be http(s) at load time)
+            token_url(self._identity_url),
+            data=urlencode(login_form(self._token)).encode(),
+            headers={**login_headers(), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+            method="POST",
+        )
+        try:
+            status, raw = self._open(req)
+        except BwsError as exc:
+            raise BwsError(f"the identity server {self._identity_url}: {exc}") from None
+        if status != 200:
+            err = oauth_error(raw) if status in (400, 401) else None
+            what = f"refused the access token ({err})" if err else f"answered {status}"
+            raise BwsError(f"the identity server {self._identity_url} {what}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise BwsError(f"the identity server {self._identity_url} answered something that is not JSON")
+        login = read_login(body)
+        REDACTOR.learn(login.access_token, slot=f"bws:{self._identity_url}")
+        if login.encrypted_payload is None:
+            raise BwsError("the identity server's answer has no encrypted_payload (is this a Secrets Manager server?)")
+        return login.access_token, organization_key(login.encrypted_payload, self._token), login.organization_id
+
+    def get_secret(self, secret_id: str) -> SecretFields:
+        bearer, org_key, org_id = self.login()
+        req = urllib.request.Request(  # noqa: S310
+            secret_url(self._api_url, secret_id),
+            headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json", "User-Agent": USER_AGENT},
+            method="GET",
+        )
+        try:
+            status, raw = self._open(req)
+        except BwsError as exc:
+            raise BwsError(f"the secrets API {self._api_url}: {exc}") from None
+        if status == 404:
+            raise BwsError("the secrets API answered 404: no such secret, or the access token may not read it")
+        if status != 200:
+            raise BwsError(f"the secrets API answered {status}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise BwsError("the secrets API answered something that is not JSON") from None
+        return read_secret(body, secret_id, org_key, org_id)
+
+
+class Resolver:
+    """``${bws:SECRET_ID}`` for ``secrets.interpolate``: each secret fetched once per load.
+
+    A secret that cannot be had raises ``Unresolved`` naming its id and why,
+    so the value is missing (its route answers 502) rather than the load failing.
+    """
+
+    def __init__(self, client: SyncClient | None, unavailable: str | None = None) -> None:
+        self._client = client
+        self._unavailable = unavailable
+        self._cache: dict[str, str | Unresolved] = {}
+
+    def __call__(self, secret_id: str) -> str:
+        secret_id = secret_id.strip()
+        try:
+            secret_id = str(uuid.UUID(secret_id))
+        except ValueError:
+            raise ValueError(f"`${{bws:{secret_id}}}`: a Secrets Manager secret id is a UUID") from None
+        hit = self._cache.get(secret_id)
+        if hit is None:
+            hit = self._cache[secret_id] = self._fetch(secret_id)
+        if isinstance(hit, Unresolved):
+            raise hit
+        return hit
+
+    def _fetch(self, secret_id: str) -> str | Unresolved:
+        if self._client is None:
+            return Unresolved(f"Bitwarden secret {secret_id} cannot be fetched ({self._unavailable})")
+        try:
+            return self._client.get_secret(secret_id).value
+        except BwsError as exc:
+            return Unresolved(f"Bitwarden secret {secret_id} cannot be fetched ({exc})")

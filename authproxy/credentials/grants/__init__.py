@@ -1,0 +1,31 @@
+"""Grant handlers, registered by their ``type`` name on import."""
+
+from authproxy.credentials.grants import (
+    api_key,
+    authorization_code,
+    basic,
+    bearer,
+    bws,
+    client_credentials,
+    command,
+    password,
+    refresh_token,
+)
+from authproxy.credentials.grants.base import LATER, REGISTRY, Credential, Grant, GrantContext
+
+__all__ = [
+    "LATER",
+    "REGISTRY",
+    "Credential",
+    "Grant",
+    "GrantContext",
+    "api_key",
+    "authorization_code",
+    "basic",
+    "bearer",
+    "bws",
+    "client_credentials",
+    "command",
+    "password",
+    "refresh_token",
+]

@@ -1,0 +1,50 @@
+"""A fixed key in a header (``X-API-Key``, ``Authorization: Bearer sk_...``) or a query parameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
+from authproxy.credentials.grants.checks import header_name, no_crlf
+from authproxy.schema.yamlreader import Section
+from authproxy.secrecy.secrets import Secret
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ApiKey(Grant):
+    type_name = "api_key"
+
+    value: Secret
+    header: str | None
+    prefix: str
+    query: str | None
+
+    @classmethod
+    def parse(cls, sec: Section) -> ApiKey:
+        value = sec.secret("value", required=True) or Secret("", "")
+        query = sec.text("query")
+        header: str | None = header_name(sec, "header", "Authorization")
+        if query is not None:
+            if sec.has("header"):
+                sec.error("query", "give `header` or `query`, not both")
+            header = None
+        prefix = sec.text("prefix", default="") or ""
+        if query is not None and prefix:
+            sec.error("prefix", "`prefix` applies to a header, not to `query`")
+        no_crlf(sec, "value", value)
+        if "\r" in prefix or "\n" in prefix:
+            sec.error("prefix", "contains a CR or LF character")
+        return cls(value, header, prefix, query)
+
+    async def fetch(self, ctx: GrantContext) -> Credential:
+        if self.query is not None:
+            return Credential(query=((self.query, self.value.reveal()),))
+        assert self.header is not None
+        return Credential(headers=((self.header, self.prefix + self.value.reveal()),))
+
+    def secrets(self) -> list[Secret]:
+        return [self.value]
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return [("value", self.value)]

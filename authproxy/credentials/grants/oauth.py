@@ -1,0 +1,280 @@
+"""Talking to an OAuth 2.0 token endpoint (RFC 6749 §3.2, §5), shared by the fetching grants.
+
+Retries 429/5xx and connection failures with jittered backoff inside one
+deadline, honouring ``Retry-After``; turns an OAuth error response into a
+``TokenEndpointError`` that names what ``oautherror.describe`` lets through
+(the ``error`` code, the redacted ``error_description``) and nothing else of
+the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from authproxy.credentials.grants.base import Credential, Grant, GrantContext
+from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.oautherror import describe
+from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
+from authproxy.schema.yamlreader import Section
+from authproxy.secrecy.redact import REDACTOR, learn_header_values
+from authproxy.secrecy.secrets import Secret, Value
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+# aiohttp, tenacity and PyJWT are imported where a fetch uses them: the registry
+# imports every grant module (so this one) at start, and a proxy whose grants
+# never fetch (api_key, bearer, basic, command) need not load them.
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """The client half of every OAuth grant's ``auth:`` block."""
+
+    token_url: Value
+    client_id: Value | None
+    client_secret: Secret | None
+    client_auth: str
+    body: str
+    scope: str | None
+    audience: str | None
+    extra: tuple[tuple[str, Value], ...]
+    refresh_skew: float
+    default_ttl: float
+
+    @classmethod
+    def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
+        token_url = sec.value("token_url", required=token_url_required) or Value("", "", ("token_url",))
+        if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
+            sec.error("token_url", "must be an http:// or https:// URL")
+        elif not token_url.missing:
+            no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
+        client_id = sec.value("client_id", required=secret_required)
+        client_secret = sec.secret("client_secret", required=secret_required)
+        if client_secret is not None and client_id is None:
+            sec.error("client_secret", "`client_secret` needs a `client_id`")
+        extra = sec.str_map("extra") or {}
+        return cls(
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=sec.choice("client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+            body=sec.choice("body", ("form", "json"), "form"),
+            scope=sec.text("scope"),
+            audience=sec.text("audience"),
+            extra=tuple(extra.items()),
+            refresh_skew=sec.number("refresh_skew", 60.0),
+            default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
+        )
+
+    def secrets(self) -> list[Secret]:
+        return [self.client_secret] if self.client_secret is not None else []
+
+    def named_secrets(self) -> list[tuple[str, Secret]]:
+        return [("client_secret", self.client_secret)] if self.client_secret is not None else []
+
+    def base_params(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self.scope:
+            params["scope"] = self.scope
+        if self.audience:
+            params["audience"] = self.audience
+        for k, v in self.extra:
+            params[k] = v.reveal()
+        return params
+
+
+class OAuthClientGrant(Grant):
+    """A grant that talks to a token endpoint as an OAuth client: its secrets and skew are the client's."""
+
+    client: OAuthClient
+
+    def secrets(self) -> list[Secret]:
+        return self.client.secrets()
+
+    def _named_secrets(self) -> list[tuple[str, Secret]]:
+        return self.client.named_secrets()
+
+    def refresh_skew(self) -> float:
+        return self.client.refresh_skew
+
+
+class _Retryable(Exception):
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """RFC 9110 §10.2.3: seconds, or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
+    """``expires_in``, else the JWT's ``exp``, else the configured default."""
+    now = time.time()
+    if isinstance(expires_in, (int, float)) or (isinstance(expires_in, str) and expires_in):
+        try:
+            secs = float(expires_in)
+            if math.isfinite(secs) and secs >= 0:
+                return now + secs
+        except ValueError:
+            pass
+    import jwt  # only now: most endpoints send expires_in
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and math.isfinite(exp):
+            return float(exp)
+    except jwt.PyJWTError:
+        pass
+    return now + default_ttl
+
+
+def authorization_value(token_type: Any, access_token: str) -> str:
+    """``token_type + ' ' + access_token``; ``bearer`` in any case is sent as ``Bearer``.
+
+    RFC 6750 names the scheme ``Bearer`` and RFC 6749 §5.1 makes token_type
+    case-insensitive; some resource servers compare it case-sensitively.
+    """
+    kind = token_type if isinstance(token_type, str) and token_type.strip() else "Bearer"
+    kind = kind.strip()
+    if kind.lower() == "bearer":
+        kind = "Bearer"
+    return f"{kind} {access_token}"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    credential: Credential
+    body: dict[str, Any]
+
+
+async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str, str]) -> TokenResponse:
+    """POST to the token endpoint and turn the answer into a credential."""
+    headers = {"Accept": "application/json"}
+    params = dict(params)
+    cid = client.client_id.reveal() if client.client_id else None
+    csecret = client.client_secret.reveal() if client.client_secret else None
+    if cid is not None and csecret is not None and client.client_auth == "client_secret_basic":
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+        pair = f"{quote(cid, safe='')}:{quote(csecret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    elif cid is not None:
+        params["client_id"] = cid
+        if csecret is not None:
+            params["client_secret"] = csecret
+
+    body = await post_with_retries(ctx, client.token_url.reveal(), client.body, params, headers)
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
+    if "\r" in access or "\n" in access:
+        raise TokenEndpointError("the token endpoint's access_token holds a line break.", ctx.route)
+    value = authorization_value(body.get("token_type"), access)
+    # Known to the redactor from the moment they exist: the tokens, and the header as it will be sent.
+    learn_header_values(f"route:{ctx.route}", [value])
+    refresh = body.get("refresh_token")
+    if isinstance(refresh, str):
+        REDACTOR.learn(refresh, slot=f"refresh:{ctx.route}")
+    expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
+    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+
+
+async def post_with_retries(
+    ctx: GrantContext,
+    url: str,
+    kind: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    who: str = "the token endpoint",
+) -> dict[str, Any]:
+    """POST a form (or JSON) body; 429, 5xx and connection failures retried within ``ctx.deadline``."""
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
+
+    backoff = wait_random_exponential(multiplier=0.25, max=8)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(backoff(state))
+
+    start = time.monotonic()
+    failures: list[_Retryable] = []
+    try:
+        async with asyncio.timeout(ctx.deadline):
+            async for attempt in AsyncRetrying(
+                stop=stop_before_delay(ctx.deadline),
+                wait=wait,
+                retry=retry_if_exception_type(_Retryable),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        return await _post(ctx, url, kind, params, headers, who)
+                    except _Retryable as exc:
+                        failures.append(exc)
+                        raise
+    except (TimeoutError, _Retryable):
+        waited = time.monotonic() - start
+        if not failures:  # it never answered at all
+            raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
+        # It answered, with failures, until the deadline: that is an error, not a timeout.
+        detail = failures[-1].detail
+        raise TokenEndpointError(f"{who} kept failing for {waited:.1f} s: {detail}", ctx.route) from None
+    raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+
+
+async def _post(
+    ctx: GrantContext,
+    url: str,
+    kind: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    who: str,
+) -> dict[str, Any]:
+    import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
+
+    kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
+    try:
+        async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
+            raw = await resp.read()
+            status = resp.status
+            retry_after = _retry_after(resp.headers.get("Retry-After"))
+    except (aiohttp.ClientError, OSError) as exc:
+        raise _Retryable(f"cannot reach it ({type(exc).__name__}).") from None
+    if status == 429 or status >= 500:
+        raise _Retryable(f"it answered {status}.", retry_after)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if status != 200 or not isinstance(data, dict):
+        # RFC 6749 §5.2: the code, and the description redacted; never the body, which
+        # an endpoint may fill with the request it got (client secret included).
+        said = describe(data) if isinstance(data, dict) else None
+        if said is not None:
+            code, text = said
+            msg = f"{who} answered {status} {text}".rstrip(".") + "."
+            raise TokenEndpointError(msg, ctx.route, oauth_error=code)
+        raise TokenEndpointError(f"{who} answered {status} without an OAuth JSON body.", ctx.route)
+    return data

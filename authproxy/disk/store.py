@@ -1,0 +1,94 @@
+"""The durable token store: one small JSON file per route in ``STATE_DIR/tokens``.
+
+Refresh tokens, and access tokens worth keeping across a restart, live here.
+Writes are atomic (temp file, fsync, rename, 0600), so a crash mid-write keeps
+the last good file. A route's refresh is done under that route's lock file,
+held across the network call: two proxies (or ``authproxy token`` beside a
+running proxy) on one state dir never spend the same refresh token twice.
+A corrupt file is reported and treated as empty, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from authproxy.disk.state import atomic_write, ensure_dir
+
+log = logging.getLogger("authproxy.store")
+
+_VERSION = 1
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "tokens"
+
+    def _path(self, name: str) -> Path:
+        # Route names are limited to letters, digits, `-`, `_` and `.` at load time.
+        return self.dir / f"{name}.json"
+
+    def read(self, name: str) -> dict[str, Any] | None:
+        path = self._path(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning(
+                "route %s: the token store %s cannot be read (%s); treating it as empty", name, path, exc.strerror
+            )
+            return None
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("data"), dict):
+                raise ValueError("unexpected shape")
+        except ValueError:
+            # Keep the bad file for a person to look at; never print its content.
+            bad = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(path, bad)
+            log.warning(
+                "route %s: the token store %s is corrupt; moved to %s and treated as empty", name, path, bad.name
+            )
+            return None
+        out: dict[str, Any] = data["data"]
+        return out
+
+    def write(self, name: str, data: dict[str, Any]) -> None:
+        ensure_dir(self.dir.parent)
+        ensure_dir(self.dir)
+        body = json.dumps({"version": _VERSION, "written": time.time(), "data": data}, indent=1)
+        atomic_write(self._path(name), body.encode(), 0o600)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(name).unlink()
+
+    @contextlib.asynccontextmanager
+    async def locked(self, name: str) -> AsyncIterator[None]:
+        """Exclusive across processes for this route; acquired off the event loop."""
+        ensure_dir(self.dir.parent)
+        ensure_dir(self.dir)
+        fd = os.open(self.dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(waiting)
+        except BaseException:
+            # Cancelled while the thread still waits for the lock: the fd must
+            # outlive that wait, so close it only once the thread is done.
+            waiting.add_done_callback(lambda _: os.close(fd))
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -1,0 +1,6 @@
+"""What a secret is and how it never leaves: secret references (``secrets``) and the redactor (``redact``).
+
+The lowest layer: imports nothing of authproxy, so that every other package,
+the error bodies of ``errors`` included, may pass what it prints through the
+one redactor.
+"""

@@ -1,0 +1,509 @@
+"""The client-facing HTTP/1.1 server: one Connection per client (the accept loop is listener's).
+
+This module owns the sockets, the timeouts, the request loop (keep-alive,
+pipelining, Expect) and the choice between the three request forms
+(absolute → plain, origin → gateway, CONNECT → tunnel or interception, which
+``connect.py`` carries out, as it does a protocol switch).
+Parsing a request is h1request's, framing a response h1response's;
+everything about credentials happens in ``pipeline.handle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from authproxy import pipeline
+from authproxy.access import User
+from authproxy.errors import (
+    BadRequest,
+    ProxyError,
+    RequestTimeout,
+    render,
+)
+from authproxy.http1.h1request import (
+    ChunkedBody,
+    Head,
+    LengthBody,
+    check_framing,
+    check_size,
+    head_end,
+    log_path,
+    parse_head,
+    too_large,
+)
+from authproxy.http1.h1request import FramingError as BodyFramingError
+from authproxy.http1.h1response import FramingError as ResponseFramingError
+from authproxy.http1.h1response import ResponseFramer, informational, raw_response, reason_phrase
+from authproxy.messages import Origin, ProxyRequest, Reply, RequestBody
+from authproxy.ops import accesslog
+from authproxy.ops.accesslog import AccessRecord
+from authproxy.server import connect
+from authproxy.transport.stream import ClientStream
+
+if TYPE_CHECKING:
+    from authproxy.runtime import Runtime
+
+
+class Server(Protocol):
+    """What a connection needs of the server that accepted it (server/listener.py's ProxyServer)."""
+
+    rt: Runtime
+    draining: bool  # shutting down: finish the exchange in progress, take no new one
+
+
+log = logging.getLogger("authproxy.server")
+
+_HEAD_KEEP = 16 * 1024  # raw head bytes kept to explain a refusal
+_LINGER = 2.0  # how long a closing connection reads what the client still sends
+
+
+class ClientGone(Exception):
+    """The client closed or stalled; nothing more can be said to it."""
+
+
+class Connection:
+    """One client connection: a loop of requests (keep-alive, pipelining), each head parsed on its own."""
+
+    def __init__(self, server: Server, stream: ClientStream) -> None:
+        self.server = server
+        self.rt = server.rt
+        self.stream = stream
+        self.busy = False
+        # Read and not yet parsed (the next head, body bytes, a tunnel's early bytes): the stream's own buffer.
+        self.buf = stream.buf
+        # Inside an intercepted CONNECT: where the tunnel goes (scheme https over TLS, http when plain).
+        self.tunnel: Origin | None = None
+        self.head = b""  # the current head's raw bytes (bounded), to explain a refusal
+        self.user: User | None = None  # who proved themselves with Proxy-Authorization
+        self.eof = False  # the client has closed its sending side
+        # The exchange in progress: its head, its body, whether we started answering.
+        self.req: Head | None = None
+        self.body: LengthBody | ChunkedBody = LengthBody(0)
+        self.req_done = True  # the request's body has been read to its end
+        self.waiting_100 = False  # Expect: 100-continue, not yet answered
+        self.responding = False
+        self.keep_alive = True
+        # The snapshot of the request in progress (the one in force when it started), for its body's reads.
+        self.snap = self.rt.snapshot
+        # The read deadline (see _fill): one timer, checked when it fires.
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline: float | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._expired = False
+        # When the connection (or its TLS layer) became ready for its first request, whose
+        # head must then be whole within timeouts.client_header; None after that request.
+        self._opened: float | None = None
+
+    # -- reading ---------------------------------------------------------
+
+    async def _fill(self, wait: float) -> None:
+        """Read more into ``buf``; TimeoutError after ``wait`` seconds without a byte.
+
+        One timer per connection, moved only when a read needs an earlier
+        deadline: under load most reads just store a number, where
+        asyncio.timeout would create and cancel a timer for each.
+        """
+        loop = self._loop
+        deadline = loop.time() + wait
+        self._deadline = deadline
+        watch = self._watch
+        if watch is None or watch.when() > deadline:
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(deadline, self._expire)
+        had = len(self.buf)
+        try:
+            await self.stream.more()
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
+            self._expired = False
+            if self._task is not None:
+                self._task.uncancel()
+            # A late loop turn can run the read's callback and then the expired timer:
+            # what arrived is in the buffer and is served, not dropped with the
+            # connection as if it never came.
+            if len(self.buf) == had and not self.stream.eof:
+                raise TimeoutError from None
+        except OSError as exc:
+            raise ClientGone() from exc
+        finally:
+            self._deadline = None
+        if len(self.buf) == had:
+            self.eof = True
+
+    def end_if_idle(self) -> None:
+        """At drain: a connection waiting for its next request ends now (one in flight finishes first).
+
+        Closing the writer is not enough for an intercepted one: the TLS layer
+        waits for the client's close_notify, which a client idling in its pool
+        never sends, and the connection held the drain for its whole grace.
+        Waking the read as if the idle timeout had passed ends it the way an
+        idle connection always ends.
+        """
+        if self.busy or self.buf or self._deadline is None or self._task is None:
+            return  # answering, or a request head is arriving; the loop checks `draining` after it
+        self._expired = True
+        self._task.cancel()
+
+    def _expire(self) -> None:
+        self._watch = None
+        deadline = self._deadline
+        if deadline is None or self._task is None:
+            return  # not reading: the next read arms the timer again
+        if self._loop.time() < deadline:
+            self._watch = self._loop.call_at(deadline, self._expire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    async def _next_request(self) -> Head | None:
+        """The next request's head, or None when the client is done.
+
+        The head must be whole within ``timeouts.client_header``: for the first
+        request counted from the connection's start (accept; the end of an
+        intercepted CONNECT's TLS handshake, or its 200 when plain HTTP
+        follows), so a socket that never sends a byte is not held for
+        ``timeouts.idle``; for the next ones on a
+        keep-alive connection from their first byte, the wait before it being
+        ``timeouts.idle``.
+        """
+        t = self.rt.snapshot.config.timeouts
+        limits = self.rt.snapshot.config.limits
+        self.req, self.responding, self.req_done, self.waiting_100 = None, False, True, False
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            deadline: float | None = opened + t.client_header
+        else:
+            deadline = time.monotonic() + t.client_header if self.buf else None
+        scanned = 0
+        while True:
+            end = head_end(self.buf, max(scanned - 3, 0))
+            if end >= 0:
+                raw = bytes(self.buf[:end])
+                del self.buf[:end]
+                self.head = raw[:_HEAD_KEEP]
+                return parse_head(raw, limits)
+            scanned = len(self.buf)
+            if scanned > limits.max_header_bytes:
+                self.head = bytes(self.buf[:_HEAD_KEEP])
+                raise too_large(self.head)
+            if self.eof:
+                if self.buf:
+                    self.head = bytes(self.buf[:_HEAD_KEEP])
+                    raise BadRequest("malformed request (the client closed in the middle of a request head).")
+                return None
+            if self.server.draining and not self.buf:
+                return None
+            wait = t.idle if deadline is None else deadline - time.monotonic()
+            try:
+                await self._fill(max(wait, 0.0))
+            except TimeoutError:
+                if not self.buf:
+                    # Nothing of a request came: an idle keep-alive connection, or one that never
+                    # spoke. A graceful close (RFC 9112 §9.5), as nginx does, not a 408: that could
+                    # cross a request sent at that instant and be taken for its answer.
+                    return None
+                raise RequestTimeout(f"the request headers did not arrive within {t.client_header:g} s.") from None
+            if deadline is None:
+                deadline = time.monotonic() + t.client_header
+
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk of the request body if it is already here, else b""; None at its end."""
+        if self.waiting_100:
+            # RFC 9110 §10.1.1: we answer Expect ourselves and do not forward it.
+            self.waiting_100 = False
+            self.stream.write(informational(100, b"", []))
+        try:
+            chunk = self.body.next(self.buf)
+        except BodyFramingError:
+            if self.eof:
+                raise ClientGone("the client closed while sending its body") from None
+            # A bad chunk size, more data than a chunk declared: the client's fault.
+            self.keep_alive = False
+            raise BadRequest("the request body is malformed (bad chunked framing).") from None
+        if chunk is None:
+            self.req_done = True
+        return chunk
+
+    async def receive_body(self) -> bytes | None:
+        """One chunk of the request body, None at its end.
+
+        Called by the connection's task (buffering a body for a retry) or by
+        the upstream connection's sender, which reads a streamed body while
+        this task writes the response (RFC 9112 §9.3).
+        """
+        idle = self.snap.config.timeouts.idle
+        while True:
+            chunk = self.body_at_hand()
+            if chunk is None or chunk:
+                return chunk
+            if self.eof:
+                raise ClientGone("the client closed while sending its body")
+            try:
+                if asyncio.current_task() is self._task:
+                    await self._fill(idle)
+                else:
+                    await self._fill_aside(idle)
+            except TimeoutError:
+                raise ClientGone("the client stopped sending its body") from None
+
+    async def _fill_aside(self, wait: float) -> None:
+        """``_fill`` for another task than the connection's: the sender of a streamed body.
+
+        The read deadline of ``_fill`` cancels the connection's task, which is
+        busy with the response meanwhile: this read has a timeout of its own.
+        Cancelled (the response ended first), it leaves the buffer and the
+        stream's waiter to the connection's next read.
+        """
+        had = len(self.buf)
+        try:
+            async with asyncio.timeout(wait):
+                await self.stream.more()
+        except TimeoutError:
+            # As in _fill: bytes that came in the turn the timer fired are served, not dropped.
+            if len(self.buf) == had and not self.stream.eof:
+                raise
+        except OSError as exc:
+            raise ClientGone() from exc
+        if len(self.buf) == had:
+            self.eof = True
+
+    # -- writing ---------------------------------------------------------
+
+    def framer(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> ResponseFramer:
+        req = self.req
+        assert req is not None
+        self.responding = True
+        self.waiting_100 = False  # a final answer ends the wait (RFC 9110 §10.1.1)
+        framer = ResponseFramer(status, reason, headers, req.method, req.version, self.keep_alive)
+        self.keep_alive = framer.keep_alive
+        return framer
+
+    async def _send_reply(self, reply: Reply, rec: AccessRecord) -> None:
+        headers = reply.headers
+        if self.server.draining:
+            headers = [*headers, (b"connection", b"close")]
+        framer = self.framer(reply.status, reply.reason, headers)
+        # The head waits for the first chunk so that a small response leaves in
+        # one send: each transport.write() is a syscall when the buffer is empty.
+        pending: bytes | None = framer.head
+        if reply.body is not None and not framer.bodyless:
+            async for chunk in reply.body:
+                if chunk:
+                    rec.bytes_out += len(chunk)
+                    data = (pending or b"") + framer.data(chunk)
+                    if framer.complete:
+                        # The last byte of a sized body: no wait for the body's end to be
+                        # signalled (one turn of the loop per response), the pool learns it on release.
+                        self.stream.write(data)
+                        pending = None
+                        break
+                    self.stream.write(data)
+                    pending = b""
+                    await self._drain()
+        if pending is not None:
+            self.stream.write(pending + framer.end())
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the client to take what was written; its reset is the client's going, not the upstream's."""
+        try:
+            await self.stream.drain()
+        except OSError as exc:
+            raise ClientGone("the client went away during the response") from exc
+
+    async def _send_error(self, err: ProxyError, rec: AccessRecord) -> None:
+        status, headers, body = render(err)
+        rec.status, rec.error = status, err.code
+        if self.req is None or not self.req_done or err.status in (400, 408, 431, 501, 503):
+            headers.append((b"connection", b"close"))
+            self.keep_alive = False
+        if self.responding:
+            raise ClientGone("the response had already started")
+        if self.req is None:
+            # No request head to answer: a refusal of the head itself.
+            self.stream.write(raw_response(status, headers, body))
+        else:
+            framer = self.framer(status, reason_phrase(status), headers)
+            if framer.bodyless:
+                self.stream.write(framer.head + framer.end())
+            else:
+                rec.bytes_out += len(body)
+                self.stream.write(framer.head + framer.data(body) + framer.end())
+        with contextlib.suppress(OSError):
+            await self.stream.drain()
+
+    # -- the loop --------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.serve_requests()
+        except (ClientGone, OSError, ResponseFramingError):
+            pass
+        finally:
+            self.busy = False
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
+            await self._close()
+
+    async def _close(self) -> None:
+        """Close so that what was sent last is read, not destroyed by a reset.
+
+        Closing a socket with unread bytes in it makes the kernel answer with
+        RST, and a client that just reused the idle connection then sees
+        ECONNRESET instead of a clean end. A half-close (FIN) first, then
+        reading until the client closes too (bounded), turns that race into
+        the EOF that clients recognise and retry (RFC 9112 §9.3.1).
+        """
+        w = self.stream
+        if not w.is_closing():
+            if w.can_write_eof():
+                with contextlib.suppress(OSError, TimeoutError, ConnectionError):
+                    w.write_eof()
+                    async with asyncio.timeout(_LINGER):
+                        while await w.read():
+                            pass
+            w.close()
+        try:
+            # A TLS peer that never answers our close_notify would hold this for
+            # the loop's TLS shutdown timeout (30 s): cut it after the linger.
+            async with asyncio.timeout(_LINGER):
+                with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
+                    await w.wait_closed()
+        except TimeoutError:
+            w.transport.abort()
+
+    async def serve_requests(self, opened: float | None = None) -> None:
+        """Requests one after another on this connection (or TLS layer, or tunnel) until it ends.
+
+        ``opened``: when the first request's head became due (``time.monotonic()``), if not now.
+        """
+        self._opened = time.monotonic() if opened is None else opened
+        while True:
+            try:
+                req = await self._next_request()
+            except ProxyError as err:
+                if self.tunnel is not None and err.status == 400:
+                    err.detail = "the bytes inside the intercepted connection are not a valid HTTP/1.1 request."
+                await self.refuse(err)
+                return
+            if req is None:
+                return
+            self.req, self.keep_alive = req, req.keep_alive
+            self.req_done = False  # until the body's end is read, even an empty one's: an error before closes
+            keep = await self._one(req)
+            if not keep or self.server.draining or not (self.keep_alive and self.req_done):
+                return
+
+    async def refuse(self, err: ProxyError) -> None:
+        """Answer a request that never got as far as a request head, and log it like any other."""
+        self.req, self.responding = None, False
+        tun = self.tunnel
+        mode = "intercept" if tun is not None and tun.scheme == "https" else "plain"
+        rec = AccessRecord(method="-", mode=mode, host=tun.authority if tun else "-", path="-")
+        try:
+            await self._send_error(err, rec)
+        finally:
+            accesslog.emit(rec)
+            self.rt.metrics.request_done(rec)
+
+    async def _one(self, req: Head) -> bool:
+        """Serve one request; False when the connection must close after it."""
+        self.busy = True
+        started = time.perf_counter()
+        snap = self.snap = self.rt.snapshot  # kept to the end, whatever a reload does
+        method = req.method.decode("ascii", "replace")
+        target = req.target.decode("latin-1")
+        # The path is the pipeline's to log once it understood the target; log_path only if it never did.
+        rec = AccessRecord(method=method, mode="plain", host="-", path="")
+        body: RequestBody | None = None
+        try:
+            check_framing(req)
+            check_size(req, snap.config.limits)
+            length = req.content_length()
+            self.body = ChunkedBody() if length is None else LengthBody(length)
+            self.waiting_100 = req.expect_continue
+            if self.tunnel is None and snap.auth is not None:
+                # Inside an intercepted CONNECT the user is the one the CONNECT proved.
+                self.user = await snap.auth.check(req.headers)
+            if method == "CONNECT":
+                if self.tunnel is not None:
+                    raise BadRequest("CONNECT inside an intercepted connection is not allowed.")
+                return await connect.connect(self, target, snap, rec)
+            body = RequestBody(self, length)
+            preq = ProxyRequest(method, target, req.headers, body, req.version.decode("ascii"), self.tunnel, self.user)
+            reply = await pipeline.handle(preq, self.rt, snap, rec)
+            rec.status = reply.status
+            if reply.upgraded is not None:
+                rec.bytes_in = body.bytes_in
+                return await connect.switch(self, snap, reply, preq, rec)
+            try:
+                await self._send_reply(reply, rec)
+            finally:
+                reply.release()  # a body still on its way upstream stops here (h1client)
+                rec.bytes_in = body.bytes_in  # counted once the response is done: it goes on meanwhile
+            if not self.req_done:
+                return await self._finish_body(body)
+        except ProxyError as err:
+            err.with_route(rec.route)
+            await self._send_error(err, rec)
+        except ClientGone:
+            rec.error = "client_gone"
+            self.stream.transport.abort()
+            return False
+        except (ResponseFramingError, OSError) as exc:
+            # The upstream's body broke off mid-way (or lied about its length):
+            # the only honest signal left is to cut the client connection.
+            log.debug("aborting a response: %s", type(exc).__name__)
+            rec.error = "upstream_broke_off"
+            if body is not None and body.error is not None:
+                # The client's body broke while the response streamed; the upstream was cut for it.
+                rec.error = body.error.code if isinstance(body.error, ProxyError) else "client_gone"
+            self.stream.transport.abort()
+            return False
+        except Exception as exc:
+            if not _is_upstream_body_error(exc):
+                log.exception("internal error while serving a request")
+            rec.error = "upstream_broke_off" if _is_upstream_body_error(exc) else "internal_error"
+            self.stream.transport.abort()
+            return False
+        finally:
+            rec.ms = (time.perf_counter() - started) * 1000
+            if not rec.path:
+                rec.path = log_path(target)
+            accesslog.emit(rec)
+            self.rt.metrics.request_done(rec)
+            self.busy = False
+        return True
+
+    async def _finish_body(self, body: RequestBody) -> bool:
+        """Read what is left of a request body the upstream did not want, if it is small.
+
+        Keep-alive needs the whole request off the wire; a large unread body
+        is cheaper to drop with the connection than to read and discard.
+        """
+        left = None if body.length is None else body.length - body.bytes_in
+        if left is None or left > 65536 or self.waiting_100:
+            return False
+        while not self.req_done:
+            if await self.receive_body() is None:
+                break
+        return self.req_done
+
+
+def _is_upstream_body_error(exc: BaseException) -> bool:
+    import sys
+
+    # An aiohttp exception needs aiohttp loaded: a proxy that never loaded it must not load it here.
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return isinstance(exc, TimeoutError)
+    return isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError))

@@ -1,0 +1,184 @@
+"""The upstream connection pool: HTTP/1.1 keep-alive connections per destination, reused last-in first-out.
+
+Keyed by (scheme, host, port, TLS context): a route with its own ``ca_file``
+never shares a connection verified against other roots. Idle connections are
+closed after ``timeouts.idle`` (one timer for the whole pool, not one per
+connection), and at most ``MAX_IDLE_PER_KEY`` wait per destination.
+
+A request on a reused connection that the upstream closed before answering
+(it timed the idle connection out as we wrote) is sent once more on a new
+connection, when resending is safe: an idempotent method (RFC 9110 §9.2.2)
+and a body we still hold (none, or buffered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from authproxy.config import Timeouts
+from authproxy.errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
+from authproxy.http1.h1message import Body, Key, NoAnswer, Response, serialize_request
+from authproxy.messages import Origin
+from authproxy.net.egress import Egress, Guard
+from authproxy.upstream.h1client import H1Connection
+
+MAX_IDLE_PER_KEY = 256
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+
+
+class Pool:
+    def __init__(self, timeouts: Timeouts, max_head: int, egress: Egress | None = None) -> None:
+        self._egress = egress if egress is not None else Egress()
+        self._connect_timeout = timeouts.connect
+        self._handshake_timeout = timeouts.tls_handshake
+        self._idle_timeout = timeouts.idle
+        self._max_head = max_head
+        self._idle: dict[Key, list[H1Connection]] = {}
+        self._all: set[H1Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        dest: Origin,
+        sslctx: ssl.SSLContext | None,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+        length: int | None,
+        head_timeout: float,
+        guard: Guard = Guard.ROUTE,
+    ) -> Response:
+        """Send a request and return its response once the head is in.
+
+        ``headers`` must not frame the body: Content-Length (``length`` for a
+        streamed body) or chunked Transfer-Encoding is added here. ``guard``:
+        what a new connection's address is judged by (egress.py).
+        """
+        m = method.encode("ascii")
+        head = serialize_request(m, target, headers, body, length)
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
+        conn = self._take(key)
+        is_head = m == b"HEAD"
+        if conn is not None:
+            try:
+                return await conn.exchange(head, body, length, is_head, head_timeout)
+            except NoAnswer:
+                if m not in _IDEMPOTENT or not (body is None or isinstance(body, bytes)):
+                    raise
+        conn = await self._connect(key, dest, sslctx)
+        return await conn.exchange(head, body, length, is_head, head_timeout)
+
+    def _take(self, key: Key) -> H1Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if conn.closed or not conn.reusable:
+                continue
+            if now - conn.idle_since >= self._idle_timeout:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def _release(self, conn: H1Connection) -> None:
+        if not conn.finish():
+            conn.abort()
+            return
+        if self._closed:
+            conn.close()
+            return
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        elif len(idle) >= MAX_IDLE_PER_KEY:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(conn.idle_since + self._idle_timeout, self._sweep)
+
+    def _lost(self, conn: H1Connection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        """Close connections idle for ``timeouts.idle``; the oldest sit first in each list."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due: float | None = None
+        for key in list(self._idle):
+            idle = self._idle[key]
+            n = 0
+            while n < len(idle) and now - idle[n].idle_since >= self._idle_timeout:
+                n += 1
+            expired, idle[:n] = idle[:n], []
+            for conn in expired:
+                conn.close()
+            if idle:
+                first = idle[0].idle_since + self._idle_timeout
+                due = first if due is None else min(due, first)
+            else:
+                del self._idle[key]
+        if due is not None and not self._closed:
+            self._sweeper = loop.call_at(due, self._sweep)
+
+    async def _connect(self, key: Key, dest: Origin, sslctx: ssl.SSLContext | None) -> H1Connection:
+        """A new connection, made by the one dial that judges addresses (loop check, destination policy)."""
+        authority = dest.authority
+
+        def factory() -> H1Connection:
+            return H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost)
+
+        handshake = self._handshake_timeout if sslctx is not None else None
+        budget = self._connect_timeout + (handshake or 0.0)
+        try:
+            async with asyncio.timeout(budget):
+                _, conn = await self._egress.connect(
+                    dest.host, dest.port, factory, key[4].guard, sslctx=sslctx, handshake_timeout=handshake
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"connecting to {authority} took longer than {self._connect_timeout:g} s.") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTLSError(f"the certificate of {authority} failed verification: {_ssl_reason(exc)}.") from None
+        except ssl.SSLError as exc:
+            raise UpstreamTLSError(f"TLS with {authority} failed: {_ssl_reason(exc)}.") from None
+        except ConnectionAbortedError:
+            if handshake is None:
+                raise UpstreamError(f"cannot connect to {authority}: connection aborted.") from None
+            # asyncio's way of saying the TLS handshake ran out of time.
+            raise UpstreamTimeout(f"the TLS handshake with {authority} took longer than {handshake:g} s.") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or type(exc).__name__}.") from None
+        if self._closed:
+            conn.abort()
+            raise UpstreamError(f"cannot connect to {authority}: the proxy is shutting down.")
+        self._all.add(conn)
+        return conn
+
+    async def close(self) -> None:
+        """Close every connection, idle or busy (shutdown: the drain is over)."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._idle.clear()
+        for conn in list(self._all):
+            conn.abort()
+        self._all.clear()
+        await asyncio.sleep(0)  # let the transports' connection_lost run
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    return str(reason).splitlines()[0][:200]

@@ -1,0 +1,161 @@
+"""The upstream side: the connection pool, TLS contexts, and header filtering."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from authproxy.config import Limits, Route, Timeouts
+from authproxy.disk.ca import system_roots
+from authproxy.net.egress import Egress
+from authproxy.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# RFC 9110 §7.6.1, plus headers only a proxy hop uses.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+# Connection options that name no header (RFC 9112 §9.6); the common case skips a second pass.
+OWN_TOKENS = frozenset({b"close", b"keep-alive"})
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    out: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            out.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return out
+
+
+def without_hop_by_hop(
+    raw: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes] = HOP_BY_HOP,
+    via: Callable[[bytes], None] | None = None,
+) -> list[tuple[bytes, bytes]]:
+    """``raw`` minus the names in ``drop`` and those its Connection header lists, in one pass.
+
+    ``via``: when ``drop`` names ``via``, each Via value is handed to it (it may
+    raise) and kept, so that looking at Via costs the common header nothing.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] | None = None
+    for name, value in raw:
+        low = name.lower()
+        if low in drop:
+            if low == b"connection":
+                listed = (listed or set()) | connection_tokens([(name, value)])
+            elif low == b"via" and via is not None:
+                via(value)
+                out.append((name, value))
+            continue
+        out.append((name, value))
+    if listed and not listed <= OWN_TOKENS:
+        out = [(n, v) for n, v in out if n.lower() not in listed]
+    return out
+
+
+def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return without_hop_by_hop(raw)
+
+
+class Upstreams:
+    """The connection pool and one SSL context per (ca_file, verify)."""
+
+    def __init__(
+        self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None, egress: Egress | None = None
+    ) -> None:
+        self._timeouts = timeouts
+        self._extra_ca = extra_ca_file
+        self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+        # No connection limit of its own: the proxy's max_connections bounds the load.
+        # An upstream's head is held to the bound a client's is.
+        self.pool = Pool(timeouts, limits.max_header_bytes, egress)
+
+    def ssl_context(self, route: Route | None) -> ssl.SSLContext:
+        """Contexts are built once: creating one reads the CA store from disk."""
+        key = (route.ca_file, route.verify) if route is not None else (None, True)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            if key[0] is not None:
+                # A route's ca_file is the only trust for that upstream (pinning).
+                ctx = ssl.create_default_context(cafile=str(key[0]))
+            else:
+                # The platform's roots, read from its bundle rather than through
+                # SSL_CERT_FILE, which `authproxy env` points at our own CA.
+                roots = system_roots()
+                ctx = ssl.create_default_context(cafile=str(roots) if roots else None)
+                if self._extra_ca is not None:
+                    ctx.load_verify_locations(cafile=str(self._extra_ca))
+            if not key[1]:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._contexts[key] = ctx
+        return ctx
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class TokenSession:
+    """The session for token endpoints: no proxy, its own pool, made on first use.
+
+    Only fetching grants (OAuth, bws) talk to a token endpoint. A table of
+    static credentials (api_key, bearer, basic, command) never calls ``get``,
+    so aiohttp's client (some 13 MB of the proxy's memory) is never imported.
+    """
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self._connect = timeouts.connect
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def prepare(self, routes: Iterable[Route]) -> None:
+        """Import the client now when a route will fetch, not on the first fetch.
+
+        A cold import of aiohttp takes ~0.2 s: paid inside a fetch, every
+        request waiting on it (the first one, or a whole burst of 401s waiting
+        on a refresh) waited that much longer; with ``--workers`` it hit each
+        worker's first fetch, so a refresh was three times slower on the worker
+        that had not fetched yet.
+        """
+        if self._session is None and any(r.auth.fetches for r in routes):
+            import aiohttp  # noqa: F401
+            import tenacity  # noqa: F401  (the OAuth grants' retries)
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            if self._closed:
+                # As a closed aiohttp session would: a fetch that starts during shutdown
+                # must not leave behind a new session that nothing closes.
+                raise RuntimeError("the token endpoint session is closed")
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
