@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from authproxy import config, yamlreader
-from authproxy.grants import REGISTRY
+from authproxy import config
+from authproxy.credentials.grants import REGISTRY
+from authproxy.schema import yamlreader
 from tests.support.proc import start_proxy
 
 from .conftest import assert_no_secrets

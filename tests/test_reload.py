@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from authproxy.reload import Reloader
+from authproxy.run.reload import Reloader
 from tests.support.oauth_server import OAuthServer
 from tests.support.proc import start_proxy
 
