@@ -25,6 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from authproxy.compat import histogram_add
 from authproxy.ops.accesslog import AccessRecord
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -153,12 +154,8 @@ class Metrics:
                 bytes_in.inc(batch.bytes_in)
             if batch.bytes_out:
                 bytes_out.inc(batch.bytes_out)
-            # A batch of observations is the sum and each bucket's count: prometheus_client
-            # has no public call for it, so this writes the values observe() would write.
-            latency._sum.inc(batch.seconds)
-            for value, n in zip(latency._buckets, batch.buckets, strict=True):
-                if n:
-                    value.inc(n)
+            # prometheus_client has no public call for a batch of observations (compat.py).
+            histogram_add(latency, batch.seconds, batch.buckets)
 
     def watch_certificates(self, count: Callable[[], int]) -> None:
         if self._multiprocess:

@@ -2,7 +2,7 @@
 
 Every TLS connection (intercepted clients and TLS upstreams) carries a
 read buffer in asyncio's SSL protocol (256 KiB unless tune_asyncio_tls
-shrinks it), and bodies move in chunks of
+shrinks it, through compat.py), and bodies move in chunks of
 64-256 KiB. glibc serves allocations that large with mmap at first, but
 raises its mmap threshold each time one is freed (the "dynamic threshold");
 after that they come from the heap, whose free space fragments between
@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
+from authproxy.compat import cap_asyncio_tls_read
+
 log = logging.getLogger("authproxy.memory")
 
 _M_MMAP_THRESHOLD = -3
@@ -42,10 +44,7 @@ TLS_READ_BUFFER = 64 * 1024
 
 def tune_asyncio_tls() -> None:
     """Shrink asyncio's per-connection TLS read buffer from 256 KiB (uvloop has its own, allocated lazily)."""
-    from asyncio import sslproto
-
-    if sslproto.SSLProtocol.max_size > TLS_READ_BUFFER:
-        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    cap_asyncio_tls_read(TLS_READ_BUFFER)
 
 
 def tune_malloc() -> bool:

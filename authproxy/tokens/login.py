@@ -163,7 +163,7 @@ async def login(
                 raise LoginError(
                     f"cannot listen on 127.0.0.1:{grant.redirect_port} for the redirect ({exc.strerror})."
                 ) from None
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            port = int(runner.addresses[0][1])  # the port bound, when redirect_port is 0
             redirect_uri = f"http://127.0.0.1:{port}{grant.redirect_path}"
             query = {
                 "response_type": "code",
