@@ -438,7 +438,7 @@ def _check_admin(cfg: Config, allow_open: bool) -> None:
 def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = False) -> int:
     """uvloop when it is installed (`auto`) or asked for, else asyncio's own loop.
 
-    uvloop costs a quarter less CPU per request (README, "The event loop");
+    uvloop costs a quarter less CPU per request (bench/README.md, "The event loop");
     `--loop asyncio` keeps the standard library's. ``reuse_port``: a worker's
     loop, whose listener shares the port with the other workers'.
     """

@@ -38,7 +38,7 @@ ARENA_MAX = 2
 # asyncio's SSL protocol zero-fills a read buffer of this size for every TLS
 # connection, so each one costs it in RSS from the first byte. TLS records
 # are at most 16 KiB: 64 KiB holds four, and a 100 MB download through
-# interception is no slower for it (README, Performance).
+# interception is no slower for it (bench/README.md, Latest results).
 TLS_READ_BUFFER = 64 * 1024
 
 
