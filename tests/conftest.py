@@ -170,9 +170,7 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     up.port, up.url = port, f"http://127.0.0.1:{port}"
     yield up
     await runner.cleanup()
@@ -192,7 +190,7 @@ async def tls_upstream(tmp_path: Path) -> AsyncIterator[tuple[Upstream, Path]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     up.port, up.url = port, f"https://127.0.0.1:{port}"
     yield up, ca_path
     await runner.cleanup()

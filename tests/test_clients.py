@@ -158,7 +158,7 @@ class Upstreams:
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=sslctx)
             await site.start()
-            self.ports[scheme] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.ports[scheme] = runner.addresses[0][1]
             self._runners.append(runner)
 
     async def _stop(self) -> None:

@@ -101,7 +101,7 @@ async def _ws_upstream(tls: ssl.SSLContext | None) -> AsyncIterator[WsUpstream]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
-    up.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    up.port = runner.addresses[0][1]
     try:
         yield up
     finally:

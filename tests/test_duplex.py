@@ -117,9 +117,7 @@ async def _serve(app: web.Application, ctx: ssl.SSLContext | None) -> tuple[web.
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
-    server = site._server
-    assert server is not None
-    return runner, server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, runner.addresses[0][1]
 
 
 @dataclass

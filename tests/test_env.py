@@ -150,7 +150,7 @@ async def _local_service(tmp_path: Path) -> AsyncIterator[tuple[int, Path, list[
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
     try:
-        yield site._server.sockets[0].getsockname()[1], ca_path, seen  # type: ignore[union-attr]
+        yield runner.addresses[0][1], ca_path, seen
     finally:
         await runner.cleanup()
 

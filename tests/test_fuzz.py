@@ -111,7 +111,7 @@ async def quiet(tmp_path: Path) -> AsyncIterator[Quiet]:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         if tls is None:
             q.port = port
         else:

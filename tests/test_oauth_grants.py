@@ -298,7 +298,7 @@ async def _flaky(upstream: Upstream):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     ep.url = f"http://127.0.0.1:{port}/token"
     upstream.check_auth = lambda h: bool(h and h.startswith("Bearer flaky-token-"))
     return ep, runner

@@ -348,7 +348,7 @@ async def test_login_refuses_discovered_clear_text_endpoints(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     said: list[str] = []
     try:
         path = tmp_path / "routes.yaml"

@@ -152,7 +152,7 @@ async def _held_upstream() -> AsyncIterator[tuple[int, list[asyncio.Event], asyn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield port, arrived, release
     finally:

@@ -76,7 +76,7 @@ async def _https_server(app: web.Application, tmp_path: Path, name: str) -> Asyn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield port, ca_path
     finally:

@@ -305,7 +305,7 @@ async def test_sigterm_lets_a_slow_request_finish_then_exits_0(tmp_path: Path) -
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     p = start_proxy(
         _config(tmp_path, _key_route(Upstream(f"http://127.0.0.1:{port}", port))), "--workers", "2", env=ENV
     )

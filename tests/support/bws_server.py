@@ -252,9 +252,7 @@ class BwsServer:
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = self._runner.addresses[0][1]
 
         def run() -> None:
             loop = self._loop = asyncio.new_event_loop()

@@ -148,7 +148,7 @@ async def main(ca_path: Path) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls, backlog=1024)
         await site.start()
-        ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ports[name] = runner.addresses[0][1]
         runners.append(runner)
     print(json.dumps(ports), flush=True)
     await stop.wait()
