@@ -94,7 +94,7 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
         t = snap.config.timeouts
         sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
         return await open_upgrade(
-            rt.egress,
+            rt.upstreams.pool,
             target.guard,
             dest,
             req.method,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import json
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from authproxy import __version__
 from authproxy.admin.gate import HostRule, TokenRule, challenges, check_host
 from authproxy.admin.statusview import runtime_view, url_host
 from authproxy.errors import AdminHostRefused, AdminTokenRequired, ProxyError, render
+from authproxy.net import control
 from authproxy.ops.rates import UNMATCHED, Rates
 from authproxy.secrecy.secrets import Secret
 
@@ -475,21 +475,29 @@ def render_page(data: dict[str, Any]) -> str:
 # -- `authproxy status` ---------------------------------------------------------
 
 
+class StatusRefused(Exception):
+    """The admin listener answered ``/status.json`` with something other than 200."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the admin listener answered {status}")
+        self.status = status
+
+
 def fetch_status(host: str, port: int, timeout: float = 5, token: str | None = None) -> dict[str, Any]:
     """GET ``/status.json`` from an admin listener (never through a proxy), with ``token`` if given.
 
-    A refusal raises ``urllib.error.HTTPError`` (401: the token; 421: the Host).
+    A refusal raises ``StatusRefused`` (401: the token; 421: the Host); no answer, an ``OSError``.
     """
     if host in ("0.0.0.0", ""):  # noqa: S104 - a wildcard listener is reached on loopback
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    request = urllib.request.Request(f"http://{url_host(host)}:{port}/status.json")
-    if token is not None:
-        request.add_unredirected_header("Authorization", f"Bearer {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=timeout) as resp:
-        data = json.loads(resp.read().decode("utf-8"))
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    url = f"http://{url_host(host)}:{port}/status.json"
+    status, body = control.request("GET", url, timeout=timeout, headers=headers)
+    if status != 200:
+        raise StatusRefused(status)
+    data = json.loads(body.decode("utf-8"))
     if not isinstance(data, dict):
         raise ValueError("the admin listener's /status.json is not a JSON object")
     return data

@@ -210,9 +210,7 @@ def cmd_token(path: str, name: str, show: bool) -> int:
 
 
 def cmd_status(path: str, admin: str | None) -> int:
-    import urllib.error
-
-    from authproxy.admin.web import fetch_status, status_table  # with aiohttp.web: only this command needs it
+    from authproxy.admin.web import StatusRefused, fetch_status, status_table  # with aiohttp.web: only this command
 
     # The file gives the token (and the address, unless --admin names one); with --admin, only if it exists.
     cfg = load(path) if admin is None or Path(path).exists() else None
@@ -229,8 +227,8 @@ def cmd_status(path: str, admin: str | None) -> int:
     at = format_authority(*where)
     try:
         data = fetch_status(*where, token=None if token is None else token.reveal())
-    except urllib.error.HTTPError as exc:
-        print(f"error: the admin listener at {at} {_refused(exc.code, path, token is not None)}", file=sys.stderr)
+    except StatusRefused as exc:
+        print(f"error: the admin listener at {at} {_refused(exc.status, path, token is not None)}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: cannot reach the admin listener at {at} ({exc}).", file=sys.stderr)

@@ -37,8 +37,6 @@ import math
 import re
 import ssl
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from authproxy.credentials.oautherror import describe
+from authproxy.net import control
 from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Unresolved
 
@@ -345,13 +344,6 @@ def oauth_error(raw: bytes) -> str | None:
 # --------------------------------------------------------------------------- a small synchronous client
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A bearer token or client secret goes to the configured host only."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class SyncClient:
     """Fetches secrets while routes.yaml loads (that is synchronous): one login, then one GET per secret.
 
@@ -372,45 +364,42 @@ class SyncClient:
         self._api_url = api_url
         self._timeout = timeout
         self._ca_file = ca_file
-        self._opener: urllib.request.OpenerDirector | None = None
+        self._sslctx: ssl.SSLContext | None = None
         self._login: tuple[str, SymmetricKey, str | None] | BwsError | None = None
         self.requests = 0
 
     def __repr__(self) -> str:
         return f"SyncClient({self._token!r}, {self._identity_url}, {self._api_url})"
 
-    def _open(self, req: urllib.request.Request) -> tuple[int, bytes]:
-        if self._opener is None:
-            ctx = ssl.create_default_context()
+    def _open(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None = None
+    ) -> tuple[int, bytes]:
+        if self._sslctx is None:
+            self._sslctx = ssl.create_default_context()
             if self._ca_file is not None:
-                ctx.load_verify_locations(cafile=str(self._ca_file))
-            self._opener = urllib.request.build_opener(
-                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx), _NoRedirect()
-            )
+                self._sslctx.load_verify_locations(cafile=str(self._ca_file))
         last = ""
         for attempt in range(2):  # one retry for a 429/5xx or a connection failure
             self.requests += 1
             try:
-                with self._opener.open(req, timeout=self._timeout) as resp:
-                    return int(resp.status), bytes(resp.read())
-            except urllib.error.HTTPError as exc:
-                status, body = int(exc.code), exc.read()
-                exc.close()
-                if (status == 429 or status >= 500) and attempt == 0:
-                    last = f"it answered {status}"
-                    time.sleep(0.5)
-                    continue
-                return status, body
-            except OSError as exc:  # URLError, TLS errors and timeouts among them
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, ssl.SSLCertVerificationError):
-                    raise BwsError(f"its TLS certificate is not trusted ({reason.verify_message})") from None
-                if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+                status, body = control.request(
+                    method, url, timeout=self._timeout, headers=headers, data=data, sslctx=self._sslctx
+                )
+            except ssl.SSLCertVerificationError as exc:
+                raise BwsError(f"its TLS certificate is not trusted ({exc.verify_message})") from None
+            except OSError as exc:  # TLS errors and timeouts among them
+                if isinstance(exc, TimeoutError):
                     last = f"it did not answer within {self._timeout:g} s"
                 else:
-                    last = f"it cannot be reached ({type(reason).__name__})"
+                    last = f"it cannot be reached ({type(exc).__name__})"
                 if attempt == 0:
                     time.sleep(0.5)
+                continue
+            if (status == 429 or status >= 500) and attempt == 0:
+                last = f"it answered {status}"
+                time.sleep(0.5)
+                continue
+            return status, body
         raise BwsError(last)
 
     def login(self) -> tuple[str, SymmetricKey, str | None]:
@@ -427,14 +416,11 @@ class SyncClient:
         return self._login
 
     def _do_login(self) -> tuple[str, SymmetricKey, str | None]:
-        req = urllib.request.Request(  # noqa: S310 (the URL was checked to be http(s) at load time)
-            token_url(self._identity_url),
-            data=urlencode(login_form(self._token)).encode(),
-            headers={**login_headers(), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
-            method="POST",
-        )
+        headers = {**login_headers(), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
         try:
-            status, raw = self._open(req)
+            status, raw = self._open(
+                "POST", token_url(self._identity_url), headers, urlencode(login_form(self._token)).encode()
+            )
         except BwsError as exc:
             raise BwsError(f"the identity server {self._identity_url}: {exc}") from None
         if status != 200:
@@ -455,13 +441,9 @@ class SyncClient:
 
     def get_secret(self, secret_id: str) -> SecretFields:
         bearer, org_key, org_id = self.login()
-        req = urllib.request.Request(  # noqa: S310
-            secret_url(self._api_url, secret_id),
-            headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json", "User-Agent": USER_AGENT},
-            method="GET",
-        )
+        headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json", "User-Agent": USER_AGENT}
         try:
-            status, raw = self._open(req)
+            status, raw = self._open("GET", secret_url(self._api_url, secret_id), headers)
         except BwsError as exc:
             raise BwsError(f"the secrets API {self._api_url}: {exc}") from None
         if status == 404:

@@ -3,13 +3,24 @@
 The server finds the end of a head itself (it must keep the raw bytes anyway,
 and the bytes after the head are the next request, a tunnel's early bytes or
 an upgraded protocol), then parses the head with llhttp. llhttp is stricter
-than the grammar the proxy has always accepted (h11's: bare LF line ends,
-obs-fold, identical duplicate Content-Lengths, any token as a method) and
-more lenient in a few places (spacing in the request line, a missing or
-repeated Host). So a head llhttp refuses, or one with anything unusual about
-it, is handed to h11 for the verdict: h11 stays, off the hot path, as the
-definition of what a request head may be, and its refusals keep their
-precise statuses (414, 431, 501, 400).
+than the grammar the proxy accepts, and more lenient in a few places. So a
+head llhttp refuses, or one with anything unusual about it, is handed to h11
+for the verdict. h11 is no client anywhere in the proxy; it stays here, off
+the hot path, because it still decides what llhttp cannot:
+
+- heads llhttp refuses that RFC 9112 allows: bare LF line ends (§2.2),
+  obs-fold (§5.2, replaced by a space), identical duplicate Content-Lengths
+  (§6.3, merged), any token as a method (RFC 9110 §9.1);
+- heads llhttp lets through that must be refused: extra spaces in the
+  request line (§3), a missing or repeated Host (§3.2), a Transfer-Encoding
+  other than one ``chunked`` (§6.1);
+- the precise status of a refusal (414, 431 or 400), from its
+  ``error_status_hint``.
+
+Dropping it would mean writing a second request grammar here for these
+cases alone (tests/test_hostile.py, tests/test_raw_http.py and
+tests/test_fuzz.py hold them); h11 is small, pure Python, and already that
+grammar.
 
 Bodies are framed here and not by llhttp: a body read by the same parser
 would run on into the next pipelined request with no way to learn where the

@@ -42,6 +42,10 @@ _IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
 class H1Connection(asyncio.BufferedProtocol):
     """One upstream connection; the pool's, reused for one exchange after another."""
 
+    # Set on a connection of its own that asks to switch protocols (upgrade.py): called, on
+    # the 101, with the transport and the bytes that came after the 101's head.
+    on_switch: Callable[[asyncio.Transport, bytes], None] | None = None
+
     def __init__(
         self,
         key: Key,
@@ -402,8 +406,8 @@ class H1Connection(asyncio.BufferedProtocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._bad("it switched protocols unasked")
+        except httptools.HttpParserUpgrade as up:
+            self._switch(bytes(data[up.args[0] :]))
         except httptools.HttpParserError as exc:
             self._bad(one_line(str(exc))[:100])
         if self._phase == _HEAD:
@@ -419,6 +423,18 @@ class H1Connection(asyncio.BufferedProtocol):
                 if timer is not None:
                     timer.cancel()
                 self._timer = self._loop.call_at(now + self._idle_timeout, self._on_timer)
+
+    def _switch(self, early: bytes) -> None:
+        """A 101 (RFC 9110 §15.2.2): what follows its head, ``early`` on, is the new protocol's."""
+        switch = self.on_switch
+        if switch is None or self._phase != _HEAD or self._parser.get_status_code() != 101:
+            self._bad("it switched protocols unasked")
+            return
+        self._status, self._phase, self.reusable = 101, _DONE, False
+        self._stop_timer()
+        assert self.transport is not None
+        switch(self.transport, early)  # the transport is the switcher's from here (upgrade.py)
+        _wake(self._head_waiter)
 
     def _bad(self, what: str) -> None:
         """The upstream's bytes are not HTTP we accept."""
@@ -483,7 +499,7 @@ class H1Connection(asyncio.BufferedProtocol):
         status = parser.get_status_code()
         if status < 200:
             # 100 Continue and other interim answers are skipped; a 101 makes
-            # llhttp stop with HttpParserUpgrade, refused in data_received.
+            # llhttp stop with HttpParserUpgrade (_switch).
             self._interim = status != 101
             return
         if self._fields_size > self._max_head:

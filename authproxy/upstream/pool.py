@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 from authproxy.config import Timeouts
 from authproxy.errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
@@ -24,6 +26,7 @@ from authproxy.net.egress import Egress, Guard
 from authproxy.upstream.h1client import H1Connection
 
 MAX_IDLE_PER_KEY = 256
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 
 
@@ -38,6 +41,26 @@ class Pool:
         self._all: set[H1Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+
+    async def connect_alone(
+        self,
+        dest: Origin,
+        sslctx: ssl.SSLContext | None,
+        guard: Guard,
+        connect_timeout: float,
+        on_switch: Callable[[asyncio.Transport, bytes], None],
+    ) -> H1Connection:
+        """A connection outside the pool, for a request that asks to switch protocols: after a 101
+        it is not HTTP any more, and it is closed once its response is, whatever that was."""
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
+
+        def factory() -> H1Connection:
+            conn = H1Connection(key, dest.authority, self._max_head, self._idle_timeout, _close, _forget)
+            conn.on_switch = on_switch
+            return conn
+
+        handshake = self._handshake_timeout if sslctx is not None else None
+        return await dial(self._egress, dest, sslctx, guard, factory, connect_timeout, handshake)
 
     async def request(
         self,
@@ -141,25 +164,7 @@ class Pool:
             return H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost)
 
         handshake = self._handshake_timeout if sslctx is not None else None
-        budget = self._connect_timeout + (handshake or 0.0)
-        try:
-            async with asyncio.timeout(budget):
-                _, conn = await self._egress.connect(
-                    dest.host, dest.port, factory, key[4].guard, sslctx=sslctx, handshake_timeout=handshake
-                )
-        except TimeoutError:
-            raise UpstreamTimeout(f"connecting to {authority} took longer than {self._connect_timeout:g} s.") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamTLSError(f"the certificate of {authority} failed verification: {_ssl_reason(exc)}.") from None
-        except ssl.SSLError as exc:
-            raise UpstreamTLSError(f"TLS with {authority} failed: {_ssl_reason(exc)}.") from None
-        except ConnectionAbortedError:
-            if handshake is None:
-                raise UpstreamError(f"cannot connect to {authority}: connection aborted.") from None
-            # asyncio's way of saying the TLS handshake ran out of time.
-            raise UpstreamTimeout(f"the TLS handshake with {authority} took longer than {handshake:g} s.") from None
-        except OSError as exc:
-            raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or type(exc).__name__}.") from None
+        conn = await dial(self._egress, dest, sslctx, key[4].guard, factory, self._connect_timeout, handshake)
         if self._closed:
             conn.abort()
             raise UpstreamError(f"cannot connect to {authority}: the proxy is shutting down.")
@@ -177,6 +182,54 @@ class Pool:
             conn.abort()
         self._all.clear()
         await asyncio.sleep(0)  # let the transports' connection_lost run
+
+
+def _close(conn: H1Connection) -> None:
+    if conn.finish():
+        conn.close()
+    else:
+        conn.abort()
+
+
+def _forget(conn: H1Connection) -> None:
+    """A connection outside the pool has nothing to be removed from."""
+
+
+async def dial(
+    egress: Egress,
+    dest: Origin,
+    sslctx: ssl.SSLContext | None,
+    guard: Guard,
+    factory: Callable[[], _P],
+    connect_timeout: float,
+    handshake_timeout: float | None,
+) -> _P:
+    """A new upstream connection made by ``egress`` (the one dial that judges addresses).
+
+    Every way it can fail becomes the ProxyError a client sees, for the
+    pool's connections and an upgrade's alike: too slow 504, TLS refused
+    502 ``upstream_tls_error``, anything else 502.
+    """
+    authority = dest.authority
+    try:
+        async with asyncio.timeout(connect_timeout + (handshake_timeout or 0.0)):
+            _, conn = await egress.connect(
+                dest.host, dest.port, factory, guard, sslctx=sslctx, handshake_timeout=handshake_timeout
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"connecting to {authority} took longer than {connect_timeout:g} s.") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamTLSError(f"the certificate of {authority} failed verification: {_ssl_reason(exc)}.") from None
+    except ssl.SSLError as exc:
+        raise UpstreamTLSError(f"TLS with {authority} failed: {_ssl_reason(exc)}.") from None
+    except ConnectionAbortedError:
+        if handshake_timeout is None:
+            raise UpstreamError(f"cannot connect to {authority}: connection aborted.") from None
+        # asyncio's way of saying the TLS handshake ran out of time.
+        raise UpstreamTimeout(f"the TLS handshake with {authority} took longer than {handshake_timeout:g} s.") from None
+    except OSError as exc:
+        raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or type(exc).__name__}.") from None
+    return conn
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:

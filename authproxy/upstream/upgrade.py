@@ -1,25 +1,26 @@
 """Upgrades (WebSocket and others): the handshake carries the credential, then bytes flow both ways.
 
-The pool's connections carry HTTP exchanges only, so an upgrade gets its own
-upstream connection, spoken to with an h11 client:
-send the request head, read the answer; on 101 the caller pumps bytes, on
-anything else the answer is relayed like any response.
+The pool's connections carry HTTP exchanges only, so an upgrade gets a
+connection of its own, dialled and spoken to as the pool's are (pool.py,
+h1client.py): the same address checks, the same response parser, the same
+errors. On a 101 the connection's transport is handed over to asyncio
+streams for the tunnel (transport/tunnel.py); anything else is relayed like
+any response, and the connection closed after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
 
-import h11
-
-from authproxy.errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
+from authproxy.http1.h1message import serialize_request
 from authproxy.messages import Origin, Reply, Upgraded
-from authproxy.net.egress import Egress, Guard
+from authproxy.net.egress import Guard
+from authproxy.upstream.pool import Pool
 from authproxy.upstream.upstreams import filter_response_headers
 
-_MAX_REFUSAL_BODY = 1024 * 1024  # a non-101 answer to an upgrade is buffered up to this
+# The tunnel reads up to this much at a time from the upstream side.
+_READ_LIMIT = 256 * 1024
 
 
 def is_upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -36,7 +37,7 @@ def is_upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 async def open_upgrade(
-    egress: Egress,
+    pool: Pool,
     guard: Guard,
     dest: Origin,
     method: str,
@@ -47,80 +48,25 @@ async def open_upgrade(
     connect_timeout: float,
     headers_timeout: float,
 ) -> Reply:
-    """Send the upgrade request on a fresh connection (dialled as every upstream connection is,
-    judged by ``guard``); a 101 reply carries ``upgraded``."""
-    try:
-        reader, writer = await asyncio.wait_for(
-            egress.open(dest.host, dest.port, guard, sslctx=sslctx, limit=256 * 1024), connect_timeout
-        )
-    except TimeoutError:
-        raise UpstreamTimeout(f"connecting to {dest.authority} took longer than {connect_timeout:g} s.") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise UpstreamTLSError(
-            f"the certificate of {dest.authority} failed verification: {exc.verify_message}."
-        ) from None
-    except ssl.SSLError as exc:
-        raise UpstreamTLSError(f"TLS with {dest.authority} failed: {exc.reason or exc}.") from None
-    except OSError as exc:
-        raise UpstreamError(f"cannot connect to {dest.authority}: {exc.strerror or type(exc).__name__}.") from None
+    """Send the upgrade request on a connection of its own (judged by ``guard``); a 101 reply carries ``upgraded``."""
+    switched: list[Upgraded] = []
 
-    conn = h11.Connection(h11.CLIENT)
-    head = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-    try:
-        writer.write(conn.send(h11.Request(method=method, target=path, headers=head)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        event = await asyncio.wait_for(_next(conn, reader), headers_timeout)
-    except TimeoutError:
-        writer.close()
-        raise UpstreamTimeout(f"{dest.authority} did not answer within {headers_timeout:g} s.") from None
-    except (h11.ProtocolError, OSError) as exc:
-        writer.close()
-        raise UpstreamError(f"{dest.authority} answered the upgrade badly ({type(exc).__name__}).") from None
+    def on_switch(transport: asyncio.Transport, early: bytes) -> None:
+        # In the protocol's callback, before another read: no byte of the new protocol goes astray.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        switched.append(Upgraded(reader, asyncio.StreamWriter(transport, protocol, reader, loop), early))
 
-    if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
-        up = Upgraded(reader, writer, conn.trailing_data[0])
-        return Reply(101, event.reason, list(event.headers.raw_items()), upgraded=up)
-    if not isinstance(event, h11.Response):
-        writer.close()
-        raise UpstreamError(f"{dest.authority} answered the upgrade with something other than a response.")
-    body = await _read_body(conn, reader, headers_timeout)
-    writer.close()
-    kept = [(n, v) for n, v in filter_response_headers(event.headers.raw_items()) if n.lower() != b"content-length"]
-    return Reply(event.status_code, event.reason, kept, body=_once(body))
-
-
-async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event:
-    """The next event that is not NEED_DATA, skipping 100 Continue."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-            continue
-        if not isinstance(event, h11.Event):  # PAUSED: nothing more will come in HTTP
-            raise h11.RemoteProtocolError("the upstream connection switched protocols unasked")
-        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-            continue
-        return event
-
-
-async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader, wait: float) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    try:
-        while size <= _MAX_REFUSAL_BODY:
-            event = await asyncio.wait_for(_next(conn, reader), wait)
-            if isinstance(event, h11.Data):
-                parts.append(bytes(event.data))
-                size += len(event.data)
-            else:
-                break
-    except (TimeoutError, h11.ProtocolError, OSError):
-        pass
-    return b"".join(parts)[:_MAX_REFUSAL_BODY]
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+    m = method.encode("ascii")
+    head = serialize_request(m, path, [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)], None, None)
+    conn = await pool.connect_alone(dest, sslctx, guard, connect_timeout, on_switch)
+    resp = await conn.exchange(head, None, None, m == b"HEAD", headers_timeout)
+    if switched:
+        return Reply(101, resp.reason, resp.headers, upgraded=switched[0])
+    return Reply(resp.status, resp.reason, filter_response_headers(resp.headers), body=resp, release=resp.release)
 
 
 def switch_headers(reply: Reply, upgrade: bytes) -> list[tuple[bytes, bytes]]:

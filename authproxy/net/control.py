@@ -1,0 +1,66 @@
+"""The control plane's HTTP client for synchronous callers: aiohttp, imported lazily, in a private loop.
+
+The data plane speaks to upstreams with the project's own client
+(upstream/h1client.py); everything else that makes an HTTP request (token
+endpoints, Bitwarden, the ``status`` command) uses aiohttp. Two of those
+callers are synchronous: ``${bws:...}`` values are fetched while routes.yaml
+loads, and ``authproxy status`` is a plain command. They call ``request``,
+which runs one aiohttp request to completion in an event loop of its own, on
+a thread of its own, so that it works the same whether or not the caller
+runs inside an event loop (a reload does). aiohttp is imported on the first
+call only: a proxy whose routes never fetch does not load it.
+
+No proxy from the environment (the proxy itself may be it), no redirects
+(a bearer token or client secret goes to the URL given only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    data: bytes | None = None,
+    sslctx: ssl.SSLContext | None = None,
+) -> tuple[int, bytes]:
+    """The status and body of one request; blocks until they are in.
+
+    Raises ``ssl.SSLCertVerificationError`` for a certificate that is not
+    trusted, ``TimeoutError`` past ``timeout``, and another ``OSError`` for
+    any other failure to get an answer.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="authproxy-control") as pool:
+        return pool.submit(asyncio.run, _request(method, url, timeout, headers, data, sslctx)).result()
+
+
+async def _request(
+    method: str,
+    url: str,
+    seconds: float,
+    headers: Mapping[str, str] | None,
+    data: bytes | None,
+    sslctx: ssl.SSLContext | None,
+) -> tuple[int, bytes]:
+    import aiohttp  # the control plane's client, loaded only when it is needed
+
+    try:
+        async with (
+            asyncio.timeout(seconds),
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.request(method, url, headers=headers, data=data, ssl=sslctx or True, allow_redirects=False) as resp,
+        ):
+            return resp.status, await resp.read()
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise exc.certificate_error from None  # the ssl error itself, with its verify_message
+    except (TimeoutError, OSError):
+        raise
+    except aiohttp.ClientError as exc:
+        raise ConnectionError(f"the answer could not be read ({type(exc).__name__})") from None
