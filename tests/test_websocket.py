@@ -120,3 +120,41 @@ async def test_ws_handshake_401_forces_one_refresh_and_retry(
         assert await _echo(s, f"ws://{upstream.authority}/ws", proxy=p.url) == ["echo:hello", "echo:bye"]
     assert oauth_server.token_requests() == 2
     p.secrets.update(oauth_server.issued())
+
+
+async def test_bytes_the_upstream_sends_with_its_101_reach_the_client(make_proxy, secret_env) -> None:
+    """An upstream may write its first frames in the same segment as the 101 head: none may be lost."""
+    seen: list[bytes] = []
+    frame = b"\x81\x05hello"  # a final text frame, unmasked, as a server sends it (RFC 6455 §5.2)
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.append(await r.readuntil(b"\r\n\r\n"))
+        w.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n" + frame
+        )
+        await w.drain()
+        seen.append(await r.read(100))  # what the client sends after the switch
+        w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = await _proxy(make_proxy, f"127.0.0.1:{port}", secret_env)
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    writer.write(
+        f"GET http://127.0.0.1:{port}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert await asyncio.wait_for(reader.readexactly(len(frame)), 10) == frame
+    writer.write(b"\x88\x80abcd")  # a masked close frame from the client
+    await writer.drain()
+    for _ in range(100):
+        if len(seen) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert f"Bearer {TOKEN}".encode() in seen[0]
+    assert seen[1] == b"\x88\x80abcd"
+    writer.close()
+    server.close()
