@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import ssl
 import time
@@ -255,13 +254,6 @@ def jwt_claims(token: str) -> dict[str, Any]:
     except jwt.PyJWTError:
         return {}
     return claims if isinstance(claims, dict) else {}
-
-
-def jwt_expiry(token: str) -> float | None:
-    exp = jwt_claims(token).get("exp")
-    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp):
-        return float(exp)
-    return None
 
 
 def read_login(body: dict[str, Any]) -> Login:

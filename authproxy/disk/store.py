@@ -69,10 +69,6 @@ class StateStore:
         body = json.dumps({"version": _VERSION, "written": time.time(), "data": data}, indent=1)
         atomic_write(self._path(name), body.encode(), 0o600)
 
-    def delete(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(name).unlink()
-
     @contextlib.asynccontextmanager
     async def locked(self, name: str) -> AsyncIterator[None]:
         """Exclusive across processes for this route; acquired off the event loop."""

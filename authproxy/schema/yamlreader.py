@@ -388,13 +388,8 @@ class Section:
                 out[name] = val
         return out
 
-    def finish(self, later: dict[str, str] | None = None) -> None:
-        """Report keys nobody read; ``later`` maps keys a later release owns."""
-        later = later or {}
+    def finish(self) -> None:
+        """Report keys nobody read: an unknown key is an error, never ignored."""
         for key, (knode, _) in self._items.items():
-            if key in self._read:
-                continue
-            if key in later:
-                self.problems.error(self.sub(key), line_of(knode), f"`{key}` is not supported yet")
-            else:
+            if key not in self._read:
                 self.problems.error(self.sub(key), line_of(knode), f"unknown key `{key}`")

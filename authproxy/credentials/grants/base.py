@@ -152,9 +152,6 @@ class Grant(ABC):
 
 REGISTRY: dict[str, type[Grant]] = {}
 
-# Grant types that a later release brings; naming one is an error, not a no-op.
-LATER: tuple[str, ...] = ()
-
 
 def register(cls: type[Grant]) -> type[Grant]:
     REGISTRY[cls.type_name] = cls
