@@ -353,6 +353,36 @@ class Section:
                 out.append(res[0])
         return out
 
+    def value_items(
+        self, key: str, *, required: bool = False, not_a_list: str = "must be a list"
+    ) -> list[Value | None] | None:
+        """A list of strings that may stay unresolved, as ``value`` reads one: one entry per item.
+
+        A broken item is reported at its own path and line and stands as None,
+        so the caller still sees how many items were written.
+        """
+        node = self._node(key, required)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(key, not_a_list)
+            return None
+        out: list[Value | None] = []
+        for i, item in enumerate(node.value):
+            res = None
+            if isinstance(item, yaml.ScalarNode) and not item.tag.endswith(":null"):
+                raw = self.doc.restore(str(item.value))
+                res = self._interpolate(key, raw)
+            else:
+                self.problems.error(f"{self.sub(key)}[{i}]", line_of(item), "must be a string")
+            if res is None:
+                out.append(None)
+                continue
+            text, missing = res
+            self._note_missing(key, missing)
+            out.append(Value(text, raw, missing))
+        return out
+
     def str_items(self, key: str) -> list[tuple[str, str, int]] | None:
         """A list of strings, each with its own path (``key[2]``) and line, for judging entries one by one."""
         node = self._node(key, False)
