@@ -175,7 +175,8 @@ _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {
 
 
 def one_line(text: object) -> str:
-    """Printable, on one line: for text from elsewhere (an upstream, a token endpoint) put in a message."""
+    """Printable, on one line: text from elsewhere (an upstream, a token endpoint, a status answer)
+    put in a message or on a terminal, so it can carry no line break and no escape sequence."""
     return "".join(c if c.isprintable() else " " for c in str(text))
 
 
