@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from authproxy.credentials.jwtclaims import jwt_claims
 from authproxy.credentials.oautherror import describe
 from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Unresolved
@@ -245,15 +245,6 @@ class Login:
 
     def __repr__(self) -> str:
         return f"Login(organization={self.organization_id})"
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    """The JWT's claims, unverified (the proxy only forwards it); empty when it is no JWT."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 def read_login(body: dict[str, Any]) -> Login:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
 from authproxy.schema.yamlreader import Section
@@ -137,16 +138,8 @@ def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
                 return now + secs
         except ValueError:
             pass
-    import jwt  # only now: most endpoints send expires_in
-
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        exp = claims.get("exp")
-        if isinstance(exp, (int, float)) and math.isfinite(exp):
-            return float(exp)
-    except jwt.PyJWTError:
-        pass
-    return now + default_ttl
+    exp = jwt_expiry(token)
+    return now + default_ttl if exp is None else exp
 
 
 def authorization_value(token_type: Any, access_token: str) -> str:
