@@ -30,6 +30,7 @@ from authproxy.config import Route
 from authproxy.credentials.grants import Credential, Grant, GrantContext
 from authproxy.credentials.grants.base import refresh_point
 from authproxy.disk.store import StateStore
+from authproxy.tokens.retry import with_retries
 
 _KEY = "shared"  # beside whatever else the route's record holds
 
@@ -102,7 +103,7 @@ class SharedTokens:
             return adoptable(rec.get(_KEY), digest, ctx.rejected, time.time())
 
         async def fetch(rec: dict[str, Any]) -> Credential:
-            cred = await grant.fetch(ctx)
+            cred = await with_retries(grant.fetch, ctx)  # under the lock: one worker retries, the others wait
             now = time.time()
             cred = dataclasses.replace(cred, refresh_at=refresh_point(cred.expires_at, grant.refresh_skew(), now))
             rec[_KEY] = {

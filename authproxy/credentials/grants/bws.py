@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
 from authproxy.credentials.grants.checks import no_clear_text
-from authproxy.credentials.grants.oauth import authorization_value, expiry_of, post_with_retries
+from authproxy.credentials.grants.oauth import authorization_value, expiry_of, post_once
 from authproxy.errors import CredentialUnavailable, TokenEndpointError
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret
@@ -181,10 +181,10 @@ class Bws(Grant):
         return Credential(headers=headers, expires_at=float(expires), stored=True)
 
     async def _login(self, ctx: GrantContext, token: AccessToken) -> dict[str, Any]:
-        """POST the client credentials to the identity server; 429/5xx retried within the deadline."""
+        """POST the client credentials to the identity server, once: the token layer retries 429/5xx."""
         from authproxy.credentials.bws import login_form, login_headers, token_url
 
         url = token_url(self.identity_url)
-        return await post_with_retries(
+        return await post_once(
             ctx, url, "form", login_form(token), login_headers(), "the Bitwarden identity server"
         )
