@@ -212,14 +212,11 @@ class Section:
         return Value(text, raw, missing)
 
     def secret(self, key: str, *, required: bool = False) -> Secret | None:
-        raw = self._scalar(key, required)
-        if raw is None:
+        """A ``value`` that is a credential: kept from every output, and warned about when written literally."""
+        val = self.value(key, required=required)
+        if val is None:
             return None
-        res = self._interpolate(key, raw)
-        if res is None:
-            return None
-        text, missing = res
-        self._note_missing(key, missing)
+        text, raw = val.text, val.source
         self.doc.keep_secret(text)
         if "${" not in raw:
             self.warn(key, "a literal secret in the file; prefer ${VAR} or ${file:PATH}")
@@ -229,7 +226,7 @@ class Section:
                 f"a secret under {MIN_ENCODED} bytes; logs and error bodies are kept free of it only as written,"
                 f" not encoded (and not at all under {MIN_RAW} bytes)",
             )
-        return Secret(text, raw, missing)
+        return Secret(text, raw, val.missing)
 
     def _note_missing(self, key: str, missing: tuple[str, ...]) -> None:
         for what in missing:
