@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from authproxy.access import AllowRule, ProxyAuth, parse_allow, parse_proxy_auth
-from authproxy.credentials.grants import LATER, REGISTRY, Grant
+from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
 from authproxy.net.destinations import Destinations, parse_destinations
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
@@ -27,9 +27,6 @@ from authproxy.secrecy.secrets import Secret, secrets_in
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.local/state/authproxy"
-
-# Keys that a later release owns: refused by name, never accepted and ignored
-# (an ignored `allow` would look read-only and grant everything).
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,11 +495,8 @@ def _auth(sec: Section) -> Grant | None:
         return None  # without a type, no key can be judged known or unknown
     cls = REGISTRY.get(kind)
     if cls is None:
-        if kind in LATER:
-            auth.error("type", f"`{kind}` is not supported yet")
-        else:
-            known = ", ".join(sorted(REGISTRY))
-            auth.error("type", f"unknown grant type `{kind}` (known: {known})")
+        known = ", ".join(sorted(REGISTRY))
+        auth.error("type", f"unknown grant type `{kind}` (known: {known})")
         return None
     grant = cls.parse(auth)
     auth.finish()

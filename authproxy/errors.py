@@ -143,11 +143,22 @@ class TokenEndpointError(ProxyError):
     status, code = 502, "token_endpoint_error"
 
     def __init__(
-        self, detail: str, route: str | None = None, oauth_error: str | None = None, permanent: bool = False
+        self,
+        detail: str,
+        route: str | None = None,
+        oauth_error: str | None = None,
+        permanent: bool = False,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(detail, route)
         self.oauth_error = oauth_error  # the OAuth `error` code, when the endpoint sent one
         self.permanent = permanent  # retrying cannot help (a spent refresh token): back off fully
+        # A 429, a 5xx or no connection: the token layer tries again within its deadline,
+        # no sooner than ``retry_after`` seconds when the endpoint said so (RFC 9110 §10.2.3).
+        self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class TokenEndpointTimeout(ProxyError):
@@ -175,7 +186,8 @@ _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {
 
 
 def one_line(text: object) -> str:
-    """Printable, on one line: for text from elsewhere (an upstream, a token endpoint) put in a message."""
+    """Printable, on one line: text from elsewhere (an upstream, a token endpoint, a status answer)
+    put in a message or on a terminal, so it can carry no line break and no escape sequence."""
     return "".join(c if c.isprintable() else " " for c in str(text))
 
 

@@ -235,25 +235,6 @@ def test_unknown_keys_everywhere(tmp_path: Path, key_env: str) -> None:
     assert len(errs) == 3
 
 
-@pytest.mark.parametrize("kind", ["future_grant"])
-def test_later_grant_types_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    # Every grant of the seeds exists now; the mechanism stays for the next one.
-    monkeypatch.setattr("authproxy.config.LATER", (kind,))
-    err = only_error(
-        tmp_path,
-        f"""\
-        routes:
-          - name: a
-            match: a.example
-            auth:
-              type: {kind}
-              token_url: https://id.example/token
-        """,
-    )
-    assert (err.path, err.line) == ("routes[0].auth.type", 5)
-    assert err.message == f"`{kind}` is not supported yet"
-
-
 def test_unknown_grant_type(tmp_path: Path) -> None:
     err = only_error(
         tmp_path,

@@ -33,7 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from authproxy import __version__
 from authproxy.admin.gate import HostRule, TokenRule, challenges, check_host
 from authproxy.admin.statusview import runtime_view, url_host
-from authproxy.errors import AdminHostRefused, AdminTokenRequired, ProxyError, render
+from authproxy.errors import AdminHostRefused, AdminTokenRequired, ProxyError, one_line, render
 from authproxy.net import control
 from authproxy.ops.rates import UNMATCHED, Rates
 from authproxy.secrecy.secrets import Secret
@@ -292,11 +292,6 @@ def _clock(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
-def _one_line(text: object) -> str:
-    """Printable, single-line text for the terminal (no escape sequences from anywhere)."""
-    return "".join(c if c.isprintable() else " " for c in str(text))
-
-
 # -- the page -----------------------------------------------------------------
 
 _CSS = """
@@ -519,7 +514,7 @@ def status_table(data: dict[str, Any]) -> str:
     workers = data.get("workers")
     fleet = _workers_ready(workers).replace(" ready", " workers ready") + "; " if workers else ""
     head = (
-        f"authproxy {_one_line(data.get('version', '?'))} on {_one_line(data.get('listen', '?'))}, "
+        f"authproxy {one_line(data.get('version', '?'))} on {one_line(data.get('listen', '?'))}, "
         f"up {_span(float(data.get('uptime') or 0))}, {'ready' if data.get('ready') else 'NOT READY'}; "
         f"{int(data.get('connections') or 0)} connections, "
         f"{int(tunnels.get('tunnel', 0)) + int(tunnels.get('intercept', 0))} tunnels; "
@@ -531,15 +526,15 @@ def status_table(data: dict[str, Any]) -> str:
         err = tok.get("last_error")
         err_text = "-"
         if err:
-            err_text = _one_line(err)
+            err_text = one_line(err)
             if tok.get("last_error_at") is not None:
                 err_text += f" ({_ago(float(tok['last_error_at']), now)})"
         rows.append(
             [
-                _one_line(r.get("name", "?")),
-                _one_line(r.get("mode", "?")),
-                _one_line(r.get("grant", "?")),
-                _one_line(tok.get("state", "?")),
+                one_line(r.get("name", "?")),
+                one_line(r.get("mode", "?")),
+                one_line(r.get("grant", "?")),
+                one_line(tok.get("state", "?")),
                 _expires(tok),
                 _rate(float(r.get("req_rate") or 0)),
                 _rate(float(r.get("err_rate") or 0)),
@@ -562,7 +557,7 @@ def status_table(data: dict[str, Any]) -> str:
         lines += _table(
             ["WHEN", "OUTCOME", "DETAIL"],
             [
-                [_clock(float(ev["at"])), "ok" if ev.get("ok") else "FAILED", _one_line(ev.get("detail", ""))]
+                [_clock(float(ev["at"])), "ok" if ev.get("ok") else "FAILED", one_line(ev.get("detail", ""))]
                 for ev in reloads
             ],
         )

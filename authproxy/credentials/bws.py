@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import ssl
 import time
@@ -43,13 +42,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from authproxy.credentials.jwtclaims import jwt_claims
 from authproxy.credentials.oautherror import describe
 from authproxy.net import control
 from authproxy.secrecy.redact import REDACTOR
@@ -245,22 +244,6 @@ class Login:
 
     def __repr__(self) -> str:
         return f"Login(organization={self.organization_id})"
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    """The JWT's claims, unverified (the proxy only forwards it); empty when it is no JWT."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def jwt_expiry(token: str) -> float | None:
-    exp = jwt_claims(token).get("exp")
-    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp):
-        return float(exp)
-    return None
 
 
 def read_login(body: dict[str, Any]) -> Login:

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from authproxy.disk.state import atomic_write, ensure_dir
 
 log = logging.getLogger("authproxy.store")
 
 _VERSION = 1
+
+T = TypeVar("T")
 
 
 class StateStore:
@@ -69,10 +72,6 @@ class StateStore:
         body = json.dumps({"version": _VERSION, "written": time.time(), "data": data}, indent=1)
         atomic_write(self._path(name), body.encode(), 0o600)
 
-    def delete(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(name).unlink()
-
     @contextlib.asynccontextmanager
     async def locked(self, name: str) -> AsyncIterator[None]:
         """Exclusive across processes for this route; acquired off the event loop."""
@@ -92,3 +91,30 @@ class StateStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    async def adopt_or_fetch(
+        self,
+        name: str,
+        adopt: Callable[[dict[str, Any]], T | None],
+        fetch: Callable[[dict[str, Any]], Awaitable[T]],
+    ) -> T:
+        """The route's record, read under its lock: what ``adopt`` finds in it, else what ``fetch`` gets.
+
+        ``fetch`` updates the record in place; the record is written before
+        the lock is released, so the next process in line finds the result
+        instead of fetching again (and a refresh token the server rotated is
+        on disk before its access token is used). It is written whenever it
+        changed, also when ``fetch`` raises: a refused refresh token is
+        remembered as refused.
+        """
+        async with self.locked(name):
+            rec = await asyncio.to_thread(self.read, name) or {}
+            found = adopt(rec)
+            if found is not None:
+                return found
+            read = copy.deepcopy(rec)
+            try:
+                return await fetch(rec)
+            finally:
+                if rec != read:
+                    await asyncio.to_thread(self.write, name, rec)

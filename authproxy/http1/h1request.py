@@ -233,7 +233,7 @@ def connect_target(target: str) -> tuple[str, int]:
         raise BadRequest(f"bad CONNECT target `{target[:100]}`: {exc}.") from None
 
 
-class FramingError(Exception):
+class ChunkedBodyError(Exception):
     """The request body's chunked framing is broken."""
 
 
@@ -271,7 +271,7 @@ class ChunkedBody:
         self._trailer = False
 
     def next(self, buf: bytearray) -> bytes | None:
-        """Body bytes, None at the end, b"" when the buffer must be filled first; FramingError when broken."""
+        """Body bytes, None at the end, b"" when the buffer must be filled first; ChunkedBodyError when broken."""
         while True:
             if self._left:
                 if not buf:
@@ -286,13 +286,13 @@ class ChunkedBody:
                 if len(buf) < 2:
                     return b""
                 if buf[:2] != b"\r\n":
-                    raise FramingError("chunk data longer than its size")
+                    raise ChunkedBodyError("chunk data longer than its size")
                 del buf[:2]
                 self._crlf = False
             end = buf.find(b"\n")
             if end < 0:
                 if len(buf) > _MAX_CHUNK_LINE:
-                    raise FramingError("chunk line too long")
+                    raise ChunkedBodyError("chunk line too long")
                 return b""
             line = bytes(buf[: end + 1])
             del buf[: end + 1]
@@ -300,10 +300,10 @@ class ChunkedBody:
                 if line in (b"\r\n", b"\n"):
                     return None
                 if not _TRAILER_LINE.fullmatch(line):
-                    raise FramingError("bad trailer field")
+                    raise ChunkedBodyError("bad trailer field")
                 continue
             m = _CHUNK_LINE.fullmatch(line)
             if m is None:
-                raise FramingError("bad chunk size line")
+                raise ChunkedBodyError("bad chunk size line")
             self._left = int(m.group(1), 16)
             self._trailer = self._left == 0

@@ -14,7 +14,7 @@ from http import HTTPStatus
 _LENGTH, _CHUNKED, _CLOSE, _NONE = 0, 1, 2, 3
 
 
-class FramingError(Exception):
+class ResponseFramingError(Exception):
     """The body sent does not match the length its head declared."""
 
 
@@ -79,18 +79,18 @@ class ResponseFramer:
             return b"%x\r\n%b\r\n" % (len(chunk), chunk)
         if self._kind == _LENGTH:
             if len(chunk) > self._left:
-                raise FramingError("more body than the declared Content-Length")
+                raise ResponseFramingError("more body than the declared Content-Length")
             self._left -= len(chunk)
             return chunk
         if self._kind == _CLOSE:
             return chunk
-        raise FramingError("a body on a response that has none")
+        raise ResponseFramingError("a body on a response that has none")
 
     def end(self) -> bytes:
         if self._kind == _CHUNKED:
             return b"0\r\n\r\n"
         if self._kind == _LENGTH and self._left:
-            raise FramingError("less body than the declared Content-Length")
+            raise ResponseFramingError("less body than the declared Content-Length")
         return b""
 
 
@@ -124,7 +124,7 @@ def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> byt
     # One line per field: a CR or LF inside a value would split the response.
     lines = len(headers) + 2
     if head.count(b"\n") != lines or head.count(b"\r") != lines:
-        raise FramingError("a response header holds a line break")
+        raise ResponseFramingError("a response header holds a line break")
     return head
 
 

@@ -212,14 +212,11 @@ class Section:
         return Value(text, raw, missing)
 
     def secret(self, key: str, *, required: bool = False) -> Secret | None:
-        raw = self._scalar(key, required)
-        if raw is None:
+        """A ``value`` that is a credential: kept from every output, and warned about when written literally."""
+        val = self.value(key, required=required)
+        if val is None:
             return None
-        res = self._interpolate(key, raw)
-        if res is None:
-            return None
-        text, missing = res
-        self._note_missing(key, missing)
+        text, raw = val.text, val.source
         self.doc.keep_secret(text)
         if "${" not in raw:
             self.warn(key, "a literal secret in the file; prefer ${VAR} or ${file:PATH}")
@@ -229,7 +226,7 @@ class Section:
                 f"a secret under {MIN_ENCODED} bytes; logs and error bodies are kept free of it only as written,"
                 f" not encoded (and not at all under {MIN_RAW} bytes)",
             )
-        return Secret(text, raw, missing)
+        return Secret(text, raw, val.missing)
 
     def _note_missing(self, key: str, missing: tuple[str, ...]) -> None:
         for what in missing:
@@ -353,6 +350,36 @@ class Section:
                 out.append(res[0])
         return out
 
+    def value_items(
+        self, key: str, *, required: bool = False, not_a_list: str = "must be a list"
+    ) -> list[Value | None] | None:
+        """A list of strings that may stay unresolved, as ``value`` reads one: one entry per item.
+
+        A broken item is reported at its own path and line and stands as None,
+        so the caller still sees how many items were written.
+        """
+        node = self._node(key, required)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(key, not_a_list)
+            return None
+        out: list[Value | None] = []
+        for i, item in enumerate(node.value):
+            res = None
+            if isinstance(item, yaml.ScalarNode) and not item.tag.endswith(":null"):
+                raw = self.doc.restore(str(item.value))
+                res = self._interpolate(key, raw)
+            else:
+                self.problems.error(f"{self.sub(key)}[{i}]", line_of(item), "must be a string")
+            if res is None:
+                out.append(None)
+                continue
+            text, missing = res
+            self._note_missing(key, missing)
+            out.append(Value(text, raw, missing))
+        return out
+
     def str_items(self, key: str) -> list[tuple[str, str, int]] | None:
         """A list of strings, each with its own path (``key[2]``) and line, for judging entries one by one."""
         node = self._node(key, False)
@@ -388,13 +415,8 @@ class Section:
                 out[name] = val
         return out
 
-    def finish(self, later: dict[str, str] | None = None) -> None:
-        """Report keys nobody read; ``later`` maps keys a later release owns."""
-        later = later or {}
+    def finish(self) -> None:
+        """Report keys nobody read: an unknown key is an error, never ignored."""
         for key, (knode, _) in self._items.items():
-            if key in self._read:
-                continue
-            if key in later:
-                self.problems.error(self.sub(key), line_of(knode), f"`{key}` is not supported yet")
-            else:
+            if key not in self._read:
                 self.problems.error(self.sub(key), line_of(knode), f"unknown key `{key}`")

@@ -27,6 +27,7 @@ from authproxy.errors import (
 )
 from authproxy.http1.h1request import (
     ChunkedBody,
+    ChunkedBodyError,
     Head,
     LengthBody,
     check_framing,
@@ -36,9 +37,7 @@ from authproxy.http1.h1request import (
     parse_head,
     too_large,
 )
-from authproxy.http1.h1request import FramingError as BodyFramingError
-from authproxy.http1.h1response import FramingError as ResponseFramingError
-from authproxy.http1.h1response import ResponseFramer, informational, raw_response, reason_phrase
+from authproxy.http1.h1response import ResponseFramer, ResponseFramingError, informational, raw_response, reason_phrase
 from authproxy.messages import Origin, ProxyRequest, Reply, RequestBody
 from authproxy.ops import accesslog
 from authproxy.ops.accesslog import AccessRecord
@@ -222,7 +221,7 @@ class Connection:
             self.stream.write(informational(100, b"", []))
         try:
             chunk = self.body.next(self.buf)
-        except BodyFramingError:
+        except ChunkedBodyError:
             if self.eof:
                 raise ClientGone("the client closed while sending its body") from None
             # A bad chunk size, more data than a chunk declared: the client's fault.

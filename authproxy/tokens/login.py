@@ -33,6 +33,7 @@ from authproxy.credentials.oautherror import describe
 from authproxy.disk.store import StateStore
 from authproxy.errors import ProxyError, one_line
 from authproxy.secrecy.secrets import Value
+from authproxy.tokens.retry import with_retries
 
 
 class LoginError(Exception):
@@ -212,7 +213,7 @@ async def login(
         if grant.client.client_secret is None and grant.client.client_id is not None:
             params_tok["client_id"] = grant.client.client_id.reveal()
         try:
-            resp = await request_token(ctx, client, params_tok)
+            resp = await with_retries(lambda c: request_token(c, client, params_tok), ctx)
         except ProxyError as err:
             raise LoginError(f"exchanging the code failed: {err.detail}") from None
         rt = resp.body.get("refresh_token")

@@ -1,4 +1,4 @@
-"""Credential cache, single flight, refresh ahead of expiry, one forced refresh per 401 burst.
+"""Credential cache, single flight, retries, refresh ahead of expiry, one forced refresh per 401 burst.
 
 Fast path: a dict read that checks the token's expiry on the way out (one
 entry per route), so a known-expired token can never be handed out. Slow
@@ -7,6 +7,9 @@ path: one ``asyncio.Task`` per route that every caller awaits through
 wait for). After a failure the route backs off; callers in the backoff
 window get the cached token while it is valid, else the last error, so a
 dead token endpoint is not hammered by a storm of retries.
+
+Each fetch tries a failing token endpoint again within ``timeouts.token_fetch``
+(``tokens/retry.py``); grants make one attempt each.
 
 With several worker processes (``shared``), a fetch goes through the state
 store (``tokens/shared.py``), so that the workers share one token per route.
@@ -30,6 +33,7 @@ from authproxy.disk.store import StateStore
 from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
+from authproxy.tokens.retry import with_retries
 from authproxy.tokens.shared import SharedTokens
 
 if TYPE_CHECKING:
@@ -239,7 +243,7 @@ class TokenManager:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)
             else:
-                cred = await route.auth.fetch(ctx)
+                cred = await with_retries(route.auth.fetch, ctx)
         except ProxyError as exc:
             exc.with_route(route.name)
             st.fetches += 1

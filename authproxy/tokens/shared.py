@@ -11,7 +11,7 @@ the lock is released. So the authorization server sees one fetch per route,
 however many workers ask at once.
 
 Only for grants that fetch and keep no record of their own: the refresh-token
-grants and ``bws`` already do the same under the same lock, in their own
+grants and ``bws`` do the same (``StateStore.adopt_or_fetch``) in their own
 record. Each record names the grant it came from by a digest of the grant's
 settings, so a token of an edited grant (another client, scope, secret) is
 never handed out for the new one.
@@ -19,7 +19,6 @@ never handed out for the new one.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import os
@@ -31,6 +30,7 @@ from authproxy.config import Route
 from authproxy.credentials.grants import Credential, Grant, GrantContext
 from authproxy.credentials.grants.base import refresh_point
 from authproxy.disk.store import StateStore
+from authproxy.tokens.retry import with_retries
 
 _KEY = "shared"  # beside whatever else the route's record holds
 
@@ -96,14 +96,14 @@ class SharedTokens:
         self._store = store
 
     async def fetch(self, route: Route, ctx: GrantContext) -> Credential:
-        grant, store, name = route.auth, self._store, route.name
+        grant = route.auth
         digest = grant_digest(grant)
-        async with store.locked(name):
-            rec = await asyncio.to_thread(store.read, name) or {}
-            found = adoptable(rec.get(_KEY), digest, ctx.rejected, time.time())
-            if found is not None:
-                return found
-            cred = await grant.fetch(ctx)
+
+        def adopt(rec: dict[str, Any]) -> Credential | None:
+            return adoptable(rec.get(_KEY), digest, ctx.rejected, time.time())
+
+        async def fetch(rec: dict[str, Any]) -> Credential:
+            cred = await with_retries(grant.fetch, ctx)  # under the lock: one worker retries, the others wait
             now = time.time()
             cred = dataclasses.replace(cred, refresh_at=refresh_point(cred.expires_at, grant.refresh_skew(), now))
             rec[_KEY] = {
@@ -115,6 +115,6 @@ class SharedTokens:
                 "fetched_at": now,
                 "pid": os.getpid(),
             }
-            # Written before the lock is released: the next worker in line finds it.
-            await asyncio.to_thread(store.write, name, rec)
-        return cred
+            return cred
+
+        return await self._store.adopt_or_fetch(route.name, adopt, fetch)

@@ -138,7 +138,6 @@ class TokenSession:
         """
         if self._session is None and any(r.auth.fetches for r in routes):
             import aiohttp  # noqa: F401
-            import tenacity  # noqa: F401  (the OAuth grants' retries)
 
     def get(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -11,10 +11,9 @@ from authproxy.credentials.grants import (
     password,
     refresh_token,
 )
-from authproxy.credentials.grants.base import LATER, REGISTRY, Credential, Grant, GrantContext
+from authproxy.credentials.grants.base import REGISTRY, Credential, Grant, GrantContext
 
 __all__ = [
-    "LATER",
     "REGISTRY",
     "Credential",
     "Grant",

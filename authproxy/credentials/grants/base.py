@@ -91,7 +91,9 @@ class GrantContext:
     # The token endpoints' session, made on the first call: a grant that never
     # fetches never loads aiohttp.
     get_session: Callable[[], aiohttp.ClientSession]
-    deadline: float  # seconds the whole fetch (with retries) may take
+    # Seconds this attempt may wait for an endpoint; the token layer passes what
+    # is left of ``timeouts.token_fetch`` when it tries again.
+    deadline: float
     store: StateStore
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
@@ -151,9 +153,6 @@ class Grant(ABC):
 
 
 REGISTRY: dict[str, type[Grant]] = {}
-
-# Grant types that a later release brings; naming one is an error, not a no-op.
-LATER: tuple[str, ...] = ()
 
 
 def register(cls: type[Grant]) -> type[Grant]:

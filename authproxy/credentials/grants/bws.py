@@ -16,7 +16,6 @@ written anywhere.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
 from authproxy.credentials.grants.checks import no_clear_text
-from authproxy.credentials.grants.oauth import authorization_value, expiry_of, post_with_retries
+from authproxy.credentials.grants.oauth import authorization_value, expiry_of, post_once
 from authproxy.errors import CredentialUnavailable, TokenEndpointError
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret
@@ -143,12 +142,8 @@ class Bws(Grant):
             token = parse_access_token(self.access_token.reveal())
         except ValueError as exc:
             raise CredentialUnavailable(f"{exc}.", ctx.route) from None
-        store = ctx.store
-        async with store.locked(ctx.route):
-            rec = store.read(ctx.route) or {}
-            stored = self._stored(rec, token, ctx)
-            if stored is not None:
-                return stored
+
+        async def fetch(rec: dict[str, Any]) -> Credential:
             body = await self._login(ctx, token)
             try:
                 login = read_login(body)
@@ -158,16 +153,18 @@ class Bws(Grant):
                 raise TokenEndpointError(f"{exc}.", ctx.route) from None
             value = authorization_value(login.token_type, login.access_token)
             expires_at = expiry_of(login.access_token, login.expires_in, self.default_ttl)
-            rec = {
-                "token": token.fingerprint(),
-                "identity_url": self.identity_url,
-                "access": value,
-                "expires_at": expires_at,
-                "encrypted_payload": login.encrypted_payload,
-                "organization": login.organization_id,
-            }
-            await asyncio.to_thread(store.write, ctx.route, rec)
-        return Credential(headers=(("Authorization", value),), expires_at=expires_at)
+            rec.clear()
+            rec.update(
+                token=token.fingerprint(),
+                identity_url=self.identity_url,
+                access=value,
+                expires_at=expires_at,
+                encrypted_payload=login.encrypted_payload,
+                organization=login.organization_id,
+            )
+            return Credential(headers=(("Authorization", value),), expires_at=expires_at)
+
+        return await ctx.store.adopt_or_fetch(ctx.route, lambda rec: self._stored(rec, token, ctx), fetch)
 
     def _stored(self, rec: dict[str, Any], token: AccessToken, ctx: GrantContext) -> Credential | None:
         """A JWT stored by a previous run (or another process) for this very access token, if still good."""
@@ -184,10 +181,10 @@ class Bws(Grant):
         return Credential(headers=headers, expires_at=float(expires), stored=True)
 
     async def _login(self, ctx: GrantContext, token: AccessToken) -> dict[str, Any]:
-        """POST the client credentials to the identity server; 429/5xx retried within the deadline."""
+        """POST the client credentials to the identity server, once: the token layer retries 429/5xx."""
         from authproxy.credentials.bws import login_form, login_headers, token_url
 
         url = token_url(self.identity_url)
-        return await post_with_retries(
+        return await post_once(
             ctx, url, "form", login_form(token), login_headers(), "the Bitwarden identity server"
         )

@@ -27,13 +27,11 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
-import yaml
-
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
 from authproxy.credentials.grants.checks import header_name
 from authproxy.credentials.grants.oauth import expiry_of
 from authproxy.errors import CredentialUnavailable, TokenEndpointTimeout
-from authproxy.schema.yamlreader import Section, line_of
+from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret, Value
 
 log = logging.getLogger("authproxy.grants.command")
@@ -56,28 +54,14 @@ def _read_argv(sec: Section) -> tuple[Value, ...]:
     missing a credential (502 naming the variable) instead of passing an
     empty argument.
     """
-    node = sec._node("argv", True)
-    if node is None:
+    shape = "must be a list of strings, run without a shell: [gcloud, auth, print-access-token]"
+    items = sec.value_items("argv", required=True, not_a_list=shape)
+    if items is None:
         return ()
-    if not isinstance(node, yaml.SequenceNode):
-        sec.error("argv", "must be a list of strings, run without a shell: [gcloud, auth, print-access-token]")
-        return ()
-    if not node.value:
+    if not items:
         sec.error("argv", "must name at least the program to run")
         return ()
-    out: list[Value] = []
-    for i, item in enumerate(node.value):
-        path = f"{sec.sub('argv')}[{i}]"
-        if not isinstance(item, yaml.ScalarNode) or item.tag.endswith(":null"):
-            sec.problems.error(path, line_of(item), "must be a string")
-            continue
-        raw = sec.doc.restore(str(item.value))
-        res = sec._interpolate("argv", raw)
-        if res is None:
-            continue
-        text, missing = res
-        sec._note_missing("argv", missing)
-        out.append(Value(text, raw, missing) if Value(text, raw).is_literal else Secret(text, raw, missing))
+    out = [v if v.is_literal else Secret(v.text, v.source, v.missing) for v in items if v is not None]
     if out and not out[0].missing and not out[0].text:
         sec.problems.error(f"{sec.sub('argv')}[0]", sec.line_at("argv"), "the program name is empty")
     return tuple(out)

@@ -1,10 +1,11 @@
 """Talking to an OAuth 2.0 token endpoint (RFC 6749 §3.2, §5), shared by the fetching grants.
 
-Retries 429/5xx and connection failures with jittered backoff inside one
-deadline, honouring ``Retry-After``; turns an OAuth error response into a
-``TokenEndpointError`` that names what ``oautherror.describe`` lets through
-(the ``error`` code, the redacted ``error_description``) and nothing else of
-the body.
+One attempt per call: a 429, a 5xx or a failed connection becomes a
+``TokenEndpointError`` marked ``retryable`` (with the ``Retry-After`` it
+sent), and the token layer (``tokens/retry.py``) decides whether to try
+again. An OAuth error response becomes a ``TokenEndpointError`` that names
+what ``oautherror.describe`` lets through (the ``error`` code, the redacted
+``error_description``) and nothing else of the body.
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
 
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
-# aiohttp, tenacity and PyJWT are imported where a fetch uses them: the registry
+# aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
 # never fetch (api_key, bearer, basic, command) need not load them.
 
@@ -108,13 +107,6 @@ class OAuthClientGrant(Grant):
         return self.client.refresh_skew
 
 
-class _Retryable(Exception):
-    def __init__(self, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-
 def _retry_after(value: str | None) -> float | None:
     """RFC 9110 §10.2.3: seconds, or an HTTP date."""
     if not value:
@@ -137,16 +129,8 @@ def expiry_of(token: str, expires_in: Any, default_ttl: float) -> float:
                 return now + secs
         except ValueError:
             pass
-    import jwt  # only now: most endpoints send expires_in
-
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        exp = claims.get("exp")
-        if isinstance(exp, (int, float)) and math.isfinite(exp):
-            return float(exp)
-    except jwt.PyJWTError:
-        pass
-    return now + default_ttl
+    exp = jwt_expiry(token)
+    return now + default_ttl if exp is None else exp
 
 
 def authorization_value(token_type: Any, access_token: str) -> str:
@@ -183,7 +167,7 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
         if csecret is not None:
             params["client_secret"] = csecret
 
-    body = await post_with_retries(ctx, client.token_url.reveal(), client.body, params, headers)
+    body = await post_once(ctx, client.token_url.reveal(), client.body, params, headers)
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
@@ -199,7 +183,7 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
     return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
 
 
-async def post_with_retries(
+async def post_once(
     ctx: GrantContext,
     url: str,
     kind: str,
@@ -207,41 +191,12 @@ async def post_with_retries(
     headers: dict[str, str],
     who: str = "the token endpoint",
 ) -> dict[str, Any]:
-    """POST a form (or JSON) body; 429, 5xx and connection failures retried within ``ctx.deadline``."""
-    from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
-
-    backoff = wait_random_exponential(multiplier=0.25, max=8)
-
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return exc.retry_after
-        return float(backoff(state))
-
-    start = time.monotonic()
-    failures: list[_Retryable] = []
+    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``."""
     try:
         async with asyncio.timeout(ctx.deadline):
-            async for attempt in AsyncRetrying(
-                stop=stop_before_delay(ctx.deadline),
-                wait=wait,
-                retry=retry_if_exception_type(_Retryable),
-                reraise=True,
-            ):
-                with attempt:
-                    try:
-                        return await _post(ctx, url, kind, params, headers, who)
-                    except _Retryable as exc:
-                        failures.append(exc)
-                        raise
-    except (TimeoutError, _Retryable):
-        waited = time.monotonic() - start
-        if not failures:  # it never answered at all
-            raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
-        # It answered, with failures, until the deadline: that is an error, not a timeout.
-        detail = failures[-1].detail
-        raise TokenEndpointError(f"{who} kept failing for {waited:.1f} s: {detail}", ctx.route) from None
-    raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+            return await _post(ctx, url, kind, params, headers, who)
+    except TimeoutError:
+        raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
 
 
 async def _post(
@@ -261,9 +216,10 @@ async def _post(
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
     except (aiohttp.ClientError, OSError) as exc:
-        raise _Retryable(f"cannot reach it ({type(exc).__name__}).") from None
+        unreachable = f"{who} cannot be reached ({type(exc).__name__})."
+        raise TokenEndpointError(unreachable, ctx.route, retryable=True) from None
     if status == 429 or status >= 500:
-        raise _Retryable(f"it answered {status}.", retry_after)
+        raise TokenEndpointError(f"{who} answered {status}.", ctx.route, retryable=True, retry_after=retry_after)
     try:
         data = json.loads(raw)
     except ValueError:

@@ -10,7 +10,6 @@ refresh token comes back, so a restart must never replay one.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import time
@@ -50,57 +49,60 @@ async def refresh(
     seed: Secret | None,
     no_token_hint: str,
 ) -> Credential:
-    store = ctx.store
-    async with store.locked(ctx.route):
-        rec = store.read(ctx.route) or {}
+    def adopt(rec: dict[str, Any]) -> Credential | None:
         fresh_seed = seed_hash(seed)
         if fresh_seed is not None and rec.get("seed") != fresh_seed:
             # A new refresh token was pasted into the config: it replaces the stored one.
             assert seed is not None
-            rec = {"seed": fresh_seed, "refresh_token": seed.reveal()}
+            rec.clear()
+            rec.update(seed=fresh_seed, refresh_token=seed.reveal())
         refresh_token = rec.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
             raise CredentialUnavailable(no_token_hint, ctx.route)
         # Read from the store (a login, another process, a rotation): known before it is sent anywhere.
         REDACTOR.learn(refresh_token, slot=f"refresh:{ctx.route}")
-        stored = _stored_access(rec, ctx, client.refresh_skew)
-        if stored is not None:
-            return stored
+        return _stored_access(rec, ctx, client.refresh_skew)
 
-        token_url = client.token_url.reveal() or rec.get("token_url") or ""
-        if not token_url:
-            raise CredentialUnavailable(no_token_hint, ctx.route)
-        if clear_text(token_url):
-            # Only a stored (discovered) URL can be so: the config's was checked at load time.
-            raise CredentialUnavailable(
-                f"the token endpoint stored at login {clear_text_reason('the refresh token')}.",
+    async def fetch(rec: dict[str, Any]) -> Credential:
+        return await _spend(ctx, client, rec, no_token_hint)
+
+    return await ctx.store.adopt_or_fetch(ctx.route, adopt, fetch)
+
+
+async def _spend(ctx: GrantContext, client: OAuthClient, rec: dict[str, Any], no_token_hint: str) -> Credential:
+    """Present the stored refresh token; ``rec`` takes what the answer says (written by the store)."""
+    token_url = client.token_url.reveal() or rec.get("token_url") or ""
+    if not token_url:
+        raise CredentialUnavailable(no_token_hint, ctx.route)
+    if clear_text(token_url):
+        # Only a stored (discovered) URL can be so: the config's was checked at load time.
+        raise CredentialUnavailable(
+            f"the token endpoint stored at login {clear_text_reason('the refresh token')}.",
+            ctx.route,
+        )
+    if not client.token_url.reveal():
+        client = dataclasses.replace(client, token_url=Value(token_url, token_url))
+    params = {"grant_type": "refresh_token", "refresh_token": rec["refresh_token"], **client.base_params()}
+    try:
+        resp = await request_token(ctx, client, params)
+    except TokenEndpointError as exc:
+        if exc.oauth_error == "invalid_grant":
+            rec.pop("access", None)
+            rec["refused_at"] = time.time()  # written by the store before this error leaves the lock
+            raise TokenEndpointError(
+                f"the refresh token was refused ({exc.detail.rstrip('.')}); "
+                f"this route needs a new refresh token or login.",
                 ctx.route,
-            )
-        if not client.token_url.reveal():
-            client = dataclasses.replace(client, token_url=Value(token_url, token_url))
-        params = {"grant_type": "refresh_token", "refresh_token": refresh_token, **client.base_params()}
-        try:
-            resp = await request_token(ctx, client, params)
-        except TokenEndpointError as exc:
-            if exc.oauth_error == "invalid_grant":
-                rec.pop("access", None)
-                rec["refused_at"] = time.time()
-                await asyncio.to_thread(store.write, ctx.route, rec)
-                raise TokenEndpointError(
-                    f"the refresh token was refused ({exc.detail.rstrip('.')}); "
-                    f"this route needs a new refresh token or login.",
-                    ctx.route,
-                    oauth_error="invalid_grant",
-                    permanent=True,
-                ) from None
-            raise
-        rotated = resp.body.get("refresh_token")
-        if isinstance(rotated, str) and rotated:
-            rec["refresh_token"] = rotated
-        cred = resp.credential
-        rec["access"] = cred.headers[0][1]
-        rec["expires_at"] = cred.expires_at
-        rec["token_url"] = token_url
-        rec.pop("refused_at", None)
-        await asyncio.to_thread(store.write, ctx.route, rec)  # before anyone uses the access token
-        return cred
+                oauth_error="invalid_grant",
+                permanent=True,
+            ) from None
+        raise
+    rotated = resp.body.get("refresh_token")
+    if isinstance(rotated, str) and rotated:
+        rec["refresh_token"] = rotated
+    cred = resp.credential
+    rec["access"] = cred.headers[0][1]
+    rec["expires_at"] = cred.expires_at
+    rec["token_url"] = token_url
+    rec.pop("refused_at", None)
+    return cred  # the store writes the record before anyone uses the access token
