@@ -210,7 +210,7 @@ def cmd_token(path: str, name: str, show: bool) -> int:
 
 
 def cmd_status(path: str, admin: str | None) -> int:
-    from authproxy.admin.web import StatusRefused, fetch_status, status_table  # with aiohttp.web: only this command
+    from authproxy.admin.statusclient import StatusRefused, fetch_status, status_table  # only this command
 
     # The file gives the token (and the address, unless --admin names one); with --admin, only if it exists.
     cfg = load(path) if admin is None or Path(path).exists() else None
