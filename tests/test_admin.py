@@ -29,7 +29,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authproxy.admin.web import AdminServer, fetch_status, render_page, start_admin, status_table
+from authproxy.admin.page import render_page
+from authproxy.admin.statusclient import fetch_status, status_table
+from authproxy.admin.web import AdminServer, start_admin
 from authproxy.config import load
 from authproxy.run.reload import Reloader
 from authproxy.schema.problems import ConfigError

@@ -29,7 +29,7 @@ from authproxy.config import Timeouts
 from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError
 from authproxy.http1.h1message import Response, UpstreamBodyError
 from authproxy.messages import Origin
-from authproxy.upstream.h1client import HIGH_WATER
+from authproxy.upstream.h1parse import HIGH_WATER
 from authproxy.upstream.pool import Pool
 
 KEY = "pool-key-3c1d5e7f9a"

@@ -5,10 +5,10 @@ the proxy needs: one request at a time per connection, raw headers as received,
 the body handed over as it arrives (bounded by pausing the socket), and an
 exact account of whether the connection can carry another request.
 
-A streamed request body is sent by a task of its own, so that it keeps flowing
-while the response comes back: a server may answer before it has read the whole
-request and go on reading (RFC 9112 §9.3; an echo, a transcoder). It stops when
-the response is complete, the connection is gone, or the body is.
+Its two halves have modules of their own: sending a streamed request body
+(h1send.py, ``RequestSending``) and the parser's callbacks that read the
+response (h1parse.py, ``ResponseParsing``); this one holds the connection, the
+exchange and its timers.
 
 Errors before the response head are ``ProxyError``s naming the upstream (the
 pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterable, Callable
-from typing import Any, cast
+from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -29,17 +29,11 @@ from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, one_lin
 from authproxy.http1.h1message import Body, Key, NoAnswer, Response, UpstreamBodyError
 from authproxy.transport import recvbuf
 from authproxy.transport.lost import LOST
-
-# Buffered body bytes above which the socket is paused until the consumer catches up.
-HIGH_WATER = 256 * 1024
-# What of a streamed body is already at hand leaves with the head up to this much (and the chunk crossing it).
-_WITH_HEAD = 256 * 1024
-
-# Where a connection is in its current exchange.
-_IDLE, _HEAD, _BODY, _DONE = 0, 1, 2, 3
+from authproxy.upstream.h1parse import BODY, DONE, HEAD, IDLE, ResponseParsing, new_parser, wake
+from authproxy.upstream.h1send import RequestSending
 
 
-class H1Connection(asyncio.BufferedProtocol):
+class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
     """One upstream connection; the pool's, reused for one exchange after another."""
 
     # Set on a connection of its own that asks to switch protocols (upgrade.py): called, on
@@ -63,10 +57,10 @@ class H1Connection(asyncio.BufferedProtocol):
         self._on_release = on_release
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
-        self._parser = _parser(self)
+        self._parser = new_parser(self)
         self.closed = False
         self.idle_since = 0.0
-        self._phase = _IDLE
+        self._phase = IDLE
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         # A streamed body on its way (see _send_body); finished, once the connection is reused.
@@ -108,8 +102,8 @@ class H1Connection(asyncio.BufferedProtocol):
     ) -> Response:
         """Send one request (head already serialized) and wait for the response head."""
         transport = self.transport
-        assert transport is not None and self._phase == _IDLE
-        self._phase = _HEAD
+        assert transport is not None and self._phase == IDLE
+        self._phase = HEAD
         self._is_head = is_head
         self._head_timeout = head_timeout
         loop = self._loop
@@ -149,111 +143,6 @@ class H1Connection(asyncio.BufferedProtocol):
             self._head_waiter = None
         return Response(self._status, self._reason, self._headers, self, self._on_release)
 
-    def _send_start(
-        self, transport: asyncio.Transport, head: bytes, body: AsyncIterable[bytes], length: int | None
-    ) -> None:
-        """The head, with what of the body is already at hand, in one write; a sender task for the rest.
-
-        Most bodies are whole by then: they need no task and leave with the
-        head, as a client would send them. The rest is sent by a task of its
-        own: the head wait must not hang on a client that holds its body back
-        until it sees an answer, and the body must go on once the answer starts.
-        """
-        self.sent = False
-        ready = getattr(body, "ready", None)
-        parts = [head]
-        size = 0
-        end = False
-        try:
-            while ready is not None and size < _WITH_HEAD:
-                chunk = ready()
-                if chunk is None:
-                    end = True
-                    break
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
-        except ProxyError:
-            raise
-        except Exception as exc:
-            raise UpstreamError(f"the request to {self.authority} failed ({type(exc).__name__}).") from None
-        left = None if length is None else length - size
-        if left is None and size:
-            parts.insert(1, b"%x\r\n" % size)
-            parts.append(b"\r\n")
-        if end and left:
-            raise UpstreamError(f"the request to {self.authority} failed (body shorter than declared).")
-        if left is not None and left < 0:
-            raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
-        if end and left is None:
-            parts.append(b"0\r\n\r\n")
-        if size <= 65536:
-            transport.write(b"".join(parts))  # one segment, as for a buffered body
-        else:
-            for part in parts:  # not copied just to be glued to the head
-                transport.write(part)
-        if end:
-            self.sent = True
-        else:
-            self._sender = self._loop.create_task(self._send_body(body, left))
-
-    async def _send_body(self, body: AsyncIterable[bytes], left: int | None) -> None:
-        """The sender task: a failure before the response head is the exchange's, after it the body's."""
-        try:
-            await self._send_stream(body, left)
-        except ProxyError as err:
-            if self._phase == _HEAD:
-                self._fail_head(err)
-            else:
-                # The upstream must never take a truncated body for a whole
-                # request; the response being read then breaks off too.
-                self.abort()
-
-    async def _send_stream(self, body: AsyncIterable[bytes], left: int | None) -> None:
-        """Send the rest of the body (``left``: bytes of its Content-Length to go, None: chunked).
-
-        It goes on until the body ends, the response is complete, or the connection is gone.
-        """
-        transport = self.transport
-        assert transport is not None
-        try:
-            async for chunk in body:
-                if self._phase == _DONE or self.closed or transport.is_closing():
-                    # Answered in full (or gone) before the body was all sent: the
-                    # rest is not wanted, and the connection is not reused.
-                    return
-                if not chunk:
-                    continue
-                if left is None:
-                    transport.write(b"".join((b"%x\r\n" % len(chunk), chunk, b"\r\n")))
-                else:
-                    left -= len(chunk)
-                    if left < 0:
-                        raise UpstreamError(f"the request to {self.authority} failed (body longer than declared).")
-                    transport.write(chunk)
-                if self._write_paused:
-                    await self._drain()
-        except ProxyError:
-            raise
-        except Exception as exc:
-            # Usually the client's body broke; the pipeline reports that one instead.
-            raise UpstreamError(f"the request to {self.authority} failed ({type(exc).__name__}).") from None
-        if left is None:
-            transport.write(b"0\r\n\r\n")
-        elif left:
-            raise UpstreamError(f"the request to {self.authority} failed (body shorter than declared).")
-        self.sent = True
-
-    async def _drain(self) -> None:
-        """Wait until the transport takes more, the response is complete, or the connection is gone."""
-        while self._write_paused and not self.closed and self._phase != _DONE:
-            waiter = self._drain_waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._drain_waiter = None
-
     @property
     def has_data(self) -> bool:
         return bool(self._chunks)
@@ -276,7 +165,7 @@ class H1Connection(asyncio.BufferedProtocol):
         while True:
             if self._chunks:
                 return self.take()
-            if self._phase == _DONE:
+            if self._phase == DONE:
                 return b""
             if self._exc is not None:
                 # A fresh instance: the stored one would hold this frame (and so
@@ -290,12 +179,12 @@ class H1Connection(asyncio.BufferedProtocol):
 
     def finish(self) -> bool:
         """After the response is released: True when this connection may carry another request."""
-        ok = self._phase == _DONE and self.sent and self._keep_alive and self.reusable and not self.closed
+        ok = self._phase == DONE and self.sent and self._keep_alive and self.reusable and not self.closed
         if ok:
             if self._paused:  # the whole body came, unread (a 401 before its retry, say)
                 assert self.transport is not None
                 self.transport.resume_reading()
-            self._phase = _IDLE
+            self._phase = IDLE
             self._reset()
         return ok
 
@@ -320,13 +209,13 @@ class H1Connection(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._phase == _HEAD:
+        if self._phase == HEAD:
             if self._loop.time() < self._head_due:
                 # Set for an earlier exchange: this one's deadline is later.
                 self._timer = self._loop.call_at(self._head_due, self._on_timer)
                 return
             self._fail_head(UpstreamTimeout(f"{self.authority} did not answer within {self._head_timeout:g} s."))
-        elif self._phase == _BODY:
+        elif self._phase == BODY:
             # One timer per stalled body, not one per chunk: it checks when data
             # last came, and a socket we paused ourselves is not a stall.
             now = self._loop.time()
@@ -336,7 +225,7 @@ class H1Connection(asyncio.BufferedProtocol):
             else:
                 self._exc = UpstreamBodyError(f"{self.authority} sent no body data for {self._idle_timeout:g} s")
                 self.abort()
-                _wake(self._body_waiter)
+                wake(self._body_waiter)
 
     # -- protocol callbacks --------------------------------------------------
 
@@ -358,19 +247,19 @@ class H1Connection(asyncio.BufferedProtocol):
         self.transport = LOST
         self._stop_timer()
         phase = self._phase
-        if phase == _HEAD:
+        if phase == HEAD:
             if self._got_bytes:
                 self._fail_head(UpstreamError(f"{self.authority} closed the connection without answering."))
             else:
                 self._fail_head(NoAnswer(f"{self.authority} closed the connection without answering."))
-        elif phase == _BODY:
+        elif phase == BODY:
             if exc is None and self._exc is None and not self._framed:
-                self._phase = _DONE  # a body delimited by the close (RFC 9112 §6.3 rule 8) is complete
+                self._phase = DONE  # a body delimited by the close (RFC 9112 §6.3 rule 8) is complete
                 self._keep_alive = False
             elif self._exc is None:
                 self._exc = UpstreamBodyError(f"{self.authority} closed the connection in the middle of the body")
-            _wake(self._body_waiter)
-        _wake(self._drain_waiter)
+            wake(self._body_waiter)
+        wake(self._drain_waiter)
         self._on_lost(self)
 
     def pause_writing(self) -> None:
@@ -378,7 +267,7 @@ class H1Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        _wake(self._drain_waiter)
+        wake(self._drain_waiter)
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what the EOF meant
@@ -392,12 +281,12 @@ class H1Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         phase = self._phase
-        if phase == _HEAD:
+        if phase == HEAD:
             self._got_bytes = True
             self._head_size += len(data)
-        elif phase == _BODY:
+        elif phase == BODY:
             self._last_read = self._loop.time()
-        elif phase == _IDLE:
+        elif phase == IDLE:
             # An idle connection the upstream speaks on (a 408 before closing,
             # say) is out of step with us: never send on it again.
             self.reusable = False
@@ -410,12 +299,12 @@ class H1Connection(asyncio.BufferedProtocol):
             self._switch(bytes(data[up.args[0] :]))
         except httptools.HttpParserError as exc:
             self._bad(one_line(str(exc))[:100])
-        if self._phase == _HEAD:
+        if self._phase == HEAD:
             # Either a head still coming past the bound, or one that came whole
             # in a single read and was measured field by field.
             if self._head_size > self._max_head or self._too_large:
                 self._bad("the response head is too large")
-        elif self._phase == _BODY and not self.closed:
+        elif self._phase == BODY and not self.closed:
             # Armed only for a body still coming: a small response never pays for it.
             now = self._last_read = self._loop.time()
             timer = self._timer
@@ -427,25 +316,25 @@ class H1Connection(asyncio.BufferedProtocol):
     def _switch(self, early: bytes) -> None:
         """A 101 (RFC 9110 §15.2.2): what follows its head, ``early`` on, is the new protocol's."""
         switch = self.on_switch
-        if switch is None or self._phase != _HEAD or self._parser.get_status_code() != 101:
+        if switch is None or self._phase != HEAD or self._parser.get_status_code() != 101:
             self._bad("it switched protocols unasked")
             return
-        self._status, self._phase, self.reusable = 101, _DONE, False
+        self._status, self._phase, self.reusable = 101, DONE, False
         self._stop_timer()
         assert self.transport is not None
         switch(self.transport, early)  # the transport is the switcher's from here (upgrade.py)
-        _wake(self._head_waiter)
+        wake(self._head_waiter)
 
     def _bad(self, what: str) -> None:
         """The upstream's bytes are not HTTP we accept."""
         phase = self._phase
-        if phase == _HEAD:
+        if phase == HEAD:
             self._fail_head(UpstreamError(f"{self.authority} sent a malformed response ({what})."))
-        elif phase == _BODY:
+        elif phase == BODY:
             self._malformed = what
             self._exc = UpstreamBodyError(f"{self.authority} sent a malformed body")
             self.abort()
-            _wake(self._body_waiter)
+            wake(self._body_waiter)
         else:
             self.reusable = False  # bytes after a complete response: never reuse
 
@@ -453,105 +342,11 @@ class H1Connection(asyncio.BufferedProtocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(err)
-        self._phase = _DONE
+        self._phase = DONE
         self.abort()
-        _wake(self._drain_waiter)
+        wake(self._drain_waiter)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    # httptools (llhttp) callbacks. A parser replaced after a HEAD response may
-    # still call these for bytes that followed it; the phase checks catch that.
-
-    def on_message_begin(self) -> None:
-        if self._phase == _HEAD:
-            self._headers = []  # an interim (1xx) response's headers are dropped
-            self._framed = False
-            self._fields_size = 0
-        else:
-            self.reusable = False
-
-    def on_status(self, reason: bytes) -> None:
-        if self._phase == _HEAD:
-            self._reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._phase != _HEAD:
-            return  # trailers (dropped), or bytes a stale parser saw
-        # llhttp strips whitespace before a value, not after (RFC 9110 §5.5 says both).
-        self._headers.append((name, value.rstrip(b" \t")))
-        n = len(name)
-        self._fields_size += n + len(value) + 4
-        if n == 14 or n == 17:
-            low = name.lower()
-            if low == b"content-length":
-                self._framed = True
-            elif low == b"transfer-encoding":
-                self._framed = value.rstrip().lower().endswith(b"chunked")
-
-    def on_headers_complete(self) -> None:
-        if self._phase != _HEAD:
-            self.reusable = False
-            return
-        parser = self._parser
-        status = parser.get_status_code()
-        if status < 200:
-            # 100 Continue and other interim answers are skipped; a 101 makes
-            # llhttp stop with HttpParserUpgrade (_switch).
-            self._interim = status != 101
-            return
-        if self._fields_size > self._max_head:
-            self._too_large = True  # refused once feed_data returns; the head stays unanswered
-            return
-        self._status = status
-        self._keep_alive = parser.should_keep_alive()
-        if self._is_head:
-            # httptools cannot tell llhttp that a HEAD response has no body:
-            # the message ends here and a fresh parser takes the next one.
-            self._phase = _DONE
-            self._head_only = True
-            self._parser = _parser(self)
-            _wake(self._drain_waiter)
-        else:
-            self._phase = _BODY  # a body still being sent goes on (RFC 9112 §9.3)
-        _wake(self._head_waiter)
-
-    def on_body(self, body: bytes) -> None:
-        if self._phase != _BODY:
-            self.reusable = False  # a body after a HEAD response, or bytes nobody asked for
-            return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._paused:
-            self._paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-        _wake(self._body_waiter)
-
-    def on_message_complete(self) -> None:
-        phase = self._phase
-        if phase == _BODY:
-            self._phase = _DONE
-            _wake(self._body_waiter)
-            _wake(self._drain_waiter)  # a body still being sent is no longer wanted
-        elif phase == _HEAD and self._interim:
-            self._interim = False
-        elif phase == _DONE and self._head_only:
-            self._head_only = False  # the HEAD response's own end, as the old parser saw it
-        else:
-            self.reusable = False
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-def _parser(protocol: Any) -> Any:
-    parser = httptools.HttpResponseParser(protocol)
-    # The leniencies aiohttp's client had: bare LF line ends and spaces after a
-    # chunk size, seen from old servers. The server side re-frames every answer.
-    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True)
-    return parser
