@@ -129,7 +129,11 @@ def _reload_row(ev: dict[str, Any], now: float) -> str:
 
 
 def render_page(data: dict[str, Any]) -> str:
-    """The status page: one self-contained HTML document (inline CSS, no script, refreshes itself)."""
+    """The status page: one self-contained HTML document (inline CSS, no script, refreshes itself).
+
+    Longer than a screen on purpose: one template that reads in the order of the page it
+    renders; its rows are ``_route_row`` and ``_reload_row``.
+    """
     now = float(data["now"])
     ready = bool(data.get("ready"))
     tunnels = data.get("tunnels") or {}

@@ -24,6 +24,7 @@ from authproxy.secrecy.redact import redact
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and option; longer than a screen as argparse declarations only, no logic."""
     p = argparse.ArgumentParser(
         prog="authproxy",
         description="A forward HTTP(S) proxy that adds credentials to outbound requests.",

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from authproxy.config import Config
 from authproxy.disk.ca import CAError
@@ -21,6 +22,10 @@ from authproxy.run.reload import Reloader
 from authproxy.run.worker import WorkerLink
 from authproxy.runtime import Runtime
 from authproxy.server.listener import ProxyServer
+
+if TYPE_CHECKING:
+    # Only its type: the module itself is imported when an admin listener is configured (see serve).
+    from authproxy.admin.web import AdminServer
 
 log = logging.getLogger("authproxy")
 
@@ -45,21 +50,8 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
         from authproxy.admin.web import start_admin
     server = ProxyServer(rt)
     # Handlers first: a SIGTERM that arrives as soon as we say "listening" must drain, not kill.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     reloader = Reloader(rt, cfg.file)
-    pending: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        t = asyncio.create_task(reloader.reload("SIGHUP"))
-        pending.add(t)
-        t.add_done_callback(pending.discard)
-
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    stop = _on_signals(reloader)
     watcher = asyncio.create_task(reloader.watch())
     try:
         bound = await server.start(host, port)
@@ -84,6 +76,31 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     await stop.wait()
     rt.ready = False
     watcher.cancel()
+    await _drain(rt, server, admin, link)
+    return 0
+
+
+def _on_signals(reloader: Reloader) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event (drain, then stop); SIGHUP reloads."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        t = asyncio.create_task(reloader.reload("SIGHUP"))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    return stop
+
+
+async def _drain(rt: Runtime, server: ProxyServer, admin: AdminServer | None, link: WorkerLink | None) -> None:
+    """Let the open requests finish for up to ``timeouts.drain``, then close every listener and the runtime."""
     grace = rt.snapshot.config.timeouts.drain
     if link is not None:
         link.draining(grace)
@@ -95,4 +112,3 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
         await link.close()
     await rt.close()
     log.info("stopped")
-    return 0

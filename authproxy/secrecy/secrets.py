@@ -82,51 +82,53 @@ def interpolate(
     missing: list[str] = []
 
     def resolve(m: re.Match[str]) -> str:
-        out = _resolve(m)
+        out = _resolve(m, base_dir, bws, missing)
         if resolved is not None and m.group(1) != "$" and out:
             resolved.append(out)
         return out
 
-    def _resolve(m: re.Match[str]) -> str:
-        if m.group(1) == "$":
-            return "$"
-        ref = m.group(2).strip()
-        if not ref:
-            raise ValueError("empty reference `${}`")
-        kind, sep, arg = ref.partition(":")
-        if not sep:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
-                raise ValueError(f"`${{{ref}}}` is not a valid environment variable name")
-            val = os.environ.get(ref)
-            if val is None:
-                missing.append(f"environment variable {ref} is not set")
-                return ""
-            return val
-        if kind == "file":
-            path = Path(arg).expanduser()
-            if base_dir is not None and not path.is_absolute():
-                path = base_dir / path
-            try:
-                # A trailing newline is an editor's habit, not part of the secret.
-                return path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                missing.append(f"file {path} cannot be read ({exc.strerror or 'unreadable'})")
-                return ""
-        if kind == "bws":
-            if bws is None:
-                raise ValueError(
-                    "`${bws:...}` works in values under `routes:`, with a top-level `bws:` block "
-                    "(access_token, and region or identity_url + api_url)"
-                )
-            try:
-                return bws(arg)
-            except Unresolved as exc:
-                missing.append(str(exc))
-                return ""
-        raise ValueError(f"unknown reference kind `{kind}:` (use ${{VAR}}, ${{file:PATH}} or ${{bws:SECRET_ID}})")
-
     text = _REF.sub(resolve, raw)
     return text, tuple(missing)
+
+
+def _resolve(m: re.Match[str], base_dir: Path | None, bws: Callable[[str], str] | None, missing: list[str]) -> str:
+    """One reference's value; what cannot be had is appended to ``missing`` and stands as ``""``."""
+    if m.group(1) == "$":
+        return "$"
+    ref = m.group(2).strip()
+    if not ref:
+        raise ValueError("empty reference `${}`")
+    kind, sep, arg = ref.partition(":")
+    if not sep:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
+            raise ValueError(f"`${{{ref}}}` is not a valid environment variable name")
+        val = os.environ.get(ref)
+        if val is None:
+            missing.append(f"environment variable {ref} is not set")
+            return ""
+        return val
+    if kind == "file":
+        path = Path(arg).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        try:
+            # A trailing newline is an editor's habit, not part of the secret.
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            missing.append(f"file {path} cannot be read ({exc.strerror or 'unreadable'})")
+            return ""
+    if kind == "bws":
+        if bws is None:
+            raise ValueError(
+                "`${bws:...}` works in values under `routes:`, with a top-level `bws:` block "
+                "(access_token, and region or identity_url + api_url)"
+            )
+        try:
+            return bws(arg)
+        except Unresolved as exc:
+            missing.append(str(exc))
+            return ""
+    raise ValueError(f"unknown reference kind `{kind}:` (use ${{VAR}}, ${{file:PATH}} or ${{bws:SECRET_ID}})")
 
 
 def secrets_in(value: object) -> Iterator[Secret]:

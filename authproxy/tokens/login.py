@@ -127,107 +127,137 @@ async def login(
     if route.missing:
         raise LoginError(f"route {route.name} cannot log in: {route.missing[0]}.")
     async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
-        if grant.issuer is not None:
-            ends = await discover(session, grant.issuer.reveal())
-            if grant.authorization_url is not None:
-                ends = dataclasses.replace(ends, authorization=grant.authorization_url.reveal())
-            if grant.client.token_url.reveal():
-                ends = dataclasses.replace(ends, token=grant.client.token_url.reveal())
-        else:
-            assert grant.authorization_url is not None
-            ends = Endpoints(None, grant.authorization_url.reveal(), grant.client.token_url.reveal(), False)
-        refuse_clear_text(ends)
-
+        ends = await _endpoints(session, grant)
         verifier, challenge = pkce_pair()
-        state = secrets.token_urlsafe(32)
-        got: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-
-        async def callback(request: web.Request) -> web.Response:
-            params = dict(request.query)
-            if params.get("state") != state:
-                # Not our login (or a forged redirect): ignore it, keep waiting.
-                return web.Response(status=400, text="This is not the login authproxy is waiting for.")
-            if not got.done():
-                got.set_result(params)
-            msg = "Login failed; see the terminal." if "error" in params else "authproxy is logged in."
-            return web.Response(text=_DONE_PAGE.format(message=msg), content_type="text/html")
-
-        app = web.Application()
-        app.router.add_get(grant.redirect_path, callback)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", grant.redirect_port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise LoginError(
-                    f"cannot listen on 127.0.0.1:{grant.redirect_port} for the redirect ({exc.strerror})."
-                ) from None
-            port = int(runner.addresses[0][1])  # the port bound, when redirect_port is 0
-            redirect_uri = f"http://127.0.0.1:{port}{grant.redirect_path}"
-            query = {
-                "response_type": "code",
-                "client_id": grant.client.client_id.reveal() if grant.client.client_id else "",
-                "redirect_uri": redirect_uri,
-                "state": state,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            }
-            if grant.client.scope:
-                query["scope"] = grant.client.scope
-            sep = "&" if "?" in ends.authorization else "?"
-            url = ends.authorization + sep + urlencode(query)
-            say(f"Open this address in a browser to log in to route {route.name}:\n\n  {url}\n")
-            if open_browser:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(webbrowser.open, url)
-            try:
-                params = await asyncio.wait_for(got, wait)
-            except TimeoutError:
-                raise LoginError(f"nobody completed the login within {wait:g} s.") from None
-        finally:
-            await runner.cleanup()
-
-        said = describe(params)
-        if said is not None:
-            # RFC 6749 §4.1.2.1: the code and, redacted, the description; nothing else of the redirect.
-            raise LoginError(f"the authorization server refused: {said[1]}".rstrip(".") + ".")
-        iss = params.get("iss")
-        if iss is not None and ends.issuer is not None and iss.rstrip("/") != ends.issuer.rstrip("/"):
-            raise LoginError("the redirect names another issuer than the one discovered (RFC 9207); refusing it.")
-        if iss is None and ends.iss_supported:
-            raise LoginError("the authorization server promises an `iss` parameter but sent none; refusing it.")
-        code = params.get("code")
-        if not code:
-            raise LoginError("the redirect carried no authorization code.")
-
-        client = dataclasses.replace(grant.client, token_url=Value(ends.token, ends.token))
+        params, redirect_uri = await _authorize(
+            route.name, grant, ends, challenge, wait=wait, open_browser=open_browser, say=say
+        )
+        code = _code(params, ends)
         ctx = GrantContext(route.name, lambda: session, deadline, store)
-        params_tok = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-        }
-        if grant.client.client_secret is None and grant.client.client_id is not None:
-            params_tok["client_id"] = grant.client.client_id.reveal()
-        try:
-            resp = await with_retries(lambda c: request_token(c, client, params_tok), ctx)
-        except ProxyError as err:
-            raise LoginError(f"exchanging the code failed: {err.detail}") from None
-        rt = resp.body.get("refresh_token")
-        if not isinstance(rt, str) or not rt:
-            raise LoginError(
-                "the authorization server issued no refresh token (ask for a scope such as offline_access)."
-            )
-        record: dict[str, Any] = {
-            "refresh_token": rt,
-            "token_url": ends.token,
-            "access": resp.credential.headers[0][1],
-            "expires_at": resp.credential.expires_at,
-            "logged_in_at": time.time(),
-        }
+        record = await _exchange(grant, ends, ctx, code, redirect_uri, verifier)
         async with store.locked(route.name):
             await asyncio.to_thread(store.write, route.name, record)
     return str(store.dir / f"{route.name}.json")
+
+
+async def _endpoints(session: aiohttp.ClientSession, grant: AuthorizationCode) -> Endpoints:
+    """The issuer's discovered endpoints, overridden by the configured URLs; or the configured URLs alone."""
+    if grant.issuer is not None:
+        ends = await discover(session, grant.issuer.reveal())
+        if grant.authorization_url is not None:
+            ends = dataclasses.replace(ends, authorization=grant.authorization_url.reveal())
+        if grant.client.token_url.reveal():
+            ends = dataclasses.replace(ends, token=grant.client.token_url.reveal())
+    else:
+        assert grant.authorization_url is not None
+        ends = Endpoints(None, grant.authorization_url.reveal(), grant.client.token_url.reveal(), False)
+    refuse_clear_text(ends)
+    return ends
+
+
+async def _authorize(
+    name: str,
+    grant: AuthorizationCode,
+    ends: Endpoints,
+    challenge: str,
+    *,
+    wait: float,
+    open_browser: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, str], str]:
+    """Send the user to the authorization endpoint and wait for the redirect: its parameters, and the redirect URI."""
+    state = secrets.token_urlsafe(32)
+    got: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+    async def callback(request: web.Request) -> web.Response:
+        params = dict(request.query)
+        if params.get("state") != state:
+            # Not our login (or a forged redirect): ignore it, keep waiting.
+            return web.Response(status=400, text="This is not the login authproxy is waiting for.")
+        if not got.done():
+            got.set_result(params)
+        msg = "Login failed; see the terminal." if "error" in params else "authproxy is logged in."
+        return web.Response(text=_DONE_PAGE.format(message=msg), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get(grant.redirect_path, callback)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", grant.redirect_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LoginError(
+                f"cannot listen on 127.0.0.1:{grant.redirect_port} for the redirect ({exc.strerror})."
+            ) from None
+        port = int(runner.addresses[0][1])  # the port bound, when redirect_port is 0
+        redirect_uri = f"http://127.0.0.1:{port}{grant.redirect_path}"
+        query = {
+            "response_type": "code",
+            "client_id": grant.client.client_id.reveal() if grant.client.client_id else "",
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        if grant.client.scope:
+            query["scope"] = grant.client.scope
+        sep = "&" if "?" in ends.authorization else "?"
+        url = ends.authorization + sep + urlencode(query)
+        say(f"Open this address in a browser to log in to route {name}:\n\n  {url}\n")
+        if open_browser:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(webbrowser.open, url)
+        try:
+            return await asyncio.wait_for(got, wait), redirect_uri
+        except TimeoutError:
+            raise LoginError(f"nobody completed the login within {wait:g} s.") from None
+    finally:
+        await runner.cleanup()
+
+
+def _code(params: dict[str, str], ends: Endpoints) -> str:
+    """The authorization code of an accepted redirect from the expected issuer."""
+    said = describe(params)
+    if said is not None:
+        # RFC 6749 §4.1.2.1: the code and, redacted, the description; nothing else of the redirect.
+        raise LoginError(f"the authorization server refused: {said[1]}".rstrip(".") + ".")
+    iss = params.get("iss")
+    if iss is not None and ends.issuer is not None and iss.rstrip("/") != ends.issuer.rstrip("/"):
+        raise LoginError("the redirect names another issuer than the one discovered (RFC 9207); refusing it.")
+    if iss is None and ends.iss_supported:
+        raise LoginError("the authorization server promises an `iss` parameter but sent none; refusing it.")
+    code = params.get("code")
+    if not code:
+        raise LoginError("the redirect carried no authorization code.")
+    return code
+
+
+async def _exchange(
+    grant: AuthorizationCode, ends: Endpoints, ctx: GrantContext, code: str, redirect_uri: str, verifier: str
+) -> dict[str, Any]:
+    """The code exchanged for tokens (RFC 6749 §4.1.3, RFC 7636 §4.5): the record the store keeps."""
+    client = dataclasses.replace(grant.client, token_url=Value(ends.token, ends.token))
+    params_tok = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    if grant.client.client_secret is None and grant.client.client_id is not None:
+        params_tok["client_id"] = grant.client.client_id.reveal()
+    try:
+        resp = await with_retries(lambda c: request_token(c, client, params_tok), ctx)
+    except ProxyError as err:
+        raise LoginError(f"exchanging the code failed: {err.detail}") from None
+    rt = resp.body.get("refresh_token")
+    if not isinstance(rt, str) or not rt:
+        raise LoginError("the authorization server issued no refresh token (ask for a scope such as offline_access).")
+    return {
+        "refresh_token": rt,
+        "token_url": ends.token,
+        "access": resp.credential.headers[0][1],
+        "expires_at": resp.credential.expires_at,
+        "logged_in_at": time.time(),
+    }

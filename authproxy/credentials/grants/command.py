@@ -258,6 +258,7 @@ class Command(Grant):
         return Credential(headers=((self.header, self.prefix + token),), expires_at=expires_at)
 
     async def _run(self, route: str) -> bytes:
+        """The helper's stdout, within ``timeout`` and ``MAX_STDOUT``; the helper never outlives the call."""
         name = self.program
         args = [a.reveal() for a in self.argv]
         start = time.monotonic()
@@ -306,17 +307,7 @@ class Command(Grant):
             len(out),
             err_size,
         )
-        if status != 0:
-            if status < 0:
-                try:
-                    how = f"was ended by signal {signal.Signals(-status).name}"
-                except ValueError:
-                    how = f"was ended by signal {-status}"
-            else:
-                how = f"failed with exit status {status}"
-            raise CredentialUnavailable(
-                f"the command `{name}` {how}; its output is not shown, as it could hold a secret.", route
-            )
+        _check_status(name, status, route)
         return out
 
     def _interpret(self, raw: bytes) -> tuple[str, float]:
@@ -372,3 +363,19 @@ _PRIVATE_ENV = frozenset({"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"
 
 def _helper_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+
+
+def _check_status(name: str, status: int, route: str) -> None:
+    """A helper that failed, or was ended by a signal, gives no credential; its output is never shown."""
+    if status == 0:
+        return
+    if status < 0:
+        try:
+            how = f"was ended by signal {signal.Signals(-status).name}"
+        except ValueError:
+            how = f"was ended by signal {-status}"
+    else:
+        how = f"failed with exit status {status}"
+    raise CredentialUnavailable(
+        f"the command `{name}` {how}; its output is not shown, as it could hold a secret.", route
+    )
