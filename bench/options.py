@@ -111,7 +111,7 @@ def add_setup_options(ap: argparse.ArgumentParser) -> None:
         "--authproxy-loop",
         default="asyncio",
         choices=("asyncio", "uvloop"),
-        help="authproxy run --loop: the event loop (uvloop needs the `fast` extra)",
+        help="authproxy run --loop: the event loop (uvloop: the default on Linux and macOS)",
     )
     ap.add_argument(
         "--proxy-log-level",

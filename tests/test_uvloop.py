@@ -1,4 +1,4 @@
-"""The server and pipeline tests again, on uvloop (the `fast` extra; `authproxy run --loop uvloop`).
+"""The server and pipeline tests again, on uvloop (the default loop of `authproxy run` on Linux and macOS).
 
 uvloop's transports differ from asyncio's exactly where this proxy is delicate
 (start_tls after CONNECT, half-close, backpressure), so the same tests run on both.
@@ -7,6 +7,7 @@ uvloop's transports differ from asyncio's exactly where this proxy is delicate
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import re
 import shutil
 import socket
@@ -72,6 +73,13 @@ from .test_websocket import test_plain_ws_through_proxy, test_wss_through_interc
 @pytest.fixture(scope="module")
 def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
     return uvloop.EventLoopPolicy()
+
+
+def test_uvloop_comes_with_a_plain_install_off_windows() -> None:
+    """`pip install authproxy` brings uvloop where it builds, so `--loop auto` is the fast loop as installed."""
+    reqs = importlib.metadata.requires("authproxy") or []
+    core = [r for r in reqs if r.startswith("uvloop") and "extra ==" not in r]
+    assert core and "sys_platform != \"win32\"" in core[0].replace("'", '"')
 
 
 async def test_this_module_runs_on_uvloop() -> None:

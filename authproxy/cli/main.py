@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
-        help="event loop; auto: uvloop when installed (the `fast` extra), else asyncio's",
+        help="event loop; auto: uvloop where installed (by default on Linux and macOS), else asyncio's",
     )
     run.add_argument(
         "--allow-open",

@@ -111,7 +111,7 @@ def _run_loop(main: Coroutine[Any, Any, int], loop: str, reuse_port: bool = Fals
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         main.close()
-        raise UsageError("--loop uvloop needs the `fast` extra: pip install 'authproxy[fast]'.") from None
+        raise UsageError("--loop uvloop needs uvloop, which is not installed here (it has no Windows build).") from None
     if reuse_port:
         return int(uvloop.run(main, loop_factory=reuse_port_loop(uvloop.Loop)))
     return int(uvloop.run(main))
