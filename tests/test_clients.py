@@ -90,9 +90,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = Path(__file__).parent / "clients"
 NODE_DIR = Path(__file__).parent / "node"
 
-CALL_TIMEOUT = 15.0  # every client call, killed after it
-CLOSE_TIMEOUT = 30  # timeouts.idle and the clients' own close timeouts
-CLOSE_BOUND = 10.0  # a close seen within this came as an event, not as one of those timeouts
+# Every client call is killed after CALL_TIMEOUT, well before any timeout that could end a
+# WebSocket (timeouts.idle and the clients' own close timeouts are CLOSE_TIMEOUT): a close the
+# proxy did not pass on cannot complete in time, so a call that exits 0 saw the close as an event.
+CALL_TIMEOUT = 15.0
+CLOSE_TIMEOUT = 30
+assert CALL_TIMEOUT < CLOSE_TIMEOUT
 SSE_EVENTS = 3
 
 HTTPS_TOKEN = "matrix-https-bearer-4c1d9e07b2"
@@ -628,12 +631,9 @@ def test_websocket_echo_and_close(matrix: Matrix, tools: Tools, client: str, sch
     assert "echo:hello" in result.out.splitlines(), result.text()
     closed = re.search(r"^closed (\d+) (\S*) ([\d.]+)(?: clean=(\w+))?$", result.out, re.MULTILINE)
     assert closed, result.text()
-    code, reason, seconds, clean = closed.groups()
+    code, reason, _, clean = closed.groups()  # the seconds are printed for a reader of a failure
     assert (code, reason) == ("1000", "bye"), result.text()  # the upstream's close frame, not a lost connection
     assert clean in (None, "true"), result.text()
-    assert float(seconds) < CLOSE_BOUND, (
-        f"the close took {seconds} s: a timeout, not the connection's end\n{result.text()}"
-    )
     upstream = "https" if scheme == "wss" else "http"
     seen = matrix.upstreams.requests_for(path)
     assert seen and all(s.authorized and s.scheme == upstream for s in seen), seen

@@ -2,8 +2,8 @@
 
 Every test sets ``timeouts.idle`` to 30 s, and each client's own close
 timeout to 30 s where it has one, so a close that the proxy does not pass on
-can only end by one of those timeouts: the tests require the end within
-``CLOSE_WITHIN`` (10 s), which only the close itself can bring.
+can only end by one of those timeouts: the tests wait for the end at most
+``CLOSE_WITHIN`` (10 s; a Node client run, 20 s), which only the close itself can bring.
 
 - WebSocket echo upstreams (aiohttp), over TLS reached by an intercepted
   CONNECT (``wss://``) and over TCP on a gateway path (``ws://``), with Python
@@ -244,11 +244,12 @@ async def _undici(url: str, who: str, proxy: str | None, ca: Path | None, absolu
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        # Shorter than IDLE: a close that waited for a timeout is killed here, and fails.
+        out, err = await asyncio.wait_for(proc.communicate(), CLOSE_WITHIN * 2)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise AssertionError("node did not finish within 120 s") from None
+        raise AssertionError(f"node did not finish within {CLOSE_WITHIN * 2:g} s: the close did not come") from None
     assert proc.returncode == 0, f"node failed ({proc.returncode}):\n{out.decode()}\n{err.decode()[-2000:]}"
     return [json.loads(line) for line in out.decode().splitlines()]
 
@@ -267,7 +268,6 @@ async def test_undici_websocket_sees_the_close(make_proxy, secret_env, upstream_
     assert close["event"] == "close" and close["wasClean"], events
     expected = (4001, "server bye") if who == "server" else (4002, "server ack")
     assert (close["code"], close["reason"]) == expected, events
-    assert close["ms"] < CLOSE_WITHIN * 1000, f"the close took {close['ms']} ms: a timeout, not the close"
     assert up.events == ([("server-closed",)] if who == "server" else [("close-frame", 4000, "client bye")])
 
 

@@ -1213,20 +1213,14 @@ async def test_broken_upstream_is_502_or_a_cut_never_a_hang(
     p.secrets.add(KEY)
     env = Env(p, upstream)
     _, outcome = BROKEN[name]
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     body = "Content-Length: 2\r\n\r\nhi" if method == "POST" else "\r\n"
     resp, closed = await talk(
         p.port,
         f"{method} http://{broken.authority}/case/{name} HTTP/1.1\r\nHost: {broken.authority}\r\n"
         f"Connection: close\r\n{body}".encode(),
-        wait=6,
+        wait=5,  # Connection: close: the answer ends with the connection, or it hung
     )
-    took = loop.time() - t0
-    assert closed or status_of(resp) in (502, 504), (
-        f"{name}: no answer and no close within 6 s (a hang): {resp[:200]!r}"
-    )
-    assert took < 5, f"{name}: took {took:.1f} s"
+    assert closed, f"{name}: no answer and close within 5 s (a hang): {resp[:200]!r}"
     # RFC 9112 §9.3.1: a proxy MUST NOT retry a non-idempotent request; an idempotent one may be
     # replayed once on a connection that closed before answering (aiohttp does so).
     assert broken.seen == [name] * len(broken.seen) and 1 <= len(broken.seen) <= (2 if method == "GET" else 1), (

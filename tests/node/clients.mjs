@@ -15,7 +15,7 @@ import { HttpsProxyAgent } from "https-proxy-agent";
 import WebSocket from "ws";
 
 const TIMEOUT_MS = 15_000;
-const CLOSE_TIMEOUT_MS = 30_000; // the test allows 10 s: a close must come as an event, not by a timer
+const CLOSE_TIMEOUT_MS = 30_000; // the test kills this call after 15 s: a close must come as an event, not by a timer
 const [mode, url] = process.argv.slice(2);
 
 function fail(err) {
