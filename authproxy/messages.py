@@ -68,6 +68,10 @@ class RequestBody:
             # looks here to blame the client, not the upstream.
             self.error = exc
             raise
+        return self._took(chunk)
+
+    def _took(self, chunk: bytes | None) -> bytes | None:
+        """Count a chunk read from the client; None is the body's end."""
         if chunk is None:
             self._done = True
         else:
@@ -106,11 +110,7 @@ class RequestBody:
         except Exception as exc:
             self.error = exc
             raise
-        if chunk is None:
-            self._done = True
-        else:
-            self.bytes_in += len(chunk)
-        return chunk
+        return self._took(chunk)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.stream()

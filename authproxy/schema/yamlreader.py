@@ -318,13 +318,22 @@ class Section:
             return None
         return Section(node, self.sub(key), self.doc, self.missing, self._pattern(key))
 
+    def _list(
+        self, key: str, required: bool = False, not_a_list: str = "must be a list"
+    ) -> yaml.SequenceNode | None:
+        """The list at ``key``, or None (absent, or reported as not a list)."""
+        node = self._node(key, required)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(key, not_a_list)
+            return None
+        return node
+
     def sections(self, key: str) -> Iterator[Section]:
         """The mappings of a list, each with its index in the path."""
-        node = self._node(key, False)
+        node = self._list(key)
         if node is None:
-            return
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(key, "must be a list")
             return
         for i, item in enumerate(node.value):
             path = f"{self.sub(key)}[{i}]"
@@ -334,11 +343,8 @@ class Section:
             yield Section(item, path, self.doc, [], f"{self._pattern(key)}[]")
 
     def str_list(self, key: str) -> list[str] | None:
-        node = self._node(key, False)
+        node = self._list(key)
         if node is None:
-            return None
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(key, "must be a list")
             return None
         out = []
         for i, item in enumerate(node.value):
@@ -358,11 +364,8 @@ class Section:
         A broken item is reported at its own path and line and stands as None,
         so the caller still sees how many items were written.
         """
-        node = self._node(key, required)
+        node = self._list(key, required, not_a_list)
         if node is None:
-            return None
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(key, not_a_list)
             return None
         out: list[Value | None] = []
         for i, item in enumerate(node.value):
@@ -382,11 +385,8 @@ class Section:
 
     def str_items(self, key: str) -> list[tuple[str, str, int]] | None:
         """A list of strings, each with its own path (``key[2]``) and line, for judging entries one by one."""
-        node = self._node(key, False)
+        node = self._list(key)
         if node is None:
-            return None
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(key, "must be a list")
             return None
         out = []
         for i, item in enumerate(node.value):
