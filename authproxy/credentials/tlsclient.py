@@ -277,3 +277,12 @@ class Contexts:
 
 # For a caller given no contexts of its own: the system roots alone.
 SYSTEM = Contexts(None)
+
+
+def tls_view(trust: Trust, cert: ClientCert | None, token_cert: ClientCert | None = None) -> dict[str, str | None]:
+    """What ``check`` and the status page say of a route's TLS: its trust store, the certificates it presents."""
+    return {
+        "trust": trust.describe(),
+        "client_cert": describe_cert(cert) if cert is not None else None,
+        "token_client_cert": describe_cert(token_cert) if token_cert is not None else None,
+    }

@@ -239,6 +239,10 @@ async def _post(
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Not worth a retry: behind TLS inspection, its CA belongs in `extra_ca_file`.
+        why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        raise TokenEndpointError(f"the certificate of {who} failed TLS verification: {why}.", ctx.route) from None
     except (aiohttp.ClientError, OSError) as exc:
         unreachable = f"{who} cannot be reached ({type(exc).__name__})."
         raise TokenEndpointError(unreachable, ctx.route, retryable=True) from None
