@@ -38,7 +38,7 @@ class ClientCert:
 
     cert: Path
     key: Path
-    password: Secret | None = None  # for an encrypted key (PKCS#8 or traditional PEM)
+    password: Secret | None = None  # for an encrypted key (PKCS8 or traditional PEM)
 
 
 @dataclass(frozen=True, slots=True)
