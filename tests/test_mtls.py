@@ -157,3 +157,25 @@ async def test_a_certificate_rotated_on_disk_is_used_by_new_connections(
     warned = [x for x in p.lines() if "cannot be used, the last one is" in x]
     assert len(warned) == 1 and "does not match the certificate" in warned[0]
     p.secrets.add(third.key.read_text().strip().splitlines()[1] if third.key.exists() else "")
+
+
+async def test_the_status_page_names_the_trust_store_and_the_certificate_not_the_key(
+    make_proxy, secret_env, mtls_upstream: MTLSUpstream, tmp_path: Path
+) -> None:
+    from authproxy.admin.web import start_admin
+
+    pair = mtls_upstream.client_ca.issue(tmp_path, "client", common_name="agent-status", password=PASSWORD)
+    p = await _proxy(make_proxy, secret_env, mtls_upstream, pair, password=True)
+    admin = await start_admin(p.runtime, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin.port}") as client:
+            data = (await client.get("/status.json")).json()
+            page = (await client.get("/")).text
+    finally:
+        await admin.close()
+    tls = {r["name"]: r["tls"] for r in data["routes"]}
+    assert tls["gw"]["trust"] == f"route ca_file {mtls_upstream.server_ca}"
+    assert tls["gw"]["client_cert"].startswith("CN=agent-status,O=authproxy tests until ")
+    assert tls["gw"]["token_client_cert"] is None
+    assert "TLS trusts route ca_file" in page and "presents CN=agent-status" in page
+    p.bodies += [str(data), page]

@@ -51,6 +51,8 @@ def _route(sec: Section, index: int) -> Route | None:
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
     client_cert = parse_client_cert(sec)
+    if client_cert is not None and not verify:
+        sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
     auth = _auth(sec)
     sec.finish()
