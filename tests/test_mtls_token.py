@@ -310,3 +310,97 @@ def test_tls_client_auth_needs_a_certificate_and_no_secret(tmp_path: Path, auth:
     with pytest.raises(ConfigError) as info:
         load(cfg)
     assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_login_discovers_and_exchanges_behind_inspection_with_tls_client_auth(
+    tmp_path: Path, inspection_ca: TestCA, upstream: Upstream, trusted: bool
+) -> None:
+    """`authproxy login`'s discovery and code exchange trust extra_ca_file, and present the client certificate."""
+    import asyncio
+    import json
+    import ssl
+    from urllib.parse import parse_qs, urlsplit
+
+    from authproxy.config import load
+    from authproxy.disk.store import StateStore
+    from authproxy.tokens.login import LoginError, login
+    from tests.support.mtls_upstream import peer_der, subject_of
+
+    client_ca = TestCA("clients")
+    pair = client_ca.issue(tmp_path, "app", common_name="login-app")
+    exchanges: list[tuple[dict[str, str], str | None]] = []
+
+    async def metadata(request: web.Request) -> web.Response:
+        base = f"https://{request.host}"
+        return web.json_response(
+            {
+                "issuer": base,
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/token",
+                "code_challenge_methods_supported": ["S256"],
+            }
+        )
+
+    async def token(request: web.Request) -> web.Response:
+        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        exchanges.append((form, subject_of(peer_der(request))))
+        return web.json_response({"access_token": "at-login-1", "refresh_token": "rt-login-2", "expires_in": 60})
+
+    leaf = inspection_ca.issue(tmp_path, "idp", common_name="127.0.0.1", server=True)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(leaf.cert, leaf.key)
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # discovery comes without a certificate, the exchange with one
+    ctx.load_verify_locations(cadata=client_ca.pem().decode())
+    app_ = web.Application()
+    app_.router.add_get("/.well-known/oauth-authorization-server", metadata)
+    app_.router.add_post("/token", token)
+    runner = web.AppRunner(app_, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+    port = runner.addresses[0][1]
+    top = f"extra_ca_file: {inspection_ca.write(tmp_path / 'corp-ca.pem')}\n" if trusted else ""
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n{top}routes:\n  - name: app\n    match: {upstream.authority}\n"
+        f"    auth: {{type: authorization_code, issuer: 'https://127.0.0.1:{port}', client_id: app,\n"
+        f"            client_auth: tls_client_auth, client_cert: {pair.cert}, client_key: {pair.key}}}\n"
+    )
+    cfg = load(path)
+    said: list[str] = []
+
+    async def browser() -> None:
+        import re
+
+        found: list[str] = []
+        while not found:
+            found = re.findall(r"https://\S+/authorize\S*", "\n".join(said))
+            await asyncio.sleep(0.02)
+        q = parse_qs(urlsplit(found[0]).query)
+        async with httpx.AsyncClient() as client:
+            await client.get(q["redirect_uri"][0], params={"code": "code-1", "state": q["state"][0]})
+
+    try:
+        run = login(
+            cfg.routes[0],
+            StateStore(cfg.state_dir),
+            10,
+            wait=30,
+            open_browser=False,
+            say=said.append,
+            extra_ca=cfg.extra_ca_file,
+        )
+        if trusted:
+            helper = asyncio.create_task(browser())
+            where = await asyncio.wait_for(run, 60)
+            await helper
+            assert json.loads(Path(where).read_text())["data"]["refresh_token"] == "rt-login-2"
+            ((form, subject),) = exchanges
+            assert subject == pair.subject and form["client_id"] == "app" and "client_secret" not in form
+            assert form["grant_type"] == "authorization_code" and form["code"] == "code-1"
+        else:
+            with pytest.raises(LoginError, match="certificate failed TLS verification"):
+                await asyncio.wait_for(run, 60)
+            assert exchanges == []
+    finally:
+        await runner.cleanup()

@@ -54,6 +54,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
     """RFC 8414 §3 first, then OpenID Connect Discovery; the issuer must match (§3.3)."""
     base = issuer.rstrip("/")
     tried = []
+    untrusted = ""
     for url in (
         _rfc8414_url(issuer),
         f"{base}/.well-known/openid-configuration",
@@ -64,6 +65,11 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
                 if resp.status != 200:
                     continue
                 meta = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Behind TLS inspection its CA belongs in `extra_ca_file`: say so rather than "not found".
+            why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            untrusted = f"; its certificate failed TLS verification: {why}"
+            continue
         except (aiohttp.ClientError, ValueError, OSError):
             continue
         if not isinstance(meta, dict):
@@ -78,7 +84,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
             raise LoginError("the authorization server does not support PKCE with S256.")
         iss_ok = bool(meta.get("authorization_response_iss_parameter_supported"))
         return Endpoints(meta["issuer"], auth, token, iss_ok)
-    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}).")
+    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}{untrusted}).")
 
 
 def refuse_clear_text(ends: Endpoints) -> None:
