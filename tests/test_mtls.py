@@ -179,3 +179,40 @@ async def test_the_status_page_names_the_trust_store_and_the_certificate_not_the
     assert tls["gw"]["token_client_cert"] is None
     assert "TLS trusts route ca_file" in page and "presents CN=agent-status" in page
     p.bodies += [str(data), page]
+
+
+@pytest.mark.parametrize("present", [False, True])
+async def test_the_running_process_on_its_default_loop_refuses_and_presents_alike(
+    mtls_upstream: MTLSUpstream, tmp_path: Path, present: bool
+) -> None:
+    """`authproxy run` (uvloop where it builds): the refusal is upstream_tls_error there too; the certificate works."""
+    from tests.support.proc import start_proxy
+
+    pair = mtls_upstream.client_ca.issue(tmp_path, "client", common_name="agent-process", password=PASSWORD)
+    keys = _cert_keys(pair, password=True) if present else ""
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        f"""
+state_dir: {tmp_path / "state"}
+routes:
+  - name: gw
+    gateway: /mtls
+    upstream: https://{mtls_upstream.authority}
+    ca_file: {mtls_upstream.server_ca}
+    {keys.replace(" " * 12, " " * 4)}
+    auth: {{type: api_key, header: X-Key, value: "${{MTLS_KEY}}"}}
+"""
+    )
+    p = start_proxy(cfg, env={"MTLS_KEY": KEY, "MTLS_KEY_PASSWORD": PASSWORD})
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"{p.url}/mtls/x")
+    finally:
+        p.stop()
+    if present:
+        assert r.status_code == 200 and r.json()["subject"] == pair.subject
+    else:
+        assert r.status_code == 502 and r.headers["X-Authproxy-Error"] == "upstream_tls_error", r.text
+    from .conftest import assert_no_secrets
+
+    assert_no_secrets([p.stderr_text(), r.text], [KEY, PASSWORD, *pair.key.read_text().splitlines()[1:-1]])
