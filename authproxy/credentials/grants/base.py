@@ -7,6 +7,7 @@ A grant knows how to read its ``auth:`` block and how to produce a
 
 from __future__ import annotations
 
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import aiohttp
 
+    from authproxy.credentials.tlsclient import ClientCert, Contexts
     from authproxy.disk.store import StateStore
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
@@ -98,10 +100,23 @@ class GrantContext:
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
+    # The client TLS contexts (tlsclient.py): system roots plus `extra_ca_file`, and a client certificate.
+    tls: Contexts | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         return self.get_session()
+
+    def ssl(self, cert: ClientCert | None = None) -> ssl.SSLContext:
+        """The context a token endpoint is dialled with, presenting ``cert`` (RFC 8705 §2) when given."""
+        from authproxy.credentials.tlsclient import SYSTEM, ClientCertError
+        from authproxy.errors import CredentialUnavailable
+
+        tls = self.tls if self.tls is not None else SYSTEM
+        try:
+            return tls.get(tls.trust(), cert, f"route {self.route}")
+        except ClientCertError as exc:
+            raise CredentialUnavailable(f"the token endpoint's client certificate cannot be used: {exc}.") from None
 
 
 class Grant(ABC):
@@ -138,6 +153,10 @@ class Grant(ABC):
 
     def refresh_skew(self) -> float:
         return 60.0
+
+    def client_cert(self) -> ClientCert | None:
+        """The certificate presented to the token endpoint, if any (RFC 8705)."""
+        return None
 
     def is_current(self, cred: Credential) -> bool:
         """False when the source changed under a cached credential (a token file)."""
