@@ -300,3 +300,79 @@ async def test_a_body_too_large_to_hash_gets_413(
         r = await c.post(f"{p.url}/aws/", content=gen())
         assert r.status_code == 413
     assert seen == []
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+_ROUTE = """
+routes:
+  - name: aws
+    match: sqs.us-east-1.amazonaws.com
+    auth:
+      type: aws_sigv4
+      {extra}
+"""
+
+
+def _cli(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    import os
+    import subprocess
+
+    full = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, env=full, cwd=Path.cwd()
+    )
+
+
+_MAIN = "import sys\nfrom authproxy.cli.main import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def test_check_says_to_install_the_aws_extra_when_botocore_is_missing(tmp_path: Path) -> None:
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/state\n" + _ROUTE.format(extra="profile: dev"))
+    hidden = "import sys\nsys.modules['botocore'] = None\n" + _MAIN
+    r = _cli(tmp_path, hidden, "check", "-c", str(cfg))
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {cfg}:7: routes[0].auth.type: `aws_sigv4` needs botocore, which is not installed: "
+                      "install `authproxy[aws]`"], r.stderr
+    ok = _cli(tmp_path, _MAIN, "check", "-c", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+    assert "aws_sigv4" in ok.stdout
+
+
+def test_check_refuses_a_bad_region_and_unknown_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/state\n" + _ROUTE.format(extra="aws_region: Frankfurt\n      region: x"))
+    r = _cli(tmp_path, _MAIN, "check", "-c", str(cfg))
+    assert r.returncode == 2
+    assert "routes[0].auth.aws_region: `Frankfurt` is not an AWS region" in r.stderr
+    assert "routes[0].auth.region" in r.stderr
+
+
+def test_loading_an_aws_route_does_not_import_botocore_and_token_shows_no_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(f"state_dir: {tmp_path}/state\n" + _ROUTE.format(extra="service: sqs"))
+    probe = f"import sys\nfrom authproxy.config import load\nload({str(cfg)!r})\nprint('botocore' in sys.modules)"
+    assert _cli(tmp_path, probe).stdout.strip() == "False"
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIDTOKENCMD00000001",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_SESSION_TOKEN": TOKEN,
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    r = _cli(tmp_path, _MAIN, "token", "aws", "-c", str(cfg), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIDTOKENCMD00000001/... (signed per request)",
+        "X-Amz-Security-Token: ****",
+    ]
+    from tests.conftest import assert_no_secrets
+
+    assert_no_secrets([r.stdout, r.stderr], [SECRET, TOKEN])
+    shown = _cli(tmp_path, _MAIN, "token", "aws", "--show", "-c", str(cfg), env=env)
+    assert f"X-Amz-Security-Token: {TOKEN}" in shown.stdout
+    missing = _cli(tmp_path, _MAIN, "token", "aws", "-c", str(cfg), env={**env, "AWS_ACCESS_KEY_ID": ""})
+    assert missing.returncode == 1 and "found no keys" in missing.stderr

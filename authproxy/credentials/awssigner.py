@@ -186,6 +186,12 @@ class AwsSigner:
             self.rejected = True
         return expired
 
+    def lines(self, show: bool) -> list[str]:
+        out = [f"Authorization: AWS4-HMAC-SHA256 Credential={self._keys.access_key}/... (signed per request)"]
+        if self._keys.token:
+            out.append(f"X-Amz-Security-Token: {self._keys.token if show else '****'}")
+        return out
+
 
 def _host_of(authority: str) -> str:
     if authority.startswith("["):

@@ -51,6 +51,10 @@ class Signer(Protocol):
         """Does this answer (its headers, the start of its body) say the credential expired, as a 401 would?"""
         ...
 
+    def lines(self, show: bool) -> list[str]:
+        """What ``authproxy token`` prints: the headers each request gets, secrets masked unless ``show``."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Credential:
@@ -101,10 +105,11 @@ class Credential:
             shown = f"{scheme} ****" if sep and scheme.isalpha() and len(scheme) < 16 else "****"
             out.append(f"{name}: {shown}")
         out += [f"?{name}=****" for name, _ in self.query]
-        return out
+        return out + (self.signer.lines(False) if self.signer is not None else [])
 
     def shown_lines(self) -> list[str]:
-        return [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
+        out = [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
+        return out + (self.signer.lines(True) if self.signer is not None else [])
 
 
 def refresh_point(expires_at: float | None, skew: float, now: float) -> float | None:
