@@ -32,6 +32,7 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator
+from functools import lru_cache
 
 from authproxy.credentials.awsendpoint import infer
 from authproxy.credentials.sigv4 import (
@@ -107,7 +108,7 @@ class AwsSigner:
                     client_hash = value.strip()
                 continue
             out.append((name, value))
-        scope = Scope(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), region, service)
+        scope = Scope(_amz_date(int(time.time())), region, service)
         payload, streaming = self._payload(s3, client_hash, body, length)
         if streaming:
             assert length is not None
@@ -191,6 +192,11 @@ class AwsSigner:
         if self._keys.token:
             out.append(f"X-Amz-Security-Token: {self._keys.token if show else '****'}")
         return out
+
+
+@lru_cache(maxsize=2)
+def _amz_date(second: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 def _host_of(authority: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -58,7 +59,7 @@ def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, msg.encode(), "sha256")
 
 
 def remove_dot_segments(path: str) -> str:
@@ -77,6 +78,21 @@ def remove_dot_segments(path: str) -> str:
     first = "/" if path.startswith("/") else ""
     last = "/" if path.endswith("/") and out else ""
     return first + "/".join(out) + last
+
+
+def canonical_target(path: str, query: str, s3: bool) -> str:
+    """The canonical URI and query lines: remembered for short targets, which a workload sends again and again
+    (a bounded cache of short strings: at most ~1 MB whatever the traffic)."""
+    if len(path) + len(query) <= 256:
+        return _cached_target(path, query, s3)
+    return _canonical_target(path, query, s3)
+
+
+def _canonical_target(path: str, query: str, s3: bool) -> str:
+    return canonical_uri(path, s3) + "\n" + canonical_query(query)
+
+
+_cached_target = lru_cache(maxsize=1024)(_canonical_target)
 
 
 def canonical_uri(path: str, s3: bool) -> str:
@@ -135,9 +151,9 @@ def seed_signature(
 ) -> tuple[str, str]:
     """The request's signature and its ``SignedHeaders`` list."""
     block, names = canonical_headers(signed)
-    creq = "\n".join((method, canonical_uri(path, s3), canonical_query(query), block, names, payload_hash))
+    creq = "\n".join((method, canonical_target(path, query, s3), block, names, payload_hash))
     sts = "\n".join((ALGORITHM, scope.amz_date, scope.text, hashlib.sha256(creq.encode()).hexdigest()))
-    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest(), names
+    return hmac.digest(key, sts.encode(), "sha256").hex(), names
 
 
 def authorization(access_key: str, scope: Scope, names: str, signature: str) -> str:
@@ -157,7 +173,7 @@ class ChunkSigner:
     def frame(self, data: bytes) -> bytes:
         """One chunk as sent: ``hex-size;chunk-signature=SIG`` CRLF data CRLF (an empty one ends the body)."""
         sts = f"{self._prefix}{self._previous}\n{EMPTY_SHA256}\n{hashlib.sha256(data).hexdigest()}"
-        sig = hmac.new(self._key, sts.encode(), hashlib.sha256).hexdigest()
+        sig = hmac.digest(self._key, sts.encode(), "sha256").hex()
         self._previous = sig
         return b"".join((b"%x" % len(data), _CHUNK_SIG, sig.encode(), b"\r\n", data, b"\r\n"))
 
