@@ -122,6 +122,35 @@ async def test_an_sqs_body_over_replay_body_gets_413(make_proxy: Any, moto: Moto
     await asyncio.to_thread(sqs.send_message, QueueUrl=url, MessageBody="fits")
 
 
+async def test_s3_over_https_keeps_the_sdks_own_aws_chunked_body_and_re_signs_its_head(
+    make_proxy: Any, moto: Moto, proxy_keys: dict[str, str]
+) -> None:
+    """boto3's default over HTTPS frames an upload itself (STREAMING-UNSIGNED-PAYLOAD-TRAILER, a CRC in a trailer)."""
+    p = await make_proxy(
+        _routes(moto.port)
+        + f"  - name: s3\n    match: s3.amazonaws.com\n    upstream: http://127.0.0.1:{moto.port}\n"
+        + "    auth: {type: aws_sigv4, service: s3, aws_region: us-east-1}\n"
+    )
+    p.secrets.add(moto.secret_key)
+    ca = p.runtime.ca
+    assert ca is not None
+    cfg = Config(
+        proxies={"https": p.url}, retries={"max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"}
+    )
+    s3 = boto3.client("s3", region_name="us-east-1", config=cfg, verify=str(ca.files.cert), **PLACEHOLDER)
+    sent: list[dict[str, Any]] = []
+    s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers)))
+    await asyncio.to_thread(s3.create_bucket, Bucket="sdk-framed")
+    data = b"0123456789abcdef" * 5000
+    put = await asyncio.to_thread(s3.put_object, Bucket="sdk-framed", Key="k", Body=data)
+    assert "ChecksumCRC32" in put  # the SDK sent its checksum in a trailer, and moto read it
+    framed = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent[0].items()}
+    assert framed["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert "aws-chunked" in framed["content-encoding"]
+    got = await asyncio.to_thread(s3.get_object, Bucket="sdk-framed", Key="k")
+    assert got["Body"].read() == data
+
+
 class _Pattern:
     """A file-like body of ``size`` bytes, made as it is read: the test holds no 200 MB buffer."""
 
