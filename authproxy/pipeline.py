@@ -68,7 +68,7 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     reply = await exchange(rt, snap, target, req, cred)
 
     # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
-    if route.auth.may_retry() and (reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))):
+    if (reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))) and route.auth.may_retry():
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:

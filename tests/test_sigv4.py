@@ -148,6 +148,16 @@ def test_s3_get_is_unsigned_payload_and_a_buffered_body_is_hashed() -> None:
     check_request("PUT", "https://s3.amazonaws.com/b/k", out, b"small", SECRET, TOKEN)
 
 
+def test_a_content_hash_the_workload_sent_to_another_service_is_replaced_by_the_real_one() -> None:
+    signer = AwsSigner(KEYS, None, None, None)
+    body = b'{"vaultName": "v"}'
+    out, _, _ = _sign(signer, "POST", "glacier.us-east-1.amazonaws.com", "/-/vaults/v", [("X-Amz-Content-SHA256", "0" * 64)], body, None)
+    assert out["X-Amz-Content-SHA256"] == hashlib.sha256(body).hexdigest()
+    check_request("POST", "https://glacier.us-east-1.amazonaws.com/-/vaults/v", out, body, SECRET, TOKEN)
+    out, _, _ = _sign(signer, "POST", "sqs.us-east-1.amazonaws.com", "/", [], body, None)
+    assert "X-Amz-Content-SHA256" not in out
+
+
 def test_bodies_that_cannot_be_hashed_are_refused() -> None:
     signer = AwsSigner(KEYS, None, None, None)
     with pytest.raises(BodyTooLargeToSign, match=r"limits\.replay_body"):

@@ -116,7 +116,8 @@ class AwsSigner:
         out.append((b"X-Amz-Date", scope.amz_date.encode()))
         if self._keys.token:
             out.append((b"X-Amz-Security-Token", self._keys.token.encode()))
-        if s3:
+        if s3 or client_hash:
+            # S3 requires it; another service gets it when the workload sent one (Glacier requires it too).
             out.append((b"X-Amz-Content-SHA256", payload.encode()))
         signed = [
             (n.decode("latin-1").lower(), v.decode("latin-1"))
