@@ -70,6 +70,14 @@ def test_signatures_are_botocores(method: str, authority: str, target: str, body
     assert (p.service, p.region) == infer(authority)
 
 
+def test_header_values_are_signed_as_their_bytes() -> None:
+    signer = AwsSigner(KEYS, None, None, None)
+    raw = [(b"Host", b"s3.amazonaws.com"), (b"X-Amz-Meta-Name", "caf\u00e9 \u00fc".encode())]
+    out, _, _ = signer.sign("PUT", "s3.amazonaws.com", "/b/k", raw, b"x", None)
+    headers = {n.decode(): v.decode("utf-8") for n, v in out}
+    check_request("PUT", "https://s3.amazonaws.com/b/k", headers, b"x", SECRET, TOKEN)
+
+
 def test_a_route_names_service_and_region_where_the_host_does_not() -> None:
     signer = AwsSigner(KEYS, "sqs", "eu-central-1", None)
     out, _, _ = _sign(signer, "POST", "127.0.0.1:4566", "/", [], b"Action=ListQueues", None)

@@ -120,7 +120,8 @@ class AwsSigner:
             # S3 requires it; another service gets it when the workload sent one (Glacier requires it too).
             out.append((b"X-Amz-Content-SHA256", payload.encode()))
         signed = [
-            (n.decode("latin-1").lower(), v.decode("latin-1"))
+            # Values as their bytes: UTF-8 where they are, any other byte kept as is (sigv4.py hashes the bytes back).
+            (n.decode("latin-1").lower(), v.decode("utf-8", "surrogateescape"))
             for n, v in out
             if n.lower() in _SIGNED or n[:6].lower() == b"x-amz-"
         ]

@@ -152,7 +152,8 @@ def seed_signature(
     """The request's signature and its ``SignedHeaders`` list."""
     block, names = canonical_headers(signed)
     creq = "\n".join((method, canonical_target(path, query, s3), block, names, payload_hash))
-    sts = "\n".join((ALGORITHM, scope.amz_date, scope.text, hashlib.sha256(creq.encode()).hexdigest()))
+    digest = hashlib.sha256(creq.encode("utf-8", "surrogateescape")).hexdigest()
+    sts = "\n".join((ALGORITHM, scope.amz_date, scope.text, digest))
     return hmac.digest(key, sts.encode(), "sha256").hex(), names
 
 
