@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from authproxy.credentials.awsendpoint import infer
 from authproxy.credentials.awssigner import CHUNK, AwsSigner
@@ -394,3 +396,37 @@ def test_loading_an_aws_route_does_not_import_botocore_and_token_shows_no_secret
     assert f"X-Amz-Security-Token: {TOKEN}" in shown.stdout
     missing = _cli(tmp_path, _MAIN, "token", "aws", "-c", str(cfg), env={**env, "AWS_ACCESS_KEY_ID": ""})
     assert missing.returncode == 1 and "found no keys" in missing.stderr
+
+
+# -- generated requests ------------------------------------------------------------------------
+
+
+_SEGMENT = st.one_of(st.text(min_size=0, max_size=12), st.sampled_from([".", "..", ""]))
+_PAIR = st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8))
+_VALUE = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    service=st.sampled_from(["s3", "sqs", "execute-api"]),
+    segments=st.lists(_SEGMENT, max_size=5),
+    pairs=st.lists(_PAIR, max_size=4),
+    metas=st.dictionaries(st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True), _VALUE, max_size=3),
+    body=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_generated_requests_are_signed_as_botocore_signs_them(
+    service: str, segments: list[str], pairs: list[tuple[str, str]], metas: dict[str, str], body: bytes | None
+) -> None:
+    """Paths with any characters and dot or empty segments, queries with any names and values,
+    metadata with any printable text: botocore computes the same signature."""
+    from urllib.parse import quote
+
+    path = "/" + "/".join(s if s in (".", "..") else quote(s, safe="") for s in segments)
+    query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in pairs)
+    target = path + ("?" + query if query else "")
+    authority = {"s3": "s3.us-west-2.amazonaws.com", "sqs": "sqs.eu-west-1.amazonaws.com"}.get(
+        service, "abc.execute-api.ap-south-1.amazonaws.com"
+    )
+    headers = [(f"X-Amz-Meta-{k}", v) for k, v in metas.items()]
+    out, _, _ = _sign(AwsSigner(KEYS, None, None, None), "POST", authority, target, headers, body, None)
+    check_request("POST", f"https://{authority}{target}", out, body, SECRET, TOKEN)
