@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -430,3 +431,41 @@ def test_generated_requests_are_signed_as_botocore_signs_them(
     headers = [(f"X-Amz-Meta-{k}", v) for k, v in metas.items()]
     out, _, _ = _sign(AwsSigner(KEYS, None, None, None), "POST", authority, target, headers, body, None)
     check_request("POST", f"https://{authority}{target}", out, body, SECRET, TOKEN)
+
+
+async def test_expiring_keys_are_read_again_before_botocore_would_renew_them(
+    make_proxy: Any, aws_profile: Path, tmp_path: Path
+) -> None:
+    """A credential_process that prints an Expiration gives refreshable keys: cached here at most 540 s,
+    whatever `default_ttl` says; static keys for `default_ttl`."""
+    import time as _time
+    from datetime import UTC, datetime, timedelta
+
+    script = tmp_path / "expiring.py"
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    script.write_text(
+        "import json, pathlib, sys\n"
+        f"c = pathlib.Path({str(aws_profile)!r}); c.write_text(str(int(c.read_text() or 0) + 1) if c.exists() else '1')\n"
+        f"print(json.dumps({{'Version': 1, 'AccessKeyId': {NEW[0]!r}, 'SecretAccessKey': {NEW[1]!r},"
+        f" 'SessionToken': {NEW[2]!r}, 'Expiration': {later!r}}}))\n"
+    )
+    cfg = Path(os.environ["AWS_CONFIG_FILE"])
+    cfg.write_text(f"[profile test]\ncredential_process = {sys.executable} {script}\n[profile static]\n"
+                   f"aws_access_key_id = {OLD[0]}\naws_secret_access_key = {OLD[1]}\n")
+    p = await make_proxy(
+        """
+        routes:
+          - name: expiring
+            match: sqs.us-east-1.amazonaws.com
+            auth: {type: aws_sigv4, profile: test, default_ttl: 3600}
+          - {name: static, match: sts.amazonaws.com, auth: {type: aws_sigv4, profile: static, default_ttl: 900}}
+        """
+    )
+    p.secrets |= {NEW[1], NEW[2], OLD[1]}
+    routes = {r.name: r for r in p.runtime.snapshot.config.routes}
+    cred, _ = await p.runtime.tokens.get(routes["expiring"])
+    assert cred.expires_at is not None and 500 < cred.expires_at - _time.time() <= 540
+    again, state = await p.runtime.tokens.get(routes["expiring"])
+    assert again is cred and state.value == "cached" and aws_profile.read_text() == "1"
+    static, _ = await p.runtime.tokens.get(routes["static"])
+    assert static.expires_at is not None and 850 < static.expires_at - _time.time() <= 900
