@@ -469,3 +469,29 @@ async def test_expiring_keys_are_read_again_before_botocore_would_renew_them(
     assert again is cred and state.value == "cached" and aws_profile.read_text() == "1"
     static, _ = await p.runtime.tokens.get(routes["static"])
     assert static.expires_at is not None and 850 < static.expires_at - _time.time() <= 900
+
+
+async def test_an_expired_answer_to_a_streamed_upload_goes_back_and_the_next_request_reads_the_chain_anew(
+    make_proxy: Any, aws_profile: Path, aws_upstream: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, seen = aws_upstream
+    p = await make_proxy(
+        f"""
+        limits: {{replay_body: 1024}}
+        routes:
+          - name: s3
+            gateway: /s3
+            upstream: {url}
+            auth: {{type: aws_sigv4, service: s3, aws_region: us-east-1, profile: test}}
+        """
+    )
+    p.secrets |= {OLD[1], OLD[2], NEW[1], NEW[2]}
+    async with httpx.AsyncClient() as c:
+        r = await c.put(f"{p.url}/s3/bucket/big", content=b"z" * 200_000)
+        assert r.status_code == 403 and b"ExpiredToken" in r.content  # streamed: it cannot be sent again
+        assert any("retry=skipped" in line for line in p.access_lines())
+        r = await c.put(f"{p.url}/s3/bucket/big", content=b"z" * 200_000)
+        assert r.status_code == 200, r.text
+    assert [s["key"] for s in seen] == [OLD[0], NEW[0]]
+    assert seen[1]["headers"]["X-Amz-Content-SHA256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    assert aws_profile.read_text() == "2"
