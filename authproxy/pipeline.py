@@ -10,6 +10,7 @@ resolve the target → route (or pass through / deny)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
@@ -36,6 +37,7 @@ _REBUILT = frozenset({b"host", b"content-length", b"expect"})
 _DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_PEEK = 16 * 1024  # of an answer that may say a signing credential expired: AWS's error bodies are smaller
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,8 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
 
-    if reply.status == 401 and route.auth.may_retry():
+    # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
+    if (reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))) and route.auth.may_retry():
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:
@@ -88,6 +91,11 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
+    data, length = _payload(req)
+    if cred is not None and cred.signer is not None:
+        # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
+        path = _with_query(target.path, cred)
+        headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -105,7 +113,6 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             t.connect,
             t.upstream_headers,
         )
-    data, length = _payload(req)
     try:
         resp = await send(rt, snap, target, req.method, headers, data, length, cred)
     except ProxyError:
@@ -113,6 +120,31 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             raise req.body.error from None  # the client's body broke, not the upstream
         raise
     return _reply(resp)
+
+
+async def _expired(reply: Reply, cred: Credential) -> bool:
+    """Does the answer say that ``cred`` expired? Its body's start is read to tell, then put back."""
+    assert cred.signer is not None
+    if not cred.signer.wants_peek(reply.status) or reply.body is None:
+        return False
+    head: list[bytes] = []
+    size = 0
+    rest = reply.body
+    async for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size >= _PEEK:
+            break
+
+    async def again() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        if size >= _PEEK:
+            async for chunk in rest:
+                yield chunk
+
+    reply.body = again()
+    return cred.signer.refused(reply.headers, b"".join(head))
 
 
 def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Target:

@@ -96,6 +96,9 @@ routes:
     auth: {{type: command, argv: [echo, '{{"t": "x"}}'], json_field: t, expiry_field: e, ttl: 300, timeout: 30,
             header: Authorization, prefix: "Bearer ", refresh_skew: 60, default_ttl: 300}}
   - {{name: cmdq, match: cmdq.test, auth: {{type: command, argv: [echo, x], query: token}}}}
+  - name: aws
+    match: "*.amazonaws.com"
+    auth: {{type: aws_sigv4, service: sqs, aws_region: eu-west-1, profile: dev, refresh_skew: 60, default_ttl: 300}}
 """
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import aiohttp
@@ -21,6 +21,41 @@ if TYPE_CHECKING:
     from authproxy.disk.store import StateStore
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
+
+
+# A request body as the signer sees it: bytes when buffered, a stream when not, None when there is none.
+SignBody = bytes | AsyncIterable[bytes] | None
+
+
+class Signer(Protocol):
+    """A credential that signs each request itself (AWS SigV4) instead of adding a fixed header.
+
+    Called by the pipeline once the outbound headers are built, and again
+    for a retry: it returns the headers to send and the body (a signed
+    upload may be re-framed) with its new length.
+    """
+
+    def sign(
+        self,
+        method: str,
+        authority: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: SignBody,
+        length: int | None,
+    ) -> tuple[list[tuple[bytes, bytes]], SignBody, int | None]: ...
+
+    def wants_peek(self, status: int) -> bool:
+        """Might an answer with this status say that the credential expired (its body must be read to tell)?"""
+        ...
+
+    def refused(self, headers: list[tuple[bytes, bytes]], head: bytes) -> bool:
+        """Does this answer (its headers, the start of its body) say the credential expired, as a 401 would?"""
+        ...
+
+    def lines(self, show: bool) -> list[str]:
+        """What ``authproxy token`` prints: the headers each request gets, secrets masked unless ``show``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -44,6 +79,8 @@ class Credential:
     # Taken from the state store (fetched earlier, or by another process), not
     # from the token endpoint just now: counted apart, so the metrics show real fetches.
     stored: bool = field(default=False, compare=False)
+    # Signs every request (``aws_sigv4``): headers and query stay empty.
+    signer: Signer | None = field(default=None, compare=False)
     # The headers as sent, encoded once per token rather than once per request
     # (UTF-8 values: a secret is whatever the route says), and their lowercased
     # names, which replace any the client sent.
@@ -70,10 +107,11 @@ class Credential:
             shown = f"{scheme} ****" if sep and scheme.isalpha() and len(scheme) < 16 else "****"
             out.append(f"{name}: {shown}")
         out += [f"?{name}=****" for name, _ in self.query]
-        return out
+        return out + (self.signer.lines(False) if self.signer is not None else [])
 
     def shown_lines(self) -> list[str]:
-        return [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
+        out = [f"{n}: {v}" for n, v in self.headers] + [f"?{n}={v}" for n, v in self.query]
+        return out + (self.signer.lines(True) if self.signer is not None else [])
 
 
 def refresh_point(expires_at: float | None, skew: float, now: float) -> float | None:
