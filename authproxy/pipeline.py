@@ -64,6 +64,8 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
+    if cred.proof is not None:
+        reply = await _nonce_retry(rt, snap, target, req, cred, replayable, reply)
 
     if reply.status == 401 and route.auth.may_retry():
         try:
@@ -77,7 +79,25 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         else:
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
+            if retry.proof is not None:
+                reply = await _nonce_retry(rt, snap, target, req, retry, replayable, reply)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
+    return reply
+
+
+async def _nonce_retry(
+    rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential, replayable: bool, reply: Reply
+) -> Reply:
+    """The reply to a request sent with a per-request proof; a nonce challenge answered once.
+
+    RFC 9449 §9: the resource server's 401 ``use_dpop_nonce`` names the nonce to
+    put in the proof; the token stays, and the one forced refresh of the 401
+    rule is still there for what the retry gets.
+    """
+    assert cred.proof is not None
+    if cred.proof.answered(_url(target), reply.status, reply.headers) and replayable:
+        reply.release()
+        reply = await exchange(rt, snap, target, req, cred)
     return reply
 
 
@@ -88,6 +108,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
+    if cred is not None and cred.proof is not None:
+        headers.append(cred.proof.proof(req.method, _url(target)))
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -247,6 +269,11 @@ def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     if not route.verify:
         rec.note = "unverified-tls"
     return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
+
+
+def _url(target: Target) -> str:
+    """The URL as sent upstream (a DPoP proof's ``htu`` is it, RFC 9449 §4.2)."""
+    return f"{target.dest.scheme}://{target.host_header}{target.path}"
 
 
 def _split_authority(rest: str) -> tuple[str, str]:
