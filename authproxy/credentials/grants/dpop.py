@@ -268,6 +268,10 @@ class DPoP:
     def __hash__(self) -> int:
         return hash(repr(self))
 
+    def shown(self) -> str:
+        """Where the key comes from, for ``check``."""
+        return "state_dir" if self.path is None else f"file:{self.path}"
+
     def key(self, store: StateStore, route: str) -> DPoPKey:
         if self._key is None:
             try:

@@ -116,6 +116,10 @@ class OAuthClientGrant(Grant):
     def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
         return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
 
+    def sources(self) -> list[tuple[str, str]]:
+        dpop = self.client.dpop
+        return super().sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
+
 
 def _retry_after(value: str | None) -> float | None:
     """RFC 9110 §10.2.3: seconds, or an HTTP date."""
