@@ -31,7 +31,7 @@ from authproxy.config import load
 from authproxy.schema.problems import ConfigError
 from tests.support.dpop_resource import DPoPResource
 
-from .conftest import Proxy
+from .conftest import Proxy, assert_no_secrets
 
 NODE_DIR = Path(__file__).parent / "node"
 SECRET = "dpop-client-s3cret-4Kq9"
@@ -385,3 +385,34 @@ def test_a_route_without_dpop_loads_no_jose_library(tmp_path: Path) -> None:
         ["python3", "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+async def test_workers_share_one_token_and_one_key(tmp_path: Path, fresh_as, resource) -> None:
+    """`run --workers 2` on one state dir: one token fetch, one key; the worker that takes the
+    token from the store signs valid proofs with the key the other one made."""
+    from tests.support.proc import start_proxy
+
+    from .test_workers import _burst, _children, _total, _worker_values
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"state_dir: {tmp_path / 'state'}\nroutes:\n{_one(resource, fresh_as)}\n")
+    before = fresh_as.stats()["token_requests"]
+    p = start_proxy(routes, "--workers", "2", env={"DPOP_SECRET": SECRET})
+    try:
+        rs = await _burst(p, f"{resource.url}/w")
+        assert [r.status_code for r in rs] == [200] * len(rs)
+        workers = _children(p.proc.pid)
+        per = {w: _worker_values(tmp_path / "state", w, "authproxy_token_fetches_total") for w in workers}
+        served = {w: _total(_worker_values(tmp_path / "state", w, "authproxy_requests_total")) for w in workers}
+        assert len(served) == 2 and all(n > 0 for n in served.values()), served
+        assert sum(_total(v, route="api", outcome="ok") for v in per.values()) == 1
+        assert sum(_total(v, route="api", outcome="stored") for v in per.values()) == 1
+    finally:
+        assert p.stop() == 0, p.stderr_text()
+    assert fresh_as.stats()["token_requests"] - before == 1
+    assert all(s["ok"] for s in resource.seen) and len(resource.seen) == len(rs)
+    assert len({json.dumps(json.loads(_unb64(s["proof"].split(".")[0]))["jwk"]) for s in resource.seen}) == 1
+    pem = (tmp_path / "state" / "dpop" / "api.pem").read_text()
+    secrets = [SECRET, pem, str(ECKey.import_key(pem).as_dict(private=True)["d"])]
+    secrets += [s["authorization"].partition(" ")[2] for s in resource.seen]
+    assert_no_secrets(p.err_lines, secrets)

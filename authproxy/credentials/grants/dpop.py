@@ -20,11 +20,13 @@ claims encoded and the signing input signed with joserfc's algorithm
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -306,7 +308,8 @@ class DPoP:
         answers ``Bearer``, and such a token is refused (502) rather than sent
         as a bearer token the route's setting promised not to use.
         """
-        key = self.key(ctx.store, ctx.route)
+        # Made or read once per process; a made key is written with fsync, off the event loop.
+        key = self._key if self._key is not None else await asyncio.to_thread(self.key, ctx.store, ctx.route)
         origin = origin_of(url)
 
         def seen(resp_headers: Mapping[str, str]) -> None:
@@ -322,7 +325,10 @@ class DPoP:
                     raise
         kind = body.get("token_type")
         if not isinstance(kind, str) or kind.strip().lower() != "dpop":
-            shown = kind.strip()[:20] if isinstance(kind, str) else "none"
+            access = body.get("access_token")
+            if isinstance(access, str):
+                REDACTOR.learn(access)  # refused, never sent: and never shown either
+            shown = kind.strip() if isinstance(kind, str) and re.fullmatch(r"\s*[\w.-]{1,20}\s*", kind) else "none"
             raise TokenEndpointError(
                 f"the token endpoint answered token_type {shown}, not DPoP: the token is not bound to the route's key.",
                 ctx.route,
