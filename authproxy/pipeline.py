@@ -65,7 +65,7 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
     if cred.proof is not None:
-        reply = await _nonce_retry(rt, snap, target, req, cred, replayable, reply)
+        reply = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
     if reply.status == 401 and route.auth.may_retry():
         try:
@@ -80,13 +80,20 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
             if retry.proof is not None:
-                reply = await _nonce_retry(rt, snap, target, req, retry, replayable, reply)
+                reply = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply
 
 
 async def _nonce_retry(
-    rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential, replayable: bool, reply: Reply
+    rt: Runtime,
+    snap: Snapshot,
+    target: Target,
+    req: ProxyRequest,
+    cred: Credential,
+    replayable: bool,
+    reply: Reply,
+    rec: AccessRecord,
 ) -> Reply:
     """The reply to a request sent with a per-request proof; a nonce challenge answered once.
 
@@ -98,6 +105,7 @@ async def _nonce_retry(
     if cred.proof.answered(_url(target), reply.status, reply.headers) and replayable:
         reply.release()
         reply = await exchange(rt, snap, target, req, cred)
+        rec.retry = rec.retry or "nonce"
     return reply
 
 

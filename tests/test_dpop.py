@@ -242,6 +242,7 @@ async def test_a_resource_nonce_challenge_is_answered_once_without_a_refresh(
         assert r.status_code == 200 and r.json()["body_size"] == 9
         assert [s["error"] for s in resource.seen] == ["use_dpop_nonce", ""]
         assert resource.seen[1]["claims"]["nonce"] == resource.nonce
+        assert "retry=nonce" in p.access_lines()[-1]
         # The nonce is remembered: the next request carries it at once.
         assert (await client.get(f"{resource.url}/n2")).status_code == 200
         assert len(resource.seen) == 3
