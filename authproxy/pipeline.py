@@ -64,10 +64,11 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
+    unanswered = False
     if cred.proof is not None:
-        reply = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
+        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
-    if reply.status == 401 and route.auth.may_retry():
+    if reply.status == 401 and route.auth.may_retry() and not unanswered:
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:
@@ -80,7 +81,7 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
             if retry.proof is not None:
-                reply = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
+                reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply
 
@@ -94,19 +95,25 @@ async def _nonce_retry(
     replayable: bool,
     reply: Reply,
     rec: AccessRecord,
-) -> Reply:
-    """The reply to a request sent with a per-request proof; a nonce challenge answered once.
+) -> tuple[Reply, bool]:
+    """The reply to a request sent with a per-request proof, a nonce challenge answered once;
+    and whether it is a challenge left unanswered (a body too large to replay).
 
     RFC 9449 §9: the resource server's 401 ``use_dpop_nonce`` names the nonce to
     put in the proof; the token stays, and the one forced refresh of the 401
-    rule is still there for what the retry gets.
+    rule is still there for what the retry gets. An unanswered challenge goes
+    back to the client as it came, and is no reason to drop the token.
     """
     assert cred.proof is not None
-    if cred.proof.answered(_url(target), reply.status, reply.headers) and replayable:
-        reply.release()
-        reply = await exchange(rt, snap, target, req, cred)
-        rec.retry = rec.retry or "nonce"
-    return reply
+    if not cred.proof.answered(_url(target), reply.status, reply.headers):
+        return reply, False
+    if not replayable:
+        rec.retry = "skipped"
+        return reply, True
+    reply.release()
+    reply = await exchange(rt, snap, target, req, cred)
+    rec.retry = rec.retry or "nonce"
+    return reply, False
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:

@@ -417,3 +417,23 @@ async def test_workers_share_one_token_and_one_key(tmp_path: Path, fresh_as, res
     secrets = [SECRET, pem, str(ECKey.import_key(pem).as_dict(private=True)["d"])]
     secrets += [s["authorization"].partition(" ")[2] for s in resource.seen]
     assert_no_secrets(p.err_lines, secrets)
+
+
+async def test_a_body_too_large_to_replay_gets_the_challenge_and_the_next_request_the_nonce(
+    make_proxy, secret_env, fresh_as, resource
+) -> None:
+    resource.require_nonce = True
+    resource.new_nonce()
+    secret_env("DPOP_SECRET", SECRET)
+    p = await make_proxy(f"limits: {{replay_body: 1KiB}}\nroutes:\n{_one(resource, fresh_as)}")
+    p.secrets.add(SECRET)
+    before = fresh_as.stats()["token_requests"]
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.post(f"{resource.url}/big", content=b"b" * 65536)
+        assert r.status_code == 401 and r.headers["DPoP-Nonce"] == resource.nonce
+        assert 'error="use_dpop_nonce"' in r.headers["WWW-Authenticate"]
+        assert (await client.post(f"{resource.url}/big", content=b"b" * 65536)).status_code == 200
+    assert [s["error"] for s in resource.seen] == ["use_dpop_nonce", ""]
+    assert "retry=skipped" in p.access_lines()[0] and "retry" not in p.access_lines()[1]
+    assert fresh_as.stats()["token_requests"] - before == 1  # the token was not dropped for a challenge
+    _protect(p, resource)
