@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -274,6 +275,8 @@ async def test_the_token_endpoint_nonce_challenge_is_answered(make_proxy, secret
     assert after["nonce_challenges"] - before["nonce_challenges"] == 1
     assert after["token_requests"] - before["token_requests"] == 2
     assert resource.seen[-1]["ok"]
+    # Nonces are per server: the authorization server's never goes to the resource server.
+    assert "nonce" not in resource.seen[-1]["claims"]
     _protect(p, resource)
 
 
@@ -340,17 +343,15 @@ def _errors(tmp_path: Path, auth_extra: str) -> list[str]:
         "      token_url: https://idp.example.com/token\n      client_id: a\n"
         f'      client_secret: "${{DPOP_CFG_SECRET}}"\n{auth_extra}'
     )
-    os.environ["DPOP_CFG_SECRET"] = "cfg-secret-value-123"
     try:
         load(path)
     except ConfigError as exc:
         return [f"{p.path}:{p.line}: {p.message}" for p in exc.problems if p.severity == "error"]
-    finally:
-        del os.environ["DPOP_CFG_SECRET"]
     return []
 
 
-def test_dpop_settings_are_checked(tmp_path: Path) -> None:
+def test_dpop_settings_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPOP_CFG_SECRET", "cfg-secret-value-123")
     rsa_pub = tmp_path / "pub.pem"
     from joserfc.jwk import RSAKey
 
@@ -383,7 +384,7 @@ def test_a_route_without_dpop_loads_no_jose_library(tmp_path: Path) -> None:
     )
     code = f"import sys; from authproxy.config import load; load({str(path)!r}); print('joserfc' in sys.modules)"
     out = subprocess.run(
-        ["python3", "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
     )
     assert out.stdout.strip() == "False", out.stderr
 
@@ -437,3 +438,23 @@ async def test_a_body_too_large_to_replay_gets_the_challenge_and_the_next_reques
     assert "retry=skipped" in p.access_lines()[0] and "retry" not in p.access_lines()[1]
     assert fresh_as.stats()["token_requests"] - before == 1  # the token was not dropped for a challenge
     _protect(p, resource)
+
+
+def test_the_token_command_fetches_a_dpop_token(tmp_path: Path, fresh_as, auth_server) -> None:
+    routes = tmp_path / "routes.yaml"
+    rs = DPoPResource(RESOURCE, auth_server.jwks_uri, url="https://api.example.test")
+    routes.write_text(f"state_dir: {tmp_path / 'state'}\nroutes:\n{_one(rs, fresh_as)}\n")
+    before = fresh_as.stats()["token_requests"]
+    out = subprocess.run(
+        [sys.executable, "-m", "authproxy", "token", "api", "-c", str(routes)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DPOP_SECRET": SECRET},
+        cwd=Path(__file__).parent.parent,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Authorization: DPoP ****"
+    assert fresh_as.stats()["token_requests"] - before == 1
+    pem = (tmp_path / "state" / "dpop" / "api.pem").read_text()
+    assert_no_secrets([out.stdout, out.stderr], [SECRET, pem])
