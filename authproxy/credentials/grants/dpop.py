@@ -6,10 +6,10 @@ A route with ``dpop`` holds a private key. Its token requests carry a proof
 ``Authorization: DPoP`` and a fresh proof for the method and URL actually
 sent upstream (§7.1). A thief with the token alone has nothing.
 
-The key is ES256 (P-256) when the proxy makes it: the algorithm every DPoP
-server accepts (oidc-provider, Keycloak, Okta and Auth0 list it) and the
-cheapest to sign. A key from a PEM file signs by its type: ES256/384/512 by
-curve, RS256 (or ``alg: PS256`` etc.) for RSA, EdDSA (or ``alg: Ed25519``) for Ed25519.
+The key is ES256 (P-256) when the proxy makes it: the algorithm DPoP servers
+accept most widely (RFC 9449's examples use it) and cheap to sign. A key from
+a PEM file signs by its type: ES256/384/512 by curve, RS256 (or ``alg: PS256``
+etc.) for RSA, EdDSA (or ``alg: Ed25519``) for Ed25519.
 
 Per request, the protected header (``typ``, ``alg``, the public ``jwk``) is
 the same for every proof of a key: it is encoded once, and a proof is its
