@@ -66,9 +66,13 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
+    unanswered = False
+    if cred.proof is not None:
+        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
     # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
-    if (reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))) and route.auth.may_retry():
+    refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
+    if refused and route.auth.may_retry() and not unanswered:
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:
@@ -80,8 +84,40 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         else:
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
+            if retry.proof is not None:
+                reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply
+
+
+async def _nonce_retry(
+    rt: Runtime,
+    snap: Snapshot,
+    target: Target,
+    req: ProxyRequest,
+    cred: Credential,
+    replayable: bool,
+    reply: Reply,
+    rec: AccessRecord,
+) -> tuple[Reply, bool]:
+    """The reply to a request sent with a per-request proof, a nonce challenge answered once;
+    and whether it is a challenge left unanswered (a body too large to replay).
+
+    RFC 9449 §9: the resource server's 401 ``use_dpop_nonce`` names the nonce to
+    put in the proof; the token stays, and the one forced refresh of the 401
+    rule is still there for what the retry gets. An unanswered challenge goes
+    back to the client as it came, and is no reason to drop the token.
+    """
+    assert cred.proof is not None
+    if not cred.proof.answered(_url(target), reply.status, reply.headers):
+        return reply, False
+    if not replayable:
+        rec.retry = "skipped"
+        return reply, True
+    reply.release()
+    reply = await exchange(rt, snap, target, req, cred)
+    rec.retry = rec.retry or "nonce"
+    return reply, False
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
@@ -96,6 +132,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
         # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
         path = _with_query(target.path, cred)
         headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
+    if cred is not None and cred.proof is not None:
+        headers.append(cred.proof.proof(req.method, _url(target)))
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -279,6 +317,11 @@ def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     if not route.verify:
         rec.note = "unverified-tls"
     return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
+
+
+def _url(target: Target) -> str:
+    """The URL as sent upstream (a DPoP proof's ``htu`` is it, RFC 9449 §4.2)."""
+    return f"{target.dest.scheme}://{target.host_header}{target.path}"
 
 
 def _split_authority(rest: str) -> tuple[str, str]:

@@ -78,7 +78,8 @@ routes:
             client_cert: client.crt, client_key: client.key, client_key_password: ${{KEY_PASSWORD}}}}
   - name: pw
     match: pw.test
-    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}}}}
+    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}},
+            dpop: {{key: dpop.pem, alg: ES256}}}}
   - name: rt
     match: rt.test
     auth: {{type: refresh_token, token_url: https://id.test/token, client_id: c, refresh_token: ${{SECRET_A}}}}
@@ -107,6 +108,10 @@ def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.C
         (tmp_path / name).write_text("x\n")
     TestCA().issue(tmp_path, "client", common_name="docs", password="key-password-for-docs")
     monkeypatch.setenv("KEY_PASSWORD", "key-password-for-docs")
+    from joserfc.jwk import ECKey
+
+    (tmp_path / "dpop.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    (tmp_path / "dpop.pem").chmod(0o600)
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)

@@ -262,6 +262,7 @@ class TokenManager:
             raise
         finally:
             st.task = None
+        cred = route.auth.bind(cred, self._store, route.name)
         # Whatever goes out as the credential (a token, a key, a helper's output, one
         # another worker stored) is known to the redactor before anything can print it.
         learn_header_values(f"route:{route.name}", [v for _, v in (*cred.headers, *cred.query)])

@@ -58,6 +58,16 @@ class Signer(Protocol):
         ...
 
 
+class ProofSource(Protocol):
+    """Headers made per request from the method and URL sent (a DPoP proof, RFC 9449 §7.1)."""
+
+    def proof(self, method: str, url: str) -> tuple[bytes, bytes]:
+        """The header for ``method`` on ``url``, the URL as sent upstream."""
+
+    def answered(self, url: str, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Note what the response says; True when one retry with a new proof should follow."""
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Credential:
     """What gets injected: headers and/or query parameters, and until when.
@@ -81,6 +91,8 @@ class Credential:
     stored: bool = field(default=False, compare=False)
     # Signs every request (``aws_sigv4``): headers and query stay empty.
     signer: Signer | None = field(default=None, compare=False)
+    # Headers made anew for every request sent (``Grant.bind``); None for most grants.
+    proof: ProofSource | None = field(default=None, compare=False)
     # The headers as sent, encoded once per token rather than once per request
     # (UTF-8 values: a secret is whatever the route says), and their lowercased
     # names, which replace any the client sent.
@@ -90,7 +102,8 @@ class Credential:
     def __post_init__(self) -> None:
         wire = tuple((n.encode("latin-1"), v.encode()) for n, v in self.headers)
         object.__setattr__(self, "wire", wire)
-        object.__setattr__(self, "wire_names", frozenset(n.lower() for n, _ in wire))
+        names = frozenset(n.lower() for n, _ in wire)
+        object.__setattr__(self, "wire_names", names if self.proof is None else names | {b"dpop"})
 
     def __repr__(self) -> str:
         names = [h for h, _ in self.headers] + [f"?{q}" for q, _ in self.query]
@@ -195,6 +208,9 @@ class Grant(ABC):
     def client_cert(self) -> ClientCert | None:
         """The certificate presented to the token endpoint, if any (RFC 8705)."""
         return None
+    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+        """``cred`` as the route sends it: with its per-request ``proof`` when it has one."""
+        return cred
 
     def is_current(self, cred: Credential) -> bool:
         """False when the source changed under a cached credential (a token file)."""

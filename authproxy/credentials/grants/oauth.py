@@ -16,13 +16,15 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.grants.dpop import DPoP, parse_dpop
 from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.credentials.tlsclient import ClientCert, parse_client_cert
@@ -30,6 +32,9 @@ from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
+
+if TYPE_CHECKING:
+    from authproxy.disk.store import StateStore
 
 # aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
@@ -52,6 +57,7 @@ class OAuthClient:
     default_ttl: float
     # Presented to the token endpoint; with `tls_client_auth` it is how the client authenticates (RFC 8705 §2).
     client_cert: ClientCert | None = None
+    dpop: DPoP | None = None  # RFC 9449: tokens bound to a key, a proof on every request
 
     @classmethod
     def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
@@ -85,6 +91,7 @@ class OAuthClient:
             refresh_skew=sec.number("refresh_skew", 60.0),
             default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
             client_cert=client_cert,
+            dpop=parse_dpop(sec),
         )
 
     def secrets(self) -> list[Secret]:
@@ -123,6 +130,13 @@ class OAuthClientGrant(Grant):
 
     def client_cert(self) -> ClientCert | None:
         return self.client.client_cert
+
+    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+        return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
+
+    def sources(self) -> list[tuple[str, str]]:
+        dpop = self.client.dpop
+        return super().sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -186,7 +200,14 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
         if csecret is not None:
             params["client_secret"] = csecret
 
-    body = await post_once(ctx, client.token_url.reveal(), client.body, params, headers, cert=client.client_cert)
+    url = client.token_url.reveal()
+    if client.dpop is None:
+        body = await post_once(ctx, url, client.body, params, headers, cert=client.client_cert)
+    else:
+        cert = client.client_cert
+        body = await client.dpop.token_post(
+            ctx, url, headers, lambda h, seen: post_once(ctx, url, client.body, params, h, cert=cert, seen=seen)
+        )
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
@@ -210,11 +231,15 @@ async def post_once(
     headers: dict[str, str],
     who: str = "the token endpoint",
     cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``."""
+    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``.
+
+    ``seen`` is shown the response's headers, whatever its status (a DPoP nonce rides on any).
+    """
     try:
         async with asyncio.timeout(ctx.deadline):
-            return await _post(ctx, url, kind, params, headers, who, cert)
+            return await _post(ctx, url, kind, params, headers, who, cert, seen)
     except TimeoutError:
         raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
 
@@ -227,6 +252,7 @@ async def _post(
     headers: dict[str, str],
     who: str,
     cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
@@ -239,6 +265,8 @@ async def _post(
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
+            if seen is not None:
+                seen(resp.headers)
     except aiohttp.ClientConnectorCertificateError as exc:
         # Not worth a retry: behind TLS inspection, its CA belongs in `extra_ca_file`.
         why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
