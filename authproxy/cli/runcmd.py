@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from authproxy.cli.usage import UsageError
+from authproxy.cli.usage import UsageError, reported
 from authproxy.config import Config, load, parse_listen
 from authproxy.net.hosts import HostError, format_authority, is_loopback
 from authproxy.ops import accesslog
@@ -79,7 +79,7 @@ def _forked_worker(args: argparse.Namespace) -> Callable[[int, int, str, str], i
 
     def main(index: int, fd: int, listen: str, pin: str) -> int:
         mine = {"workers": "1", "listen": listen, "worker_index": index, "worker_fd": fd, "worker_pin": pin}
-        return cmd_run(argparse.Namespace(**{**vars(args), **mine}))
+        return reported(lambda: cmd_run(argparse.Namespace(**{**vars(args), **mine})))
 
     return main
 

@@ -37,7 +37,6 @@ import signal
 import socket
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -140,8 +139,8 @@ def _child(index: int, fd: int, main: WorkerMain) -> None:
         pass  # Ctrl-C in the terminal reaches every process; the supervisor reports the stop
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as exc:  # as main() says it: one line, no traceback (it could hold request data)
+        print(f"error: authproxy failed unexpectedly ({type(exc).__name__}).", file=sys.stderr)
     finally:
         # os._exit: the frames below are the supervisor's (its cleanup is its own), and
         # nothing the supervisor registered at exit is this process's to run.
