@@ -71,13 +71,14 @@ class WorkerProcess(Protocol):
 
 
 def can_fork() -> bool:
-    """Linux (pidfd_open watches the child), one thread, and fork there at all."""
-    return (
-        sys.platform.startswith("linux")
-        and hasattr(os, "fork")
-        and hasattr(os, "pidfd_open")
-        and threading.active_count() == 1
-    )
+    """Linux with pidfds (5.3 and later: a pidfd watches each child), and one thread."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open") or threading.active_count() != 1:
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # an older kernel, or a seccomp profile that refuses it
+        return False
+    return True
 
 
 def preload(loop: str) -> None:
