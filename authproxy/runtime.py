@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from authproxy.access import Authenticator
 from authproxy.config import Config
 from authproxy.disk.ca import LocalCA, ensure_ca
-from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
+from authproxy.tokens.stores import open_store
 from authproxy.upstream.upstreams import TokenSession, Upstreams
 
 
@@ -52,11 +52,13 @@ class Runtime:
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file, self.egress)
         self._token_session = TokenSession(config.timeouts)
         self._token_session.prepare(config.routes)
-        self.store = StateStore(config.state_dir)
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
+        self.store = open_store(config, self.metrics)
+        # Shared between workers (state dir) or replicas (token_store): one fetch per route among them.
+        shared = worker or config.token_store is not None
         self.tokens = TokenManager(
-            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=shared
         )
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
@@ -107,7 +109,7 @@ class Runtime:
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts"),
+                *("admin", "admin_token", "admin_hosts", "token_store"),
             )
             if getattr(old, key) != getattr(config, key)
         ]
@@ -121,3 +123,4 @@ class Runtime:
             self.ca.close()
         await self.upstreams.close()
         await self._token_session.close()
+        await self.store.close()

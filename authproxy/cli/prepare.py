@@ -17,9 +17,11 @@ from authproxy.cli.usage import UsageError, route_named
 from authproxy.config import Config, load, parse_listen
 from authproxy.disk.ca import BUNDLE_NAME, CAFiles, LocalCA, ensure_ca
 from authproxy.disk.state import ensure_dir
-from authproxy.disk.store import StateStore
+from authproxy.errors import ProxyError
 from authproxy.net.hosts import HostError, format_authority
+from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import redact
+from authproxy.tokens.stores import open_store
 
 
 def cmd_hash_password() -> int:
@@ -53,19 +55,20 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
     def say(text: str) -> None:
         print(redact(text), flush=True)
 
-    try:
-        where = asyncio.run(
-            login(
-                route,
-                StateStore(cfg.state_dir),
-                cfg.timeouts.token_fetch,
-                wait=timeout,
-                open_browser=open_browser,
-                say=say,
+    async def run() -> str:
+        store = open_store(cfg, Metrics())  # the file store, or the replicas' shared one
+        try:
+            return await login(
+                route, store, cfg.timeouts.token_fetch, wait=timeout, open_browser=open_browser, say=say
             )
-        )
-    except LoginError as exc:
-        print(redact(f"error: route {name}: {exc}"), file=sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        where = asyncio.run(run())
+    except (LoginError, ProxyError) as exc:
+        detail = exc.detail if isinstance(exc, ProxyError) else str(exc)
+        print(redact(f"error: route {name}: {detail}"), file=sys.stderr)
         return 1
     print(redact(f"Logged in: route {name}'s refresh token is stored in {where}."))
     return 0

@@ -50,6 +50,16 @@ class BwsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenStoreSettings:
+    """``token_store:``: a shared store (Redis) for every replica's tokens (docs/scale-out.md)."""
+
+    url: Secret  # redis:// or rediss://, a password in it from ${VAR}
+    key: Secret  # Base64 of 32 or more random bytes: names are HMACs and values are sealed under it
+    prefix: str = "authproxy:"
+    where: str = ""  # the URL without its user and password, for the status page and messages
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     """``host``, ``*.host``, ``host:port``, ``host:*``, each with an optional path prefix."""
 
@@ -122,6 +132,7 @@ class Config:
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
+    token_store: TokenStoreSettings | None = None  # None: the file store in state_dir
 
     @property
     def listen(self) -> str:

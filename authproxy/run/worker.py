@@ -146,4 +146,10 @@ class WorkerLink:
 def worker_status(rt: Runtime) -> dict[str, Any]:
     """What the supervisor's status page needs from this worker: its routes' token states and its reloads."""
     routes, reloads = runtime_view(rt)
-    return {"pid": os.getpid(), "ready": rt.ready, "routes": routes, "reloads": reloads}
+    return {
+        "pid": os.getpid(),
+        "ready": rt.ready,
+        "routes": routes,
+        "reloads": reloads,
+        "token_store": rt.store.health(),
+    }

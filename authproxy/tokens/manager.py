@@ -11,8 +11,9 @@ dead token endpoint is not hammered by a storm of retries.
 Each fetch tries a failing token endpoint again within ``timeouts.token_fetch``
 (``tokens/retry.py``); grants make one attempt each.
 
-With several worker processes (``shared``), a fetch goes through the state
-store (``tokens/shared.py``), so that the workers share one token per route.
+With several worker processes, or a shared ``token_store`` (``shared``), a
+fetch goes through the token store (``tokens/shared.py``), so that the
+workers and replicas share one token per route.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import TYPE_CHECKING
 from authproxy.config import Route
 from authproxy.credentials.grants import Credential, GrantContext
 from authproxy.credentials.grants.base import refresh_point
-from authproxy.disk.store import StateStore
-from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError
+from authproxy.disk.tokenstore import TokenStore
+from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError, TokenStoreUnavailable
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
 from authproxy.tokens.retry import with_retries
@@ -117,7 +118,7 @@ class TokenManager:
         self,
         get_session: Callable[[], aiohttp.ClientSession],
         fetch_deadline: float,
-        store: StateStore,
+        store: TokenStore,
         metrics: Metrics,
         shared: bool = False,
     ) -> None:
@@ -252,6 +253,8 @@ class TokenManager:
             st.last_error_at = time.time()
             if isinstance(exc, TokenEndpointError) and exc.permanent:
                 st.backoff = _BACKOFF_MAX  # e.g. a refused refresh token: only a new login helps
+            elif isinstance(exc, TokenStoreUnavailable):
+                st.backoff = _BACKOFF_FIRST  # one call to the store says it is back: recover at once
             else:
                 st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
             st.retry_at = time.monotonic() + st.backoff * random.uniform(0.5, 1.0)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import aiohttp
 
-    from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
 
@@ -94,7 +94,7 @@ class GrantContext:
     # Seconds this attempt may wait for an endpoint; the token layer passes what
     # is left of ``timeouts.token_fetch`` when it tries again.
     deadline: float
-    store: StateStore
+    store: TokenStore
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
