@@ -48,6 +48,7 @@ proxy_auth:
     bot: {{hash: "{HASH}", routes: [key]}}
 destinations: {{deny: [private], allow: [10.1.0.0/16]}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
+token_store: {{url: "rediss://:${{REDIS_PASSWORD}}@redis.test:6380/0", key: ${{STORE_KEY}}, prefix: "gw:"}}
 routes:
   - name: key
     match: key.test/v1
@@ -97,6 +98,8 @@ def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.C
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-password-for-docs")
+    monkeypatch.setenv("STORE_KEY", "c3RvcmUta2V5LWZvci1kb2NzLTMyLWJ5dGVzLWxvbmch")
     (tmp_path / "routes.yaml").write_text(EVERY_KEY.replace("STATE", str(tmp_path / "state")))
     return config.load(tmp_path / "routes.yaml")
 
