@@ -191,12 +191,12 @@ async def part2(workdir: Path, redis_port: int, misses: int) -> list[str]:
     from authproxy.config.model import TokenStoreSettings
     from authproxy.disk.store import StateStore
     from authproxy.ops.metrics import Metrics
-    from authproxy.secrecy.secrets import Secret
+    from authproxy.secrecy.secrets import Secret, Value
     from authproxy.tokens.redisstore import RedisStore
 
     key = base64.b64encode(os.urandom(32)).decode()
     url = f"redis://127.0.0.1:{redis_port}/0"
-    redis_store = RedisStore(TokenStoreSettings(Secret(url, url), Secret(key, key), "bench:", url), 30.0, Metrics())
+    redis_store = RedisStore(TokenStoreSettings(Value(url, url), Secret(key, key), "bench:", url), 30.0, Metrics())
     file_store = StateStore(workdir / "state-part2")
     rows = []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,10 +68,11 @@ class Fleet:
         upstream.check_auth = lambda h: bool(h and h.startswith("Bearer ") and oauth.is_valid(h[7:]))
         self.procs: list[ProxyProcess] = []
 
-    def config(self, i: int, token_fetch: float) -> Path:
+    def config(self, i: int, token_fetch: float, admin: bool = False) -> Path:
         up, srv = self.upstream.authority, self.oauth.token_url
         text = f"""
         state_dir: {self.tmp / f"state{i}"}
+        {"admin: 127.0.0.1:0" if admin else ""}
         timeouts: {{token_fetch: {token_fetch}}}
         token_store: {{url: "{self.redis.url}", key: "${{STORE_KEY}}"}}
         routes:
@@ -91,11 +93,13 @@ class Fleet:
         path.write_text(textwrap.dedent(text))
         return path
 
-    def start(self, n: int = 3, token_fetch: float = 8.0, workers: dict[int, int] | None = None) -> list[ProxyProcess]:
+    def start(
+        self, n: int = 3, token_fetch: float = 8.0, workers: dict[int, int] | None = None, admin: bool = False
+    ) -> list[ProxyProcess]:
         out = []
         for i in range(len(self.procs), len(self.procs) + n):
             extra = ("--workers", str(workers[i])) if workers and i in workers else ()
-            out.append(start_proxy(self.config(i, token_fetch), *extra, env=self.env))
+            out.append(start_proxy(self.config(i, token_fetch, admin), *extra, env=self.env))
         self.procs += out
         return out
 
@@ -470,3 +474,89 @@ def test_run_refuses_to_start_without_its_store(tmp_path: Path) -> None:
         out.stderr
     )
     assert_no_secrets([out.stderr], ["redis-password-0f9e8d", KEY])
+
+
+async def test_status_shows_the_store_health(fleet: Fleet) -> None:
+    """`authproxy status` and the page, of one process and of `--workers 2`, while Redis is up and down."""
+    procs = fleet.start(2, workers={1: 2}, admin=True)
+    up = fleet.upstream.url
+    assert {(await _get(p, f"{up}/crm/s")).status_code for p in procs} == {200}
+    admins = []
+    for p in procs:
+        m = await _until(
+            "the admin address", lambda p=p: re.search(r"admin listener on (127\.0\.0\.1:\d+)", p.stderr_text())
+        )
+        admins.append(m.group(1))
+
+    def status(admin: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "authproxy", "status", "--admin", admin, "-c", "/nonexistent.yaml"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    where = f"redis://127.0.0.1:{fleet.redis.port}/0"
+    for admin in admins:
+        text = await asyncio.to_thread(status, admin)
+        assert f"token store: redis {where}: ok (" in text, text
+        page = httpx.get(f"http://{admin}/").text
+        assert "Token store" in page and where in page
+    fleet.redis.stop()
+    try:
+        for admin in admins:
+            text = await asyncio.to_thread(status, admin)
+            assert f"token store: redis {where}: unreachable; last error" in text, text
+    finally:
+        fleet.redis.start()
+    text = await asyncio.to_thread(status, admins[0])
+    assert f"token store: redis {where}: ok (" in text, text
+    assert_no_secrets([*fleet.texts(), text], fleet.secrets())
+
+
+async def test_login_writes_to_the_shared_store(fleet: Fleet, tmp_path: Path) -> None:
+    """`authproxy login` on one host; a replica elsewhere (its own state dir) adopts the refresh token."""
+    from .test_refresh_login import _browser, _login
+
+    oauth = fleet.oauth
+    oauth.add_client(
+        "app",
+        None,
+        auth_method="none",
+        grant_types=("authorization_code", "refresh_token"),
+        redirect_uris=("http://127.0.0.1/callback",),
+    )
+    oauth.add_user("erin", "erin-password-42")
+
+    def config(i: int) -> Path:
+        path = tmp_path / f"login{i}.yaml"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                state_dir: {tmp_path / f"login-state{i}"}
+                token_store: {{url: "{fleet.redis.url}", key: "{KEY}"}}
+                routes:
+                  - name: app
+                    match: {fleet.upstream.authority}/app/
+                    auth: {{type: authorization_code, issuer: "{oauth.issuer}", client_id: app, scope: read}}
+                """
+            )
+        )
+        return path
+
+    proc, url = await _login(config(0))
+    resp = await asyncio.to_thread(_browser, url, "erin", "erin-password-42")
+    assert resp.status_code == 200, resp.text
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    assert f"stored in the shared token store at redis://127.0.0.1:{fleet.redis.port}/0" in out
+    assert not (tmp_path / "login-state0" / "tokens" / "app.json").exists()
+    rec = _record(fleet.redis, "app")
+    assert rec is not None and rec["refresh_token"] in oauth.issued_refresh_tokens()
+    replica = start_proxy(config(1))
+    fleet.procs.append(replica)
+    assert (await _get(replica, f"{fleet.upstream.url}/app/me")).status_code == 200
+    assert fleet.oauth.reuse_detected() == 0
+    assert_no_secrets([out, err, *fleet.texts()], fleet.secrets())

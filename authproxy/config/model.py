@@ -9,7 +9,7 @@ from authproxy.access import AllowRule, ProxyAuth
 from authproxy.credentials.grants import Grant
 from authproxy.net.destinations import Destinations
 from authproxy.schema.problems import Problem
-from authproxy.secrecy.secrets import Secret
+from authproxy.secrecy.secrets import Secret, Value
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.local/state/authproxy"
@@ -53,7 +53,9 @@ class BwsSettings:
 class TokenStoreSettings:
     """``token_store:``: a shared store (Redis) for every replica's tokens (docs/scale-out.md)."""
 
-    url: Secret  # redis:// or rediss://, a password in it from ${VAR}
+    # redis:// or rediss://; not a secret as a whole (it is shown without its password),
+    # but a password in it (from ${VAR}) is known to the redactor (config/storeconf.py).
+    url: Value
     key: Secret  # Base64 of 32 or more random bytes: names are HMACs and values are sealed under it
     prefix: str = "authproxy:"
     where: str = ""  # the URL without its user and password, for the status page and messages

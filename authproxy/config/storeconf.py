@@ -23,7 +23,7 @@ def parse_token_store(top: Section) -> TokenStoreSettings | None:
     sec = top.section("token_store")
     if sec is None:
         return None
-    url, key = sec.secret("url", required=True), sec.secret("key", required=True)
+    url, key = sec.value("url", required=True), sec.secret("key", required=True)
     prefix = sec.text("prefix", default="authproxy:") or ""
     sec.finish()
     if not _PREFIX.fullmatch(prefix):

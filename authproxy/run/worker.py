@@ -130,6 +130,7 @@ class WorkerLink:
                 except ValueError:
                     continue
                 if isinstance(ask, dict) and ask.get("ask") == "status":
+                    await rt.store.probe()  # the token store's health as of now
                     self._send({"id": ask.get("id"), "status": worker_status(rt)})
         except OSError:
             pass
