@@ -127,6 +127,20 @@ class Fleet:
         return [p.stderr_text() for p in self.procs]
 
 
+async def _metric(p: ProxyProcess, name: str, **labels: str) -> float:
+    """A sample from the replica's admin listener (``Fleet.start(admin=True)``), summed over other labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = await _until("the admin address", lambda: re.search(r"admin listener on (127\.0\.0\.1:\d+)", p.stderr_text()))
+    text = httpx.get(f"http://{m.group(1)}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def _tokens_seen(upstream: Upstream, prefix: str) -> set[str]:
     """The bearer tokens the upstream saw on paths under ``prefix``."""
     return {
@@ -215,7 +229,7 @@ def _hold(
 
 async def test_three_replicas_fetch_once_per_route(fleet: Fleet) -> None:
     """300 concurrent first requests over three replicas (one of them two workers): one fetch per route."""
-    procs = fleet.start(3, workers={2: 2})
+    procs = fleet.start(3, workers={2: 2}, admin=True)
     up = fleet.upstream.url
     urls = [f"{up}/{('billing', 'crm')[i % 2]}/{i}" for i in range(300)]
     rs = await _burst(procs, urls)
@@ -223,6 +237,11 @@ async def test_three_replicas_fetch_once_per_route(fleet: Fleet) -> None:
     assert fleet.oauth.token_requests("client_credentials") == 1
     assert fleet.oauth.token_requests("refresh_token") == 1
     assert fleet.oauth.reuse_detected() == 0
+    singles = procs[:2]  # a supervisor's metrics are its workers' sum; these two are one process each
+    assert sum([await _metric(p, "authproxy_token_store_seconds_count", op="acquire") for p in singles]) >= 2
+    # Each replica's other fetches adopted: counted as "stored", or as a wait on the lease.
+    stored = [await _metric(p, "authproxy_token_fetches_total", outcome="stored") for p in procs]
+    assert sum(stored) >= 4, stored
     # A burst of 401s across the replicas: one forced refresh.
     for token in fleet.oauth.issued():
         fleet.oauth.revoke(token)
@@ -314,7 +333,7 @@ async def test_holder_killed_after_the_server_spent_the_token(fleet: Fleet) -> N
 
 
 async def test_holder_paused_past_its_lease_is_fenced_off(fleet: Fleet) -> None:
-    procs = fleet.start(2, token_fetch=20.0)  # a 5 s lease within a 20 s fetch deadline
+    procs = fleet.start(2, token_fetch=20.0, admin=True)  # a 5 s lease within a 20 s fetch deadline
     up = fleet.upstream.url
     with _hold(fleet.oauth, "client_credentials", "before") as (arrived, release):
         paused = asyncio.create_task(_get(procs[0], f"{up}/billing/paused"))
@@ -334,11 +353,13 @@ async def test_holder_paused_past_its_lease_is_fenced_off(fleet: Fleet) -> None:
     assert late.status_code == 200  # the late holder took the newer token from the store
     assert older not in str(rec)
     await _until("the refused write in the log", lambda: "write was refused" in procs[0].stderr_text())
+    assert await _metric(procs[0], "authproxy_token_store_lease_losses_total", route="billing") >= 1
+    assert await _metric(procs[1], "authproxy_token_store_lease_losses_total") == 0
     assert_no_secrets(fleet.texts(), fleet.secrets())
 
 
 async def test_redis_restart_mid_run(fleet: Fleet) -> None:
-    procs = fleet.start(3)
+    procs = fleet.start(3, admin=True)
     up = fleet.upstream.url
     rs = await _burst(procs, [f"{up}/{r}/warm{i}" for i in range(6) for r in ("billing", "crm")])
     assert {x.status_code for x in rs} == {200}
@@ -355,6 +376,7 @@ async def test_redis_restart_mid_run(fleet: Fleet) -> None:
         fleet.oauth.revoke(token)
     assert (await _get(procs[1], f"{up}/billing/local")).status_code == 200
     assert "fetching without its lease" in procs[1].stderr_text()
+    assert await _metric(procs[0], "authproxy_token_store_errors_total") >= 1
     fleet.redis.start()
     # Recovery without a restart (after a store error a route backs off one second).
     deadline = time.monotonic() + 30

@@ -241,3 +241,27 @@ def test_check_accepts_rediss_and_a_password_from_the_environment(tmp_path: Path
 
     assert password not in redact(f"url {cfg.token_store.url.reveal()}")
     assert dataclasses.replace(cfg.token_store).url.reveal().endswith("@cache.internal:6380/2")
+
+
+def test_redis_is_imported_only_with_a_token_store(tmp_path: Path, redis_server: RedisServer) -> None:
+    """A proxy without `token_store:` never loads redis-py (nor the AES-GCM cipher); one with it does."""
+    probe = (
+        "import sys; from authproxy.config import load; from authproxy.runtime import Runtime; "
+        "Runtime(load(sys.argv[1])); "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] == 'redis' or m.endswith('.aead')}))"
+    )
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"state_dir: {tmp_path / 'state'}\nroutes: []\n")
+    shared = _config(tmp_path, redis_server.url)
+    seen = []
+    for path in (plain, shared):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "STORE_KEY": KEY},
+        )
+        assert out.returncode == 0, out.stderr
+        seen.append(out.stdout.strip())
+    assert seen == ["[]", "['cryptography', 'redis']"]
