@@ -265,3 +265,23 @@ def test_redis_is_imported_only_with_a_token_store(tmp_path: Path, redis_server:
         assert out.returncode == 0, out.stderr
         seen.append(out.stdout.strip())
     assert seen == ["[]", "['cryptography', 'redis']"]
+
+
+async def test_the_write_after_a_fetch_waits_out_a_redis_restart(tmp_path: Path, redis_server: RedisServer) -> None:
+    """The server may have rotated the refresh token: the holder's write is tried again until Redis is back."""
+    store = _redis_store(tmp_path, redis_server)
+    restarted: list[asyncio.Task[None]] = []
+
+    async def fetch(rec: dict[str, Any]) -> str:
+        await asyncio.to_thread(redis_server.stop)
+        rec["refresh_token"] = "rotated-while-redis-was-away"
+        restarted.append(asyncio.create_task(asyncio.to_thread(redis_server.start)))
+        return "fetched"
+
+    try:
+        assert await store.adopt_or_fetch("r", lambda rec: None, fetch) == "fetched"
+        await restarted[0]
+        got = await store.adopt_or_fetch("r", lambda rec: rec.get("refresh_token"), fetch)
+    finally:
+        await store.close()
+    assert got == "rotated-while-redis-was-away"

@@ -231,7 +231,7 @@ class RedisStore:
                     with contextlib.suppress(TokenStoreUnavailable):
                         await self._write(name, record_key, lease, rec)
                 raise
-        if rec == read or await self._write(name, record_key, lease, rec):
+        if rec == read or await self._write_persistently(name, record_key, lease, rec):
             return result
         # Refused: another holder took the next fence and wrote; its record is the newer one.
         newer = await self._load(record_key)
@@ -243,6 +243,23 @@ class RedisStore:
         raise TokenStoreUnavailable(
             "this replica lost its lease to another while fetching; the next request uses the newer token.", name
         )
+
+    async def _write_persistently(self, name: str, record_key: str, lease: Lease, rec: Record) -> bool:
+        """The write after a fetch, tried again while Redis is briefly away (a restart, a failover).
+
+        The server may have rotated the refresh token already: losing this write
+        would lose the only copy. Tried for up to one lease, every 200 ms; the
+        fence keeps a retry from overwriting anything newer.
+        """
+        until = time.monotonic() + self._lease
+        while True:
+            try:
+                return await self._write(name, record_key, lease, rec)
+            except TokenStoreUnavailable:
+                if time.monotonic() >= until:
+                    log.error("route %s: the fetched record could not be stored; the store was unreachable", name)
+                    raise
+            await asyncio.sleep(_POLL_MAX)
 
     async def _write(self, name: str, record_key: str, lease: Lease, rec: Record) -> bool:
         ok = await self._call("write", lease.write(record_key, self._sealer.seal(rec, record_key)))
