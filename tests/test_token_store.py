@@ -46,7 +46,6 @@ def _config(tmp_path: Path, url: str, *, key: str = KEY, extra: str = "") -> Pat
             """
         )
     )
-    os.environ["STORE_KEY"] = key
     return path
 
 
@@ -57,8 +56,9 @@ def _redis_store(tmp_path: Path, server: RedisServer, token_fetch: float = 8.0) 
 
 
 @pytest.fixture(autouse=True)
-def _clean(redis_server: RedisServer) -> None:
+def _clean(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     redis_server.flush()
+    monkeypatch.setenv("STORE_KEY", KEY)
 
 
 async def test_records_are_sealed_and_named_by_hmac(tmp_path: Path, redis_server: RedisServer) -> None:
