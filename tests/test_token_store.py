@@ -285,3 +285,17 @@ async def test_the_write_after_a_fetch_waits_out_a_redis_restart(tmp_path: Path,
     finally:
         await store.close()
     assert got == "rotated-while-redis-was-away"
+
+
+def test_check_names_the_store_without_its_password(tmp_path: Path) -> None:
+    path = _config(tmp_path, "redis://:${REDIS_PW}@cache.internal:6379/3")
+    out = subprocess.run(
+        [sys.executable, "-m", "authproxy", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STORE_KEY": KEY, "REDIS_PW": "check-redis-pw-6d2a"},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "token store: redis://cache.internal:6379/3, keys prefixed authproxy:" in out.stderr
+    assert "check-redis-pw-6d2a" not in out.stdout + out.stderr and KEY not in out.stdout + out.stderr
