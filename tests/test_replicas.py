@@ -245,9 +245,11 @@ async def test_three_replicas_fetch_once_per_route(fleet: Fleet) -> None:
     # A burst of 401s across the replicas: one forced refresh.
     for token in fleet.oauth.issued():
         fleet.oauth.revoke(token)
-    rs = await _burst(procs, [f"{up}/billing/again{i}" for i in range(60)])
+    rs = await _burst(procs, [f"{up}/{('billing', 'crm')[i % 2]}/again{i}" for i in range(60)])
     assert [r.status_code for r in rs] == [200] * 60
     assert fleet.oauth.token_requests("client_credentials") == 2
+    assert fleet.oauth.token_requests("refresh_token") == 2
+    assert fleet.oauth.reuse_detected() == 0
     assert_no_secrets(fleet.texts(), fleet.secrets())
 
 
