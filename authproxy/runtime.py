@@ -58,7 +58,12 @@ class Runtime:
         # Shared between workers (state dir) or replicas (token_store): one fetch per route among them.
         shared = worker or config.token_store is not None
         self.tokens = TokenManager(
-            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=shared
+            self._token_session.get,
+            config.timeouts.token_fetch,
+            self.store,
+            self.metrics,
+            shared=shared,
+            tls=self.upstreams.tls,
         )
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()

@@ -299,3 +299,22 @@ def test_check_names_the_store_without_its_password(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "token store: redis://cache.internal:6379/3, keys prefixed authproxy:" in out.stderr
     assert "check-redis-pw-6d2a" not in out.stdout + out.stderr and KEY not in out.stdout + out.stderr
+
+
+async def test_a_made_dpop_key_is_shared_through_the_store(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Replicas sign with one DPoP key (the tokens they adopt are bound to it); sealed in Redis."""
+    from authproxy.credentials.grants.dpop import DPoP
+
+    stores = [_redis_store(tmp_path, redis_server) for _ in range(2)]
+    try:
+        keys = [await DPoP(None, None).load_key(s, "api") for s in stores]
+        other = await DPoP(None, None).load_key(stores[0], "other-route")
+    finally:
+        for s in stores:
+            await s.close()
+    assert keys[0].jkt == keys[1].jkt != other.jkt
+    assert all(b"PRIVATE KEY" not in v for _, v in redis_server.everything())
+    # The file store keeps it in the state directory, as for one host.
+    file_keys = [await DPoP(None, None).load_key(StateStore(tmp_path / "st"), "api") for _ in range(2)]
+    assert file_keys[0].jkt == file_keys[1].jkt
+    assert (tmp_path / "st" / "dpop" / "api.pem").exists()

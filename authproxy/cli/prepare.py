@@ -59,7 +59,13 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
         store = open_store(cfg, Metrics())  # the file store, or the replicas' shared one
         try:
             return await login(
-                route, store, cfg.timeouts.token_fetch, wait=timeout, open_browser=open_browser, say=say
+                route,
+                store,
+                cfg.timeouts.token_fetch,
+                wait=timeout,
+                open_browser=open_browser,
+                say=say,
+                extra_ca=cfg.extra_ca_file,
             )
         finally:
             await store.close()
@@ -79,7 +85,7 @@ def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:
     ca = LocalCA(files)
     try:
         bundle = ensure_dir(cfg.state_dir) / BUNDLE_NAME
-        roots = ca.write_bundle(bundle)
+        roots = ca.write_bundle(bundle, cfg.extra_ca_file)
     finally:
         ca.close()
     return files, bundle, roots

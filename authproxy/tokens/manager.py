@@ -40,6 +40,8 @@ from authproxy.tokens.shared import SharedTokens
 if TYPE_CHECKING:
     import aiohttp
 
+    from authproxy.credentials.tlsclient import Contexts
+
 log = logging.getLogger("authproxy.tokens")
 
 _BACKOFF_FIRST = 1.0
@@ -121,9 +123,11 @@ class TokenManager:
         store: TokenStore,
         metrics: Metrics,
         shared: bool = False,
+        tls: Contexts | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
+        self._tls = tls  # the client TLS contexts token endpoints are dialled with
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
@@ -239,12 +243,15 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected)
+        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected, self._tls)
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)
             else:
                 cred = await with_retries(route.auth.fetch, ctx)
+            # Inside the flight: a DPoP key read from the store for the first time must not
+            # leave a gap where another caller starts a second fetch.
+            cred = await route.auth.bind(cred, self._store, route.name)
         except ProxyError as exc:
             exc.with_route(route.name)
             st.fetches += 1
