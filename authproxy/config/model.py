@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authproxy.access import AllowRule, ProxyAuth
+from authproxy.config.audit import AuditSettings
+from authproxy.config.placeholder import PlaceholderSpec
 from authproxy.credentials.grants import Grant
 from authproxy.net.destinations import Destinations
 from authproxy.schema.problems import Problem
@@ -92,6 +94,7 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    placeholder: PlaceholderSpec | None = None  # what the workload holds instead of the secret
 
     @property
     def mode(self) -> str:
@@ -122,6 +125,7 @@ class Config:
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
+    audit: AuditSettings | None = None  # `audit:`: the decision trail, off by default
 
     @property
     def listen(self) -> str:

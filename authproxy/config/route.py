@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
 from authproxy.config.model import Match, Route, Upstream
+from authproxy.config.placeholder import PlaceholderSpec, check_unique, parse_placeholder
 from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from authproxy.schema.yamlreader import Section
@@ -29,6 +30,7 @@ def parse_routes(top: Section) -> tuple[Route, ...]:
                 sec.error("gateway", f"`{route.gateway}` is already used by {gateways[route.gateway]}")
             gateways[route.gateway] = sec.path
         routes.append(route)
+    check_unique(top, [(r.name, r.placeholder) for r in routes])
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
     return tuple(routes)
@@ -50,7 +52,7 @@ def _route(sec: Section, index: int) -> Route | None:
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
     allow = parse_allow(sec)
-    auth = _auth(sec)
+    auth, placeholder = _auth(sec)
     sec.finish()
     if name is None or auth is None:
         return None
@@ -66,6 +68,7 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        placeholder=placeholder,
     )
 
 
@@ -146,18 +149,19 @@ def _upstream(sec: Section, gateway: bool) -> Upstream | None:
     return Upstream(parts.scheme, host, port, path)
 
 
-def _auth(sec: Section) -> Grant | None:
+def _auth(sec: Section) -> tuple[Grant | None, PlaceholderSpec | None]:
     auth = sec.section("auth", required=True)
     if auth is None:
-        return None
+        return None, None
     kind = auth.text("type", required=True)
     if kind is None:
-        return None  # without a type, no key can be judged known or unknown
+        return None, None  # without a type, no key can be judged known or unknown
     cls = REGISTRY.get(kind)
     if cls is None:
         known = ", ".join(sorted(REGISTRY))
         auth.error("type", f"unknown grant type `{kind}` (known: {known})")
-        return None
+        return None, None
     grant = cls.parse(auth)
+    placeholder = parse_placeholder(auth, grant)
     auth.finish()
-    return grant
+    return grant, placeholder
