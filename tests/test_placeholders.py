@@ -246,7 +246,9 @@ async def test_blind_tunnel_placeholder_in_the_bytes_sent_with_the_connect(make_
     server, got, _, closed = await _raw_upstream()
     port = server.sockets[0].getsockname()[1]
     sock = socket.create_connection(("127.0.0.1", p.port))
-    sock.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\nGET /?k={PH} HTTP/1.1\r\n\r\n".encode())
+    sock.sendall(
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\nGET /?k={PH} HTTP/1.1\r\n\r\n".encode()
+    )
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock)
     data = await asyncio.wait_for(reader.read(), 10)
