@@ -347,3 +347,16 @@ async def test_no_placeholder_routes_cost_nothing(make_proxy, upstream) -> None:
         r = await client.get(f"{upstream.url}/x", headers={"X-Anything": "authproxy-ph-x"})
     assert r.status_code == 200
     assert json.loads(r.text)["path"] == "/x"
+
+
+async def test_connect_to_a_host_named_with_a_placeholder_is_refused_before_any_lookup(
+    make_proxy, upstream, secret_env
+) -> None:
+    p = await _proxy(make_proxy, upstream, secret_env)
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    host = f"{PH}.attacker.invalid:443"
+    writer.write(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 403") and b"placeholder_misdirected" in head
+    assert _metric(p, "api", "tunnel") == 1
+    writer.close()

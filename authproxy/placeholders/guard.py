@@ -31,16 +31,26 @@ SWAPPED, ABSENT = "swapped", "absent"
 STUB_EXPIRES_IN = 3600
 
 
+def check_connect(ph: Placeholders, target: str, rec: AccessRecord, metrics: Metrics) -> None:
+    """A CONNECT to a host named with a placeholder (``PH.attacker.example``): its DNS lookup would carry it off."""
+    name = ph.first_in(target.encode("latin-1"))
+    if name is not None:
+        _refuse(name, rec, metrics)
+
+
+def _refuse(name: str, rec: AccessRecord, metrics: Metrics) -> None:
+    metrics.placeholder_misdirected.labels(name, rec.mode).inc()
+    log.warning("refused the placeholder of route %s in a %s request to %s", name, rec.mode, rec.host)
+    raise PlaceholderMisdirected(f"the request carries the placeholder of route {name}, which does not go there.")
+
+
 def check(ph: Placeholders, req: ProxyRequest, route: Route | None, rec: AccessRecord, metrics: Metrics) -> str | None:
     """Refuse a misdirected or missing placeholder; else say what the route's request carries (or None)."""
     hits = ph.found(req.target, req.headers)
     own = route.name if route is not None and route.name in ph.values else None
     stray = hits - {own} if own is not None else hits
     if stray:
-        name = min(stray)
-        metrics.placeholder_misdirected.labels(name, rec.mode).inc()
-        log.warning("refused the placeholder of route %s in a %s request to %s", name, rec.mode, rec.host)
-        raise PlaceholderMisdirected(f"the request carries the placeholder of route {name}, which does not go there.")
+        _refuse(min(stray), rec, metrics)
     if own is None:
         return None
     assert route is not None and route.placeholder is not None

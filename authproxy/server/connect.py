@@ -30,6 +30,7 @@ from authproxy.messages import Origin, ProxyRequest, Reply
 from authproxy.net.egress import Guard
 from authproxy.net.hosts import format_authority
 from authproxy.ops.accesslog import AccessRecord
+from authproxy.placeholders.guard import check_connect
 from authproxy.placeholders.index import Placeholders
 from authproxy.placeholders.tunnelscan import ScanningSource
 from authproxy.routes import connect_default
@@ -95,11 +96,13 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
     host, port = connect_target(target)
     rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
+    ph = snap.placeholders
+    if ph is not None:
+        check_connect(ph, target, rec, conn.rt.metrics)
     matched = snap.table.candidates(host, port, connect_default(port))
     if matched:
         rec.route = matched[0].name if len(matched) == 1 else "*"
         return await _intercept(conn, snap, host, port, rec)
-    ph = snap.placeholders
     if ph is not None and ph.stubs_host(host, port):
         return await _intercept(conn, snap, host, port, rec)  # a stubbed token endpoint is answered inside
     if snap.config.unmatched == "deny":
