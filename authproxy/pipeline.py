@@ -17,7 +17,6 @@ from urllib.parse import quote, unquote
 
 from authproxy.access import check_allowed, check_user_route
 from authproxy.config import Route
-from authproxy.config.placeholder import PlaceholderSpec
 from authproxy.credentials.grants import Credential
 from authproxy.errors import BadRequest, Denied, MisdirectedRequest, ProxyError
 from authproxy.http1.h1message import Body, Response
@@ -51,6 +50,7 @@ class Target:
     path: str  # origin-form path and query sent upstream
     host_header: str
     guard: Guard = Guard.ROUTE  # what a new connection's address is judged by (egress.py)
+    swap: bool = False  # the request carries its route's placeholder (placeholders/swap.py)
 
 
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
@@ -67,6 +67,8 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     if ph is not None:
         # Before anything is fetched for the route: a placeholder elsewhere, or one missing, ends it here.
         placeholder = guard.check(ph, req, route, rec, rt.metrics)
+        if placeholder == guard.SWAPPED:
+            target = dataclasses.replace(target, swap=True)
         if audit is not None:
             audit["placeholder"] = placeholder
     if route is not None:
@@ -112,9 +114,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     raw = req.headers
-    spec = target.route.placeholder if target.route is not None else None
-    if spec is not None and cred is not None and snap.placeholders is not None:
-        raw, target = _swapped(snap.placeholders, target, raw, cred, spec)
+    if target.swap and cred is not None and snap.placeholders is not None:
+        raw, target = _swapped(snap.placeholders, target, raw, cred)
     headers = outbound_headers(raw, target.host_header, cred, rt.via)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
@@ -144,7 +145,7 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
 
 
 def _swapped(
-    ph: Placeholders, target: Target, raw: list[tuple[bytes, bytes]], cred: Credential, spec: PlaceholderSpec
+    ph: Placeholders, target: Target, raw: list[tuple[bytes, bytes]], cred: Credential
 ) -> tuple[list[tuple[bytes, bytes]], Target]:
     """The client's head with the route's placeholder swapped for the secret (placeholders/swap.py).
 
@@ -152,8 +153,8 @@ def _swapped(
     the headers the route injects into never go upstream: only the placeholder
     opens the route.
     """
-    assert target.route is not None
-    name = target.route.name
+    assert target.route is not None and target.route.placeholder is not None
+    name, spec = target.route.name, target.route.placeholder
     secret = cred.raw_secret()
     drop = _required_drop(cred.wire_names) if spec.required else frozenset()
     headers = swap_headers(raw, ph.raw[name], secret.encode(), drop)

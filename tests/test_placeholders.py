@@ -278,6 +278,7 @@ def test_config_checks(tmp_path: Path) -> None:
         ("placeholder: generate, placeholder_env: 1BAD", "environment variable"),
         ("placeholder: generate, stub_token_endpoint: true", "token_url"),
         ("placeholder: generate, scrub_bogus: 1", "unknown key"),
+        ("placeholder: k-123456789", "the secret itself"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_text(bad)

@@ -52,6 +52,8 @@ def parse_placeholder(sec: Section, grant: Grant | None) -> PlaceholderSpec | No
     if value is not None:
         if not _SHAPE.fullmatch(value):
             sec.error("placeholder", 'use visible ASCII without spaces, `"` or `\\`')
+        elif grant is not None and any(value == s.reveal() for s in grant.secrets() if not s.missing):
+            sec.error("placeholder", "is the secret itself: the workload would hold the real value")
         elif len(value) < SHORT:
             sec.warn("placeholder", f"shorter than {SHORT} characters: it may turn up by chance in other requests")
     if env is not None and not _ENV_NAME.fullmatch(env):
