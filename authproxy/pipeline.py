@@ -26,6 +26,7 @@ from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_h
 from authproxy.ops.accesslog import AccessRecord
 from authproxy.placeholders import guard
 from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.stub import stub_reply
 from authproxy.placeholders.swap import swap_headers, swap_target
 from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
@@ -57,7 +58,7 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     audit = rec.audit = {} if snap.config.audit is not None else None
     ph = snap.placeholders
     if ph is not None and ph.stubs:
-        stub = guard.stub_reply(ph, req, rec)  # the route's token_url, answered here: never forwarded
+        stub = stub_reply(ph, req, rec)  # the route's token_url, answered here: never forwarded
         if stub is not None:
             return stub
     target = resolve(req, rt, snap, rec)
