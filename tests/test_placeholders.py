@@ -361,3 +361,33 @@ async def test_connect_to_a_host_named_with_a_placeholder_is_refused_before_any_
     assert head.startswith(b"HTTP/1.1 403") and b"placeholder_misdirected" in head
     assert _metric(p, "api", "tunnel") == 1
     writer.close()
+
+
+async def test_every_request_of_an_intercepted_connection_is_scanned(make_proxy, tls_upstream, secret_env) -> None:
+    """One keep-alive tunnel: the route's path takes the placeholder, a path the route does not cover refuses it."""
+    tls, ca = tls_upstream
+    secret_env("REAL_KEY", KEY)
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: api
+            match: api.test/v1
+            upstream: https://{tls.authority}
+            ca_file: {ca}
+            auth: {{type: api_key, header: X-API-Key, value: "${{REAL_KEY}}", placeholder: {PH}}}
+        """
+    )
+    p.secrets.add(KEY)
+    assert p.runtime.ca is not None
+    ctx = ssl.create_default_context(cafile=str(p.runtime.ca.files.cert))
+    async with httpx.AsyncClient(proxy=p.url, verify=ctx) as client:
+        statuses = []
+        for path in ("/v1/a", "/other", "/v1/b", "/elsewhere"):
+            r = await client.get(f"https://api.test{path}", headers={"Authorization": f"Bearer {PH}"})
+            statuses.append(r.status_code)
+    assert statuses == [200, 403, 200, 403]
+    assert [s["path"] for s in tls.seen] == ["/v1/a", "/v1/b"]
+    assert _metric(p, "api", "intercept") == 2
+    # The refusals came on tunnels that had carried an allowed request first (a refusal closes its connection).
+    tunnels = [x for x in p.access_lines() if x.split()[1] == "CONNECT"]
+    assert len(tunnels) == 2
