@@ -22,7 +22,7 @@ from authproxy.config import ConfigError, load
 from authproxy.disk.placeholders import PREFIX, generated
 from authproxy.placeholders.index import resolve
 
-from .conftest import Upstream
+from .conftest import Upstream, assert_no_secrets
 
 KEY = "sk-live-REALkey-4f9a8b7c6d5e4f3a2b1c"
 PH = "authproxy-ph-test-0123456789abcdef"
@@ -391,3 +391,26 @@ async def test_every_request_of_an_intercepted_connection_is_scanned(make_proxy,
     # The refusals came on tunnels that had carried an allowed request first (a refusal closes its connection).
     tunnels = [x for x in p.access_lines() if x.split()[1] == "CONNECT"]
     assert len(tunnels) == 2
+
+
+async def test_workers_swap_the_same_generated_placeholder(upstream, tmp_path: Path) -> None:
+    """`run --workers 2`: both processes start at once and agree on one generated placeholder."""
+    from tests.support.proc import start_proxy
+
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp_path / 'state'}\nroutes:\n  - name: api\n    match: {upstream.authority}\n"
+        f"    upstream: http://{upstream.authority}\n"
+        "    auth: {type: api_key, header: X-API-Key, value: ${REAL_KEY}, placeholder: generate, require: placeholder}\n"
+    )
+    p = start_proxy(cfg, "--workers", "2", env={"REAL_KEY": KEY})
+    try:
+        ph = (tmp_path / "state" / "placeholders" / "api").read_text().strip()
+        for _ in range(6):  # a new connection each time, spread over the workers by the kernel
+            async with httpx.AsyncClient(proxy=p.url, trust_env=False) as client:
+                r = await client.get(f"{upstream.url}/v1", headers={"Authorization": f"Bearer {ph}"})
+                assert r.status_code == 200
+    finally:
+        assert p.stop() == 0
+    assert all(_headers(s)["x-api-key"] == KEY for s in upstream.seen) and len(upstream.seen) == 6
+    assert_no_secrets([p.stderr_text()], [KEY])
