@@ -17,6 +17,8 @@ from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.index import resolve as resolve_placeholders
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
 from authproxy.upstream.upstreams import TokenSession, Upstreams
@@ -34,11 +36,12 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
+    placeholders: Placeholders | None = None  # None when no route has one: the guard costs nothing
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth)
+        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config))
 
 
 class Runtime:
@@ -112,7 +115,7 @@ class Runtime:
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts"),
+                *("admin", "admin_token", "admin_hosts", "audit"),
             )
             if getattr(old, key) != getattr(config, key)
         ]

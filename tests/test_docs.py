@@ -48,6 +48,7 @@ proxy_auth:
     ci: "{HASH}"
     bot: {{hash: "{HASH}", routes: [key]}}
 destinations: {{deny: [private], allow: [10.1.0.0/16]}}
+audit: {{path: audit.log, max_bytes: 10MiB, keep: 5}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
 routes:
   - name: key
@@ -59,7 +60,8 @@ routes:
     client_key: client.key
     client_key_password: ${{KEY_PASSWORD}}
     allow: [{{methods: [GET], paths: [/v1/]}}]
-    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}}}
+    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}, placeholder: ph-key-0123456789abcdef,
+            placeholder_env: KEY_API_KEY, placeholder_in_path: true, require: placeholder}}
   - name: query
     gateway: /query
     upstream: https://query.test
@@ -71,7 +73,7 @@ routes:
     match: cc.test
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
-            refresh_skew: 60, default_ttl: 300}}
+            refresh_skew: 60, default_ttl: 300, placeholder: generate, stub_token_endpoint: true}}
   - name: mtls
     match: mtls.test
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: tls_client_auth,

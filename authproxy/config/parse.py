@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from authproxy.access import parse_proxy_auth
+from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
 from authproxy.config.route import existing_file, parse_routes
 from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
@@ -103,6 +104,7 @@ def _parse(top: Section, file: Path) -> Config:
             for name in sorted((user.routes or frozenset()) - known):
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
     destinations = parse_destinations(top)
+    audit = parse_audit(top)
     top.finish()
     return Config(
         file=file,
@@ -123,6 +125,7 @@ def _parse(top: Section, file: Path) -> Config:
         admin_token=admin_token,
         admin_hosts=admin_hosts,
         destinations=destinations,
+        audit=audit,
     )
 
 
