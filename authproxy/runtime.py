@@ -90,7 +90,7 @@ class Runtime:
             cfg = self.snapshot.config
             ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
             self.metrics.watch_certificates(lambda: ca.cached)
-        return ca
+        return self.ca
 
     def apply(self, config: Config) -> list[str]:
         """Swap in a new config: requests in flight keep the snapshot they took.
