@@ -387,6 +387,6 @@ async def test_closed_tls_connections_are_freed_without_the_cycle_collector(
 async def test_enabling_interception_again_keeps_the_one_ca(make_proxy: Any) -> None:
     """Asked again (by a reload, or a second caller), the runtime hands back the CA it loaded."""
     p = await make_proxy("routes: []\n")
-    first = p.rt.ca
+    first = p.runtime.ca
     assert first is not None
-    assert p.rt.enable_interception() is first
+    assert p.runtime.enable_interception() is first
