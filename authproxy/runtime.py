@@ -16,6 +16,8 @@ from authproxy.config import Config
 from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.index import resolve as resolve_placeholders
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
 from authproxy.tokens.stores import open_store
@@ -34,11 +36,12 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
+    placeholders: Placeholders | None = None  # None when no route has one: the guard costs nothing
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth)
+        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config))
 
 
 class Runtime:
@@ -89,7 +92,7 @@ class Runtime:
             cfg = self.snapshot.config
             ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
             self.metrics.watch_certificates(lambda: ca.cached)
-        return ca
+        return self.ca
 
     def apply(self, config: Config) -> list[str]:
         """Swap in a new config: requests in flight keep the snapshot they took.
@@ -114,7 +117,7 @@ class Runtime:
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts", "token_store"),
+                *("admin", "admin_token", "admin_hosts", "token_store", "audit"),
             )
             if getattr(old, key) != getattr(config, key)
         ]

@@ -48,6 +48,7 @@ proxy_auth:
     ci: "{HASH}"
     bot: {{hash: "{HASH}", routes: [key]}}
 destinations: {{deny: [private], allow: [10.1.0.0/16]}}
+audit: {{path: audit.log, max_bytes: 10MiB, keep: 5}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
 token_store: {{url: "rediss://:${{REDIS_PASSWORD}}@redis.test:6380/0", key: ${{STORE_KEY}}, prefix: "gw:"}}
 routes:
@@ -60,7 +61,8 @@ routes:
     client_key: client.key
     client_key_password: ${{KEY_PASSWORD}}
     allow: [{{methods: [GET], paths: [/v1/]}}]
-    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}}}
+    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}, placeholder: ph-key-0123456789abcdef,
+            placeholder_env: KEY_API_KEY, placeholder_in_path: true, require: placeholder}}
   - name: query
     gateway: /query
     upstream: https://query.test
@@ -72,7 +74,7 @@ routes:
     match: cc.test
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
-            refresh_skew: 60, default_ttl: 300}}
+            refresh_skew: 60, default_ttl: 300, placeholder: generate, stub_token_endpoint: true}}
   - name: mtls
     match: mtls.test
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: tls_client_auth,

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from authproxy.access import parse_proxy_auth
+from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
 from authproxy.config.route import existing_file, parse_routes
 from authproxy.config.storeconf import parse_token_store
@@ -105,6 +106,7 @@ def _parse(top: Section, file: Path) -> Config:
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
     destinations = parse_destinations(top)
     token_store = parse_token_store(top)
+    audit = parse_audit(top)
     top.finish()
     return Config(
         file=file,
@@ -126,6 +128,7 @@ def _parse(top: Section, file: Path) -> Config:
         admin_hosts=admin_hosts,
         destinations=destinations,
         token_store=token_store,
+        audit=audit,
     )
 
 

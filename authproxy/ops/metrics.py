@@ -116,6 +116,12 @@ class Metrics:
         self.store_latency = Histogram(
             "authproxy_token_store_seconds", "Token store calls, by operation.", ["op"], buckets=_BUCKETS, registry=r
         )
+        self.placeholder_misdirected = Counter(
+            "authproxy_placeholder_misdirected",
+            "Placeholders refused where their route does not go, by the placeholder's route and mode.",
+            ["route", "mode"],
+            registry=r,
+        )
         self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
         # Every worker loads the same file; the latest value is the table in force.
         self.routes = Gauge(

@@ -93,6 +93,10 @@ class Credential:
     signer: Signer | None = field(default=None, compare=False)
     # Headers made anew for every request sent (``Grant.bind``); None for most grants.
     proof: ProofSource | None = field(default=None, compare=False)
+    # The raw value a route's placeholder stands for (the key, the token, the
+    # password), set by the grant; a credential rebuilt from the store says it
+    # in its header instead (``raw_secret``).
+    secret: str | None = field(default=None, compare=False)
     # The headers as sent, encoded once per token rather than once per request
     # (UTF-8 values: a secret is whatever the route says), and their lowercased
     # names, which replace any the client sent.
@@ -111,6 +115,19 @@ class Credential:
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+    def raw_secret(self) -> str:
+        """What a placeholder is swapped for: the grant's raw value, else the query value,
+        else the first header's value less its scheme (``Bearer X`` → ``X``)."""
+        if self.secret is not None:
+            return self.secret
+        if self.query:
+            return self.query[0][1]
+        if not self.headers:
+            return ""
+        value = self.headers[0][1]
+        scheme, sep, rest = value.partition(" ")
+        return rest if sep and scheme.isalpha() else value
 
     def masked_lines(self) -> list[str]:
         """``Header: Scheme ****`` lines for the ``token`` command."""

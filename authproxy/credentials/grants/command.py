@@ -253,9 +253,9 @@ class Command(Grant):
         raw = await self._run(ctx.route)
         token, expires_at = self._interpret(raw)
         if self.query is not None:
-            return Credential(query=((self.query, token),), expires_at=expires_at)
+            return Credential(query=((self.query, token),), expires_at=expires_at, secret=token)
         assert self.header is not None
-        return Credential(headers=((self.header, self.prefix + token),), expires_at=expires_at)
+        return Credential(headers=((self.header, self.prefix + token),), expires_at=expires_at, secret=token)
 
     async def _run(self, route: str) -> bytes:
         """The helper's stdout, within ``timeout`` and ``MAX_STDOUT``; the helper never outlives the call."""

@@ -220,7 +220,7 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
     if isinstance(refresh, str):
         REDACTOR.learn(refresh, slot=f"refresh:{ctx.route}")
     expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
-    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires, secret=access), body)
 
 
 async def post_once(
