@@ -11,7 +11,6 @@ what ``oautherror.describe`` lets through (the ``error`` code, the redacted
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import re
@@ -19,10 +18,10 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.grants.clientauth import ClientAuth
 from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
@@ -42,7 +41,7 @@ class OAuthClient:
     token_url: Value
     client_id: Value | None
     client_secret: Secret | None
-    client_auth: str
+    auth: ClientAuth  # how the client proves itself: clientauth.py
     body: str
     scope: str | None
     audience: str | None
@@ -51,22 +50,21 @@ class OAuthClient:
     default_ttl: float
 
     @classmethod
-    def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
+    def parse(
+        cls, sec: Section, *, secret_required: bool, token_url_required: bool = True, own_key: bool = False
+    ) -> OAuthClient:
         token_url = sec.value("token_url", required=token_url_required) or Value("", "", ("token_url",))
         if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
             sec.error("token_url", "must be an http:// or https:// URL")
         elif not token_url.missing:
             no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
-        client_id = sec.value("client_id", required=secret_required)
-        client_secret = sec.secret("client_secret", required=secret_required)
-        if client_secret is not None and client_id is None:
-            sec.error("client_secret", "`client_secret` needs a `client_id`")
+        auth, client_id, client_secret = ClientAuth.parse(sec, secret_required=secret_required, own_key=own_key)
         extra = sec.str_map("extra") or {}
         return cls(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
-            client_auth=sec.choice("client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+            auth=auth,
             body=sec.choice("body", ("form", "json"), "form"),
             scope=sec.text("scope"),
             audience=sec.text("audience"),
@@ -74,6 +72,10 @@ class OAuthClient:
             refresh_skew=sec.number("refresh_skew", 60.0),
             default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
         )
+
+    @property
+    def client_auth(self) -> str:
+        return self.auth.method
 
     def secrets(self) -> list[Secret]:
         return [self.client_secret] if self.client_secret is not None else []
@@ -158,14 +160,7 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
     params = dict(params)
     cid = client.client_id.reveal() if client.client_id else None
     csecret = client.client_secret.reveal() if client.client_secret else None
-    if cid is not None and csecret is not None and client.client_auth == "client_secret_basic":
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-        pair = f"{quote(cid, safe='')}:{quote(csecret, safe='')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    elif cid is not None:
-        params["client_id"] = cid
-        if csecret is not None:
-            params["client_secret"] = csecret
+    client.auth.apply(ctx.route, cid, csecret, client.token_url.reveal(), headers, params)
 
     body = await post_once(ctx, client.token_url.reveal(), client.body, params, headers)
     access = body.get("access_token")
