@@ -8,6 +8,7 @@ from authproxy.credentials.grants import (
     bws,
     client_credentials,
     command,
+    jwt_bearer,
     password,
     refresh_token,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "bws",
     "client_credentials",
     "command",
+    "jwt_bearer",
     "password",
     "refresh_token",
 ]

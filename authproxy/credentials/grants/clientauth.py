@@ -118,7 +118,7 @@ class ClientAuth:
                     sec.text(stray)
                     sec.error(stray, f"`{stray}` goes with `signing_key` or client_auth: client_secret_jwt")
         audience = sec.text("assertion_audience")
-        if audience is not None and method not in JWT_METHODS:
+        if audience is not None and method not in JWT_METHODS and not own_key:
             what = "`assertion_audience` goes with client_auth: private_key_jwt or client_secret_jwt"
             sec.error("assertion_audience", what)
         return cls(method, key, hmac_alg, kid, audience), client_id, client_secret
