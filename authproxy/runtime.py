@@ -58,6 +58,7 @@ class Runtime:
         self.tokens = TokenManager(
             self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
         )
+        self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
+from authproxy.config.chains import check_route_refs
 from authproxy.config.model import Match, Route, Upstream
 from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
@@ -31,6 +32,7 @@ def parse_routes(top: Section) -> tuple[Route, ...]:
         routes.append(route)
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
+    check_route_refs(routes, top.problems)
     return tuple(routes)
 
 

@@ -11,6 +11,7 @@ from authproxy.credentials.grants import (
     jwt_bearer,
     password,
     refresh_token,
+    token_exchange,
 )
 from authproxy.credentials.grants.base import REGISTRY, Credential, Grant, GrantContext
 
@@ -29,4 +30,5 @@ __all__ = [
     "jwt_bearer",
     "password",
     "refresh_token",
+    "token_exchange",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -98,6 +98,9 @@ class GrantContext:
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
+    # Another route's credential by its name, through the token layer (its cache, single
+    # flight and refresh): what a token exchange's `subject_route` trades in.
+    credential_of: Callable[[str], Awaitable[Credential]] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -138,6 +141,10 @@ class Grant(ABC):
 
     def refresh_skew(self) -> float:
         return 60.0
+
+    def route_refs(self) -> tuple[tuple[str, str, int], ...]:
+        """Routes whose credential this grant uses: (name, YAML path, line), for ``check``'s cycle test."""
+        return ()
 
     def is_current(self, cred: Credential) -> bool:
         """False when the source changed under a cached credential (a token file)."""
