@@ -376,3 +376,28 @@ def test_check_warns_about_a_short_hmac_secret_and_never_shows_the_key(tmp_path:
     assert run.returncode == 0, run.stderr
     assert "HS256 wants a key of 32 bytes or more" in run.stderr
     assert_no_secrets([run.stdout, run.stderr], [pem, "short-secret-1"])
+
+
+def test_joserfc_is_loaded_only_when_a_route_signs(tmp_path: Path) -> None:
+    """A configuration is loaded, signing routes and all, without joserfc: only a signature imports it."""
+    write_pem(tmp_path / "k.pem", make_key("ec"))
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        "routes:\n"
+        "  - {name: a, match: a.test, auth: {type: client_credentials, token_url: https://id.test/t,"
+        " client_id: c, client_auth: private_key_jwt, signing_key: k.pem}}\n"
+        "  - {name: b, match: b.test, auth: {type: jwt_bearer, token_url: https://id.test/t, assertion_file: t}}\n"
+    )
+    code = (
+        "import sys\n"
+        "from authproxy.config import load\n"
+        "import authproxy.pipeline, authproxy.cli.main\n"
+        "load(sys.argv[1])\n"
+        "print('joserfc' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60, cwd=str(root)
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

@@ -8,6 +8,7 @@ the Authlib server), and ``check`` refuses cycles.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -168,6 +169,62 @@ async def test_a_failing_subject_route_is_a_502_naming_it(make_proxy, upstream, 
     assert r.json()["error"] == "credential_unavailable"
     assert "route idp" in r.json()["detail"] and "invalid_client" in r.json()["detail"]
     assert sts.requests == []
+
+
+@pytest.mark.parametrize("fault", ["no issued_token_type", "another type"])
+async def test_an_answer_that_is_not_rfc_8693s_is_a_502(
+    fault: str, make_proxy, upstream, sts, secret_env, tmp_path
+) -> None:
+    secret_env("STS_SECRET", CLIENT_SECRET)
+    (tmp_path / "subject").write_text(SUBJECT)
+    sts.omit_issued_type = fault == "no issued_token_type"
+    asked = "access_token" if sts.omit_issued_type else "urn:example:token-type:custom"
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: backend
+            match: {upstream.authority}
+            auth: {{type: token_exchange, token_url: {sts.token_url}, client_id: {CLIENT_ID},
+                    client_secret: "${{STS_SECRET}}", subject_token_file: {tmp_path / "subject"},
+                    requested_token_type: {asked}}}
+        """
+    )
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/x")
+    p.bodies.append(r.text)
+    assert r.status_code == 502 and r.json()["error"] == "token_endpoint_error"
+    assert ("no issued_token_type" if sts.omit_issued_type else "another type of token") in r.json()["detail"]
+    assert upstream.seen == []
+    p.secrets.update([CLIENT_SECRET, SUBJECT, *sts.issued])
+
+
+async def test_token_command_shows_the_exchanged_token_masked(upstream, sts, oauth_server, tmp_path) -> None:
+    """`authproxy token` goes through the token layer too: subject_route works there, and nothing leaks."""
+    oauth_server.add_client("idp-client", IDP_SECRET)
+    sts.accept_subject = lambda token, kind: oauth_server.is_valid(token)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "routes:\n"
+        f"  - {{name: api, match: api.test, auth: {{type: token_exchange, token_url: {sts.token_url},"
+        f" client_id: {CLIENT_ID}, client_secret: '${{STS_SECRET}}', subject_route: idp}}}}\n"
+        f"  - {{name: idp, match: idp.test, auth: {{type: client_credentials, token_url: {oauth_server.token_url},"
+        " client_id: idp-client, client_secret: '${IDP_SECRET}'}}\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "STS_SECRET": CLIENT_SECRET, "IDP_SECRET": IDP_SECRET, "AUTHPROXY_DEBUG": "1"}
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "authproxy", "token", "api", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "Authorization: Bearer ****"
+    assert len(sts.requests) == 1 and oauth_server.token_requests() == 1
+    assert_no_secrets([run.stdout, run.stderr], [CLIENT_SECRET, IDP_SECRET, *oauth_server.issued(), *sts.issued])
 
 
 def test_check_refuses_a_cycle_of_subject_routes(tmp_path: Path) -> None:

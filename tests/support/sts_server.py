@@ -43,6 +43,8 @@ class STS:
     targets: tuple[str, ...] = ()
     #: lifetime of what it issues (§2.3's example: 60)
     expires_in: int = 60
+    #: answer without ``issued_token_type``, as a server that is not RFC 8693's would
+    omit_issued_type: bool = False
     requests: list[dict[str, str]] = field(default_factory=list)
     issued: dict[str, str] = field(default_factory=dict)  # token -> the subject token it was exchanged for
 
@@ -77,6 +79,8 @@ class STS:
         else:
             body = {"access_token": token, "issued_token_type": TYPE + "access_token", "token_type": "Bearer"}
         body["expires_in"] = self.expires_in
+        if self.omit_issued_type:
+            del body["issued_token_type"]
         return web.json_response(body, headers={"Cache-Control": "no-cache, no-store"})
 
     def _client_ok(self, header: str) -> bool:
