@@ -227,6 +227,35 @@ async def test_encrypted_key_with_a_password(make_proxy, upstream, oauth_server,
     p.secrets.update([pem, "pem-pass-phrase-31"], oauth_server.issued(), sent_assertions(oauth_server))
 
 
+async def test_key_from_an_unset_variable_is_a_502_naming_it(make_proxy, upstream, oauth_server, monkeypatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY_PEM", raising=False)
+    p = await make_proxy(
+        f"""
+        routes:
+          - name: svc
+            match: {upstream.authority}
+            auth: {{type: client_credentials, token_url: {oauth_server.token_url}, client_id: c,
+                    client_auth: private_key_jwt, signing_key: "${{NO_SUCH_KEY_PEM}}"}}
+        """
+    )
+    assert any("NO_SUCH_KEY_PEM" in w.message for w in p.runtime.snapshot.config.warnings)
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/a")
+    assert r.status_code == 502 and r.json()["error"] == "credential_unavailable"
+    assert "NO_SUCH_KEY_PEM" in r.json()["detail"] and oauth_server.token_requests() == 0
+
+
+async def test_key_as_pem_text_from_a_variable(make_proxy, upstream, oauth_server, tmp_path, secret_env) -> None:
+    key = make_key("ec")
+    pem = secret_env("CLIENT_KEY_PEM", write_pem(tmp_path / "unused.pem", key))
+    oauth_server.add_client("svc-client", None, auth_method="private_key_jwt", public_key=key.public_key())
+    guard(upstream, oauth_server)
+    p = await make_proxy(pkj_route(upstream, oauth_server, Path('"${CLIENT_KEY_PEM}"')))
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        assert (await client.get(f"{upstream.url}/a")).status_code == 200
+    p.secrets.update([pem], oauth_server.issued(), sent_assertions(oauth_server))
+
+
 async def test_login_code_exchange_signs_with_the_key(tmp_path: Path, upstream: Upstream, oauth_server) -> None:
     key = make_key("ed25519")
     pem = write_pem(tmp_path / "client.pem", key)

@@ -105,18 +105,19 @@ class SigningKey:
         from joserfc.jwk import ECKey, OKPKey, RSAKey
 
         if not self._joserfc:
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
             password = self.password.reveal() if self.password is not None else None
             try:
                 key = _load_pem(self.pem.reveal().encode(), password)
             except KeyProblem as exc:
                 raise CredentialUnavailable(f"the signing key cannot be used: {exc}.", route) from None
-            kinds: tuple[Any, ...] = (RSAKey, ECKey, OKPKey)
-            for kind in kinds:
-                try:
-                    self._joserfc.append(kind.import_key(key))
-                    break
-                except Exception:  # noqa: S112 - not this key type; the next one is tried
-                    continue
+            if isinstance(key, rsa.RSAPrivateKey):
+                self._joserfc.append(RSAKey.import_key(key))
+            elif isinstance(key, ec.EllipticCurvePrivateKey):
+                self._joserfc.append(ECKey.import_key(key))
+            else:  # Ed25519 or Ed448: algorithms_for() let nothing else through at load time
+                self._joserfc.append(OKPKey.import_key(key))  # type: ignore[arg-type]
         header = {"alg": self.alg, "typ": "JWT"}
         if self.kid:
             header["kid"] = self.kid
@@ -171,6 +172,10 @@ def read_signing_key(sec: Section) -> SigningKey | None:
         if password is not None:
             sec.error("signing_key_password", "`signing_key_password` needs a `signing_key`")
         return None
+    alg = sec.text("signing_alg")
+    kid = sec.text("kid")
+    if ref.missing:  # ${VAR} unset: the route answers 502 naming it, as for any secret
+        return SigningKey(Secret("", ref.source, ref.missing), password, alg or "RS256", kid)
     pem_text = ref.text if "-----BEGIN" in ref.text else _read_key_file(sec, ref.text)
     if "-----BEGIN" in ref.text and ref.is_literal:
         sec.warn("signing_key", "a private key written in the file; prefer a path or ${VAR}")
@@ -179,9 +184,7 @@ def read_signing_key(sec: Section) -> SigningKey | None:
         if not line.startswith("-----") and len(line) >= 16:
             sec.doc.keep_secret(line.strip())
     pem = Secret(pem_text, ref.source, ref.missing)
-    alg = sec.text("signing_alg")
-    kid = sec.text("kid")
-    if pem.missing or not pem_text or (password is not None and password.missing):
+    if not pem_text or (password is not None and password.missing):
         return SigningKey(pem, password, alg or "RS256", kid)
     try:
         key = _load_pem(pem_text.encode(), password.reveal() if password is not None else None)

@@ -10,9 +10,10 @@ a grant's settings into the token request's headers and form fields.
   itself never leaves the proxy.
 
 A public client (no secret, no key) sends its ``client_id`` in the body (§2.3.1, §3.2.1).
-A new method is one more name in ``METHODS`` and one more branch in ``ClientAuth.apply``
-(``tls_client_auth``, RFC 8705 §2.1: the ``client_id`` in the body, the certificate on
-the connection).
+A new method is one more name in ``METHODS``, and in ``SECRETLESS`` when a secret is
+not its proof. ``tls_client_auth`` (RFC 8705 §2.1) needs no branch in ``apply``: its
+``client_id`` goes in the body as a public client's does, its proof (the certificate)
+on the token endpoint's connection.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Secret, Value
 
 METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "client_secret_jwt")
-# Methods that sign an assertion, and what they sign with.
+# Methods that sign an assertion.
 JWT_METHODS = ("private_key_jwt", "client_secret_jwt")
+# Methods whose proof is not the client secret (tls_client_auth joins them: a certificate).
+SECRETLESS = ("private_key_jwt",)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 
 
@@ -49,11 +52,6 @@ class ClientAuth:
     hmac_alg: str  # client_secret_jwt
     kid: str | None
     audience: str | None  # `assertion_audience`: one value, else the token_url
-
-    @property
-    def takes_secret(self) -> bool:
-        """Whether a client secret is this method's proof (private_key_jwt proves a key instead)."""
-        return self.method != "private_key_jwt"
 
     def apply(
         self,
@@ -97,14 +95,14 @@ class ClientAuth:
         """
         method = sec.choice("client_auth", METHODS, "client_secret_basic")
         client_id = sec.value("client_id", required=secret_required or method in JWT_METHODS)
-        takes_secret = method != "private_key_jwt"
+        takes_secret = method not in SECRETLESS
         client_secret = sec.secret(
             "client_secret", required=(secret_required and takes_secret) or method == "client_secret_jwt"
         )
         if client_secret is not None and client_id is None:
             sec.error("client_secret", "`client_secret` needs a `client_id`")
         if client_secret is not None and not takes_secret:
-            sec.error("client_secret", "private_key_jwt proves the client with `signing_key`; remove `client_secret`")
+            sec.error("client_secret", f"{method} does not use a client secret; remove `client_secret`")
         key = read_signing_key(sec)
         if method == "private_key_jwt" and not sec.has("signing_key"):
             sec.error(None, "`signing_key` is required with client_auth: private_key_jwt")
