@@ -203,3 +203,33 @@ def test_check_reports_jwt_bearer_problems(tmp_path: Path, body: str, said: str)
     with pytest.raises(ConfigError) as info:
         load(cfg)
     assert said in str(info.value) and ":4:" in str(info.value), str(info.value)
+
+
+def test_check_shows_where_keys_and_assertions_come_from(tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import assert_no_secrets
+
+    pem = write_pem(tmp_path / "k.pem", make_key("ec"))
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        "routes:\n"
+        "  - {name: a, match: a.test, auth: {type: client_credentials, token_url: https://id.test/t, client_id: c,"
+        " client_auth: private_key_jwt, signing_key: k.pem}}\n"
+        "  - {name: b, match: b.test, auth: {type: jwt_bearer, token_url: https://id.test/t, assertion_file: /run/t}}\n"
+        "  - {name: c, match: c.test, auth: {type: jwt_bearer, token_url: https://id.test/t,"
+        " assertion_command: [get-svid, --audience, x]}}\n"
+        "  - {name: d, match: d.test, auth: {type: token_exchange, token_url: https://id.test/t, subject_route: a}}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "authproxy", "check", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()[1:5]]
+    assert [r[-1] for r in rows] == [
+        "signing_key=k.pem",
+        "assertion_file=/run/t",
+        "assertion_command=get-svid",
+        "subject_route=a",
+    ]
+    assert_no_secrets([run.stdout, run.stderr], [pem])

@@ -53,6 +53,13 @@ class ClientAuth:
     kid: str | None
     audience: str | None  # `assertion_audience`: one value, else the token_url
 
+    def sources(self) -> list[tuple[str, str]]:
+        """For ``check``: where the key is (its path or ``${VAR}``), never the PEM."""
+        if self.key is None:
+            return []
+        source = self.key.pem.source
+        return [("signing_key", "****" if "-----BEGIN" in source else source)]
+
     def apply(
         self,
         route: str,

@@ -82,4 +82,4 @@ class JwtBearer(OAuthClientGrant):
 
     def sources(self) -> list[tuple[str, str]]:
         own = self.source.sources("assertion_file", "assertion_command") if self.source else []
-        return [*super().sources(), *own]
+        return [*OAuthClientGrant.sources(self), *own]  # slots dataclass: no zero-argument super()

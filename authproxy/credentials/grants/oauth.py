@@ -105,6 +105,9 @@ class OAuthClientGrant(Grant):
     def _named_secrets(self) -> list[tuple[str, Secret]]:
         return self.client.named_secrets()
 
+    def sources(self) -> list[tuple[str, str]]:
+        return [*super().sources(), *self.client.auth.sources()]
+
     def refresh_skew(self) -> float:
         return self.client.refresh_skew
 

@@ -147,4 +147,4 @@ class TokenExchange(OAuthClientGrant):
         own = self.source.sources("subject_token_file", "subject_token_command") if self.source else []
         if self.subject_route is not None:
             own.append(("subject_route", self.subject_route))
-        return [*super().sources(), *own]
+        return [*OAuthClientGrant.sources(self), *own]  # slots dataclass: no zero-argument super()
