@@ -430,3 +430,22 @@ def test_joserfc_is_loaded_only_when_a_route_signs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_the_grants_digest_is_the_same_before_and_after_signing(tmp_path: Path) -> None:
+    """Workers share tokens by a digest of the grant's settings (tokens/shared.py): signing must not change it."""
+    from authproxy.credentials.signing import fresh_claims
+    from authproxy.tokens.shared import grant_digest
+
+    write_pem(tmp_path / "k.pem", make_key("rsa"))
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        "routes:\n"
+        "  - {name: a, match: a.test, auth: {type: client_credentials, token_url: https://id.test/t,"
+        " client_id: c, client_auth: private_key_jwt, signing_key: k.pem}}\n"
+    )
+    grant = load(cfg).routes[0].auth
+    before = grant_digest(grant)
+    key = grant.client.auth.key  # type: ignore[attr-defined]
+    assert key.sign(fresh_claims("c", "c", "https://id.test/t"), "a").count(".") == 2
+    assert grant_digest(grant) == before == grant_digest(load(cfg).routes[0].auth)

@@ -17,10 +17,12 @@ seconds later (RFC 7523 §3: a short life limits what a stolen one is worth).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,13 @@ _EC_ALGS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _MIN_RSA_BITS = 2048
 # RFC 7518 §3.2: an HMAC key at least as long as the hash's output.
 HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+# joserfc's keys by the digest of their PEM, made on first use (importing one is the costly
+# part of a signature), kept outside SigningKey so that the grant's settings stay plain
+# data (tokens/shared.py digests them, the same in every worker).
+_JOSERFC_KEYS: OrderedDict[bytes, Any] = OrderedDict()
+_CACHED_KEYS = 16
 
 
 class KeyProblem(ValueError):
@@ -93,8 +102,6 @@ class SigningKey:
     password: Secret | None
     alg: str
     kid: str | None
-    # joserfc's key, made on first use: importing it is the costly part of a signature.
-    _joserfc: list[Any] = field(default_factory=list, compare=False)
 
     def __repr__(self) -> str:
         return f"SigningKey({self.alg}, kid={self.kid!r})"
@@ -104,24 +111,29 @@ class SigningKey:
         from joserfc import jwt
         from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-        if not self._joserfc:
+        cache_key = hashlib.sha256(self.pem.reveal().encode()).digest()
+        key = _JOSERFC_KEYS.get(cache_key)
+        if key is None:
             from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
             password = self.password.reveal() if self.password is not None else None
             try:
-                key = _load_pem(self.pem.reveal().encode(), password)
+                private = _load_pem(self.pem.reveal().encode(), password)
             except KeyProblem as exc:
                 raise CredentialUnavailable(f"the signing key cannot be used: {exc}.", route) from None
-            if isinstance(key, rsa.RSAPrivateKey):
-                self._joserfc.append(RSAKey.import_key(key))
-            elif isinstance(key, ec.EllipticCurvePrivateKey):
-                self._joserfc.append(ECKey.import_key(key))
+            if isinstance(private, rsa.RSAPrivateKey):
+                key = RSAKey.import_key(private)
+            elif isinstance(private, ec.EllipticCurvePrivateKey):
+                key = ECKey.import_key(private)
             else:  # Ed25519 or Ed448: algorithms_for() let nothing else through at load time
-                self._joserfc.append(OKPKey.import_key(key))  # type: ignore[arg-type]
+                key = OKPKey.import_key(private)  # type: ignore[arg-type]
+            _JOSERFC_KEYS[cache_key] = key
+            while len(_JOSERFC_KEYS) > _CACHED_KEYS:
+                _JOSERFC_KEYS.popitem(last=False)
         header = {"alg": self.alg, "typ": "JWT"}
         if self.kid:
             header["kid"] = self.kid
-        return _encode(jwt.encode, header, claims, self._joserfc[0], self.alg)
+        return _encode(jwt.encode, header, claims, key, self.alg)
 
 
 def hmac_sign(claims: dict[str, Any], secret: str, alg: str, kid: str | None) -> str:
