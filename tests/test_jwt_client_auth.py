@@ -449,3 +449,52 @@ def test_the_grants_digest_is_the_same_before_and_after_signing(tmp_path: Path) 
     key = grant.client.auth.key  # type: ignore[attr-defined]
     assert key.sign(fresh_claims("c", "c", "https://id.test/t"), "a").count(".") == 2
     assert grant_digest(grant) == before == grant_digest(load(cfg).routes[0].auth)
+
+
+async def test_workers_share_one_signed_fetch_and_one_exchange(
+    tmp_path: Path, upstream: Upstream, oauth_server: OAuthServer
+) -> None:
+    """`run --workers 2`: private_key_jwt and a token exchange through subject_route, one fetch each, and
+    one more each after a burst of 401s on both workers (workers name a stored token by a digest of the
+    grant's settings, which signing must leave alone)."""
+    from tests.support.sts_server import CLIENT_ID, CLIENT_SECRET, start_sts
+
+    from .test_workers import _burst, _children, _config
+
+    key = make_key("ec")
+    pem = write_pem(tmp_path / "client.pem", key)
+    oauth_server.add_client("svc-client", None, auth_method="private_key_jwt", public_key=key.public_key())
+    sts = await start_sts()
+    sts.accept_subject = lambda token, kind: oauth_server.is_valid(token)
+    upstream.check_auth = lambda h: bool(
+        h and h.startswith("Bearer ") and (sts.is_valid(h[7:]) or oauth_server.is_valid(h[7:]))
+    )
+    routes = f"""
+    - name: api
+      match: {upstream.authority}/api
+      auth: {{type: token_exchange, token_url: {sts.token_url}, client_id: {CLIENT_ID},
+              client_secret: "${{WK_STS_SECRET}}", subject_route: idp}}
+    - name: idp
+      match: {upstream.authority}/idp
+      auth: {{type: client_credentials, token_url: {oauth_server.token_url}, client_id: svc-client,
+              client_auth: private_key_jwt, signing_key: {tmp_path / "client.pem"}}}
+    """
+    p = start_proxy(_config(tmp_path, routes, admin=False), "--workers", "2", env={"WK_STS_SECRET": CLIENT_SECRET})
+    exchanged: list[str] = []
+    try:
+        assert {r.status_code for r in await _burst(p, f"{upstream.url}/api")} == {200}
+        assert {r.status_code for r in await _burst(p, f"{upstream.url}/idp")} == {200}
+        assert len(_children(p.proc.pid)) == 2
+        assert oauth_server.token_requests() == 1 and len(sts.requests) == 1
+        exchanged += sts.issued
+        sts.issued.clear()  # every exchanged token refused: 401s on both workers, one new exchange
+        assert {r.status_code for r in await _burst(p, f"{upstream.url}/api")} == {200}
+        assert len(sts.requests) == 2 and oauth_server.token_requests() == 1  # the subject token was still good
+        oauth_server.revoke_all()  # and the same for the signed fetch
+        assert {r.status_code for r in await _burst(p, f"{upstream.url}/idp")} == {200}
+        assert oauth_server.token_requests() == 2
+    finally:
+        assert p.stop() == 0, p.stderr_text()
+        await sts.server.close()
+    leaks = [pem, CLIENT_SECRET, *oauth_server.issued(), *sent_assertions(oauth_server), *exchanged, *sts.issued]
+    assert_no_secrets(p.err_lines, leaks)
