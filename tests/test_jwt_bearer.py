@@ -233,3 +233,30 @@ def test_check_shows_where_keys_and_assertions_come_from(tmp_path: Path) -> None
         "subject_route=a",
     ]
     assert_no_secrets([run.stdout, run.stderr], [pem])
+
+
+async def test_signed_assertion_and_private_key_jwt_with_one_key(make_proxy, upstream, oauth_server, tmp_path) -> None:
+    """RFC 7521 §4.1: the client may authenticate beside the grant; here with the same key, both checked by Authlib."""
+    key = make_key("ed25519")
+    pem = write_pem(tmp_path / "sa.pem", key)
+    oauth_server.add_client(
+        "robot", None, auth_method="private_key_jwt", grant_types=(JWT_BEARER,), public_key=key.public_key()
+    )
+    guard(upstream, oauth_server)
+    p = await make_proxy(
+        bearer_route(
+            upstream,
+            oauth_server,
+            f"client_id: robot\n              client_auth: private_key_jwt\n"
+            f"              signing_key: {tmp_path / 'sa.pem'}",
+        )
+    )
+    p.secrets.add(pem)
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        assert (await client.get(f"{upstream.url}/a")).status_code == 200
+    uses = [a["use"] for a in oauth_server.assertions()]
+    assert uses == [JWT_BEARER, "private_key_jwt"]
+    grant, auth = (a["claims"] for a in oauth_server.assertions())
+    assert grant["iss"] == grant["sub"] == auth["iss"] == auth["sub"] == "robot" and grant["jti"] != auth["jti"]
+    last = oauth_server.last_request()["params"]
+    p.secrets.update(oauth_server.issued(), [last["assertion"], last["client_assertion"]])
