@@ -56,7 +56,12 @@ class Runtime:
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
         self.tokens = TokenManager(
-            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+            self._token_session.get,
+            config.timeouts.token_fetch,
+            self.store,
+            self.metrics,
+            shared=worker,
+            tls=self.upstreams.tls,
         )
         self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None

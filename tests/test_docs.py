@@ -20,6 +20,7 @@ import pytest
 from authproxy import config
 from authproxy.credentials.grants import REGISTRY
 from authproxy.schema import yamlreader
+from tests.support.pki import TestCA
 from tests.support.proc import start_proxy
 
 from .conftest import assert_no_secrets
@@ -54,6 +55,9 @@ routes:
     upstream: https://127.0.0.1:8443
     ca_file: ca.pem
     verify: true
+    client_cert: client.crt
+    client_key: client.key
+    client_key_password: ${{KEY_PASSWORD}}
     allow: [{{methods: [GET], paths: [/v1/]}}]
     auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}}}
   - name: query
@@ -68,9 +72,14 @@ routes:
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
             refresh_skew: 60, default_ttl: 300}}
+  - name: mtls
+    match: mtls.test
+    auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: tls_client_auth,
+            client_cert: client.crt, client_key: client.key, client_key_password: ${{KEY_PASSWORD}}}}
   - name: pw
     match: pw.test
-    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}}}}
+    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}},
+            dpop: {{key: dpop.pem, alg: ES256}}}}
   - name: rt
     match: rt.test
     auth: {{type: refresh_token, token_url: https://id.test/token, client_id: c, refresh_token: ${{SECRET_A}}}}
@@ -88,6 +97,9 @@ routes:
     auth: {{type: command, argv: [echo, '{{"t": "x"}}'], json_field: t, expiry_field: e, ttl: 300, timeout: 30,
             header: Authorization, prefix: "Bearer ", refresh_skew: 60, default_ttl: 300}}
   - {{name: cmdq, match: cmdq.test, auth: {{type: command, argv: [echo, x], query: token}}}}
+  - name: aws
+    match: "*.amazonaws.com"
+    auth: {{type: aws_sigv4, service: sqs, aws_region: eu-west-1, profile: dev, refresh_skew: 60, default_ttl: 300}}
   - name: pkj
     match: pkj.test
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: private_key_jwt,
@@ -127,6 +139,12 @@ def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.C
     for name in ("ca.pem", "ca-key.pem", "token.txt"):
         (tmp_path / name).write_text("x\n")
     (tmp_path / "signing.pem").write_bytes(_signing_key_pem(b"s3cret-value-for-docs"))
+    TestCA().issue(tmp_path, "client", common_name="docs", password="key-password-for-docs")
+    monkeypatch.setenv("KEY_PASSWORD", "key-password-for-docs")
+    from joserfc.jwk import ECKey
+
+    (tmp_path / "dpop.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    (tmp_path / "dpop.pem").chmod(0o600)
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)

@@ -62,6 +62,7 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
                 wait=timeout,
                 open_browser=open_browser,
                 say=say,
+                extra_ca=cfg.extra_ca_file,
             )
         )
     except LoginError as exc:
@@ -76,7 +77,7 @@ def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:
     ca = LocalCA(files)
     try:
         bundle = ensure_dir(cfg.state_dir) / BUNDLE_NAME
-        roots = ca.write_bundle(bundle)
+        roots = ca.write_bundle(bundle, cfg.extra_ca_file)
     finally:
         ca.close()
     return files, bundle, roots

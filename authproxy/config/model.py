@@ -7,6 +7,7 @@ from pathlib import Path
 
 from authproxy.access import AllowRule, ProxyAuth
 from authproxy.credentials.grants import Grant
+from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
 from authproxy.schema.problems import Problem
 from authproxy.secrecy.secrets import Secret
@@ -92,6 +93,9 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    # Presented to the upstream when it asks: the route's own `client_cert`, else its token
+    # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
+    client_cert: ClientCert | None = None
 
     @property
     def mode(self) -> str:

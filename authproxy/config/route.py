@@ -9,6 +9,7 @@ from authproxy.access import parse_allow
 from authproxy.config.chains import check_route_refs
 from authproxy.config.model import Match, Route, Upstream
 from authproxy.credentials.grants import REGISTRY, Grant
+from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from authproxy.schema.yamlreader import Section
 
@@ -51,6 +52,9 @@ def _route(sec: Section, index: int) -> Route | None:
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
+    client_cert = parse_client_cert(sec)
+    if client_cert is not None and not verify:
+        sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
     auth = _auth(sec)
     sec.finish()
@@ -68,6 +72,7 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        client_cert=client_cert or auth.client_cert(),
     )
 
 

@@ -18,6 +18,7 @@ import secrets
 import time
 import webbrowser
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from authproxy.credentials.grants.base import GrantContext
 from authproxy.credentials.grants.checks import clear_text, clear_text_reason
 from authproxy.credentials.grants.oauth import request_token
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import Contexts
 from authproxy.disk.store import StateStore
 from authproxy.errors import ProxyError, one_line
 from authproxy.secrecy.secrets import Value
@@ -52,6 +54,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
     """RFC 8414 §3 first, then OpenID Connect Discovery; the issuer must match (§3.3)."""
     base = issuer.rstrip("/")
     tried = []
+    untrusted = ""
     for url in (
         _rfc8414_url(issuer),
         f"{base}/.well-known/openid-configuration",
@@ -62,6 +65,11 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
                 if resp.status != 200:
                     continue
                 meta = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Behind TLS inspection its CA belongs in `extra_ca_file`: say so rather than "not found".
+            why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            untrusted = f"; its certificate failed TLS verification: {why}"
+            continue
         except (aiohttp.ClientError, ValueError, OSError):
             continue
         if not isinstance(meta, dict):
@@ -76,7 +84,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
             raise LoginError("the authorization server does not support PKCE with S256.")
         iss_ok = bool(meta.get("authorization_response_iss_parameter_supported"))
         return Endpoints(meta["issuer"], auth, token, iss_ok)
-    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}).")
+    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}{untrusted}).")
 
 
 def refuse_clear_text(ends: Endpoints) -> None:
@@ -119,21 +127,30 @@ async def login(
     wait: float,
     open_browser: bool,
     say: Callable[[str], None],
+    extra_ca: Path | None = None,
 ) -> str:
-    """Run the whole flow; returns where the refresh token was stored."""
+    """Run the whole flow; returns where the refresh token was stored.
+
+    Discovery and the code exchange trust what every outbound connection
+    does (tlsclient.py): the system roots plus ``extra_ca``.
+    """
     grant = route.auth
     if not isinstance(grant, AuthorizationCode):
         raise LoginError(f"route {route.name} is not an authorization_code route.")
     if route.missing:
         raise LoginError(f"route {route.name} cannot log in: {route.missing[0]}.")
-    async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
+    tls = Contexts(extra_ca)
+    connector = aiohttp.TCPConnector(ssl=tls.get(tls.trust()))
+    async with aiohttp.ClientSession(
+        trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
+    ) as session:
         ends = await _endpoints(session, grant)
         verifier, challenge = pkce_pair()
         params, redirect_uri = await _authorize(
             route.name, grant, ends, challenge, wait=wait, open_browser=open_browser, say=say
         )
         code = _code(params, ends)
-        ctx = GrantContext(route.name, lambda: session, deadline, store)
+        ctx = GrantContext(route.name, lambda: session, deadline, store, tls=tls)
         record = await _exchange(grant, ends, ctx, code, redirect_uri, verifier)
         async with store.locked(route.name):
             await asyncio.to_thread(store.write, route.name, record)

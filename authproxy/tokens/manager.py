@@ -39,6 +39,8 @@ from authproxy.tokens.shared import SharedTokens
 if TYPE_CHECKING:
     import aiohttp
 
+    from authproxy.credentials.tlsclient import Contexts
+
 log = logging.getLogger("authproxy.tokens")
 
 _BACKOFF_FIRST = 1.0
@@ -120,9 +122,11 @@ class TokenManager:
         store: StateStore,
         metrics: Metrics,
         shared: bool = False,
+        tls: Contexts | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
+        self._tls = tls  # the client TLS contexts token endpoints are dialled with
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
@@ -249,7 +253,9 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected, self._credential_of)
+        ctx = GrantContext(
+            route.name, self._get_session, self._deadline, self._store, rejected, self._tls, self._credential_of
+        )
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)
@@ -269,6 +275,7 @@ class TokenManager:
             raise
         finally:
             st.task = None
+        cred = route.auth.bind(cred, self._store, route.name)
         # Whatever goes out as the credential (a token, a key, a helper's output, one
         # another worker stored) is known to the redactor before anything can print it.
         learn_header_values(f"route:{route.name}", [v for _, v in (*cred.headers, *cred.query)])

@@ -8,12 +8,12 @@ a grant's settings into the token request's headers and form fields.
   ``signing_key``, sent as ``client_assertion`` with ``client_assertion_type``.
 - ``client_secret_jwt`` (same): the JWT is an HMAC with the client secret, which
   itself never leaves the proxy.
+- ``tls_client_auth`` (RFC 8705 §2.1.1): the ``client_id`` in the body, the proof
+  the client certificate on the token endpoint's connection (``tlsclient.py``).
 
 A public client (no secret, no key) sends its ``client_id`` in the body (§2.3.1, §3.2.1).
 A new method is one more name in ``METHODS``, and in ``SECRETLESS`` when a secret is
-not its proof. ``tls_client_auth`` (RFC 8705 §2.1) needs no branch in ``apply``: its
-``client_id`` goes in the body as a public client's does, its proof (the certificate)
-on the token endpoint's connection.
+not its proof; ``apply`` needs a branch only when the proof travels in the request.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Secret, Value
 
-METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "client_secret_jwt")
+METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "client_secret_jwt", "tls_client_auth")
 # Methods that sign an assertion.
 JWT_METHODS = ("private_key_jwt", "client_secret_jwt")
-# Methods whose proof is not the client secret (tls_client_auth joins them: a certificate).
-SECRETLESS = ("private_key_jwt",)
+# Methods whose proof is not the client secret, and what it is instead.
+SECRETLESS = {"private_key_jwt": "`signing_key`", "tls_client_auth": "the certificate"}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 
 
@@ -101,7 +101,7 @@ class ClientAuth:
         so the key may be there whatever ``client_auth`` says.
         """
         method = sec.choice("client_auth", METHODS, "client_secret_basic")
-        client_id = sec.value("client_id", required=secret_required or method in JWT_METHODS)
+        client_id = sec.value("client_id", required=secret_required or method in JWT_METHODS or method in SECRETLESS)
         takes_secret = method not in SECRETLESS
         client_secret = sec.secret(
             "client_secret", required=(secret_required and takes_secret) or method == "client_secret_jwt"
@@ -109,7 +109,7 @@ class ClientAuth:
         if client_secret is not None and client_id is None:
             sec.error("client_secret", "`client_secret` needs a `client_id`")
         if client_secret is not None and not takes_secret:
-            sec.error("client_secret", f"{method} does not use a client secret; remove `client_secret`")
+            sec.error("client_secret", f"`{method}` authenticates with {SECRETLESS[method]}; remove `client_secret`")
         key = read_signing_key(sec)
         if method == "private_key_jwt" and not sec.has("signing_key"):
             sec.error(None, "`signing_key` is required with client_auth: private_key_jwt")

@@ -15,19 +15,25 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
 from authproxy.credentials.grants.clientauth import ClientAuth
+from authproxy.credentials.grants.dpop import DPoP, parse_dpop
 from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import ClientCert, parse_client_cert
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
+
+if TYPE_CHECKING:
+    from authproxy.disk.store import StateStore
 
 # aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
@@ -48,6 +54,9 @@ class OAuthClient:
     extra: tuple[tuple[str, Value], ...]
     refresh_skew: float
     default_ttl: float
+    # Presented to the token endpoint; with `tls_client_auth` it is how the client authenticates (RFC 8705 §2).
+    client_cert: ClientCert | None = None
+    dpop: DPoP | None = None  # RFC 9449: tokens bound to a key, a proof on every request
 
     @classmethod
     def parse(
@@ -59,6 +68,10 @@ class OAuthClient:
         elif not token_url.missing:
             no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
         auth, client_id, client_secret = ClientAuth.parse(sec, secret_required=secret_required, own_key=own_key)
+        mtls = auth.method == "tls_client_auth"
+        client_cert = parse_client_cert(sec)
+        if mtls and client_cert is None and not sec.has("client_cert"):
+            sec.error("client_auth", "`tls_client_auth` needs `client_cert` and `client_key` (RFC 8705 §2)")
         extra = sec.str_map("extra") or {}
         return cls(
             token_url=token_url,
@@ -71,6 +84,8 @@ class OAuthClient:
             extra=tuple(extra.items()),
             refresh_skew=sec.number("refresh_skew", 60.0),
             default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
+            client_cert=client_cert,
+            dpop=parse_dpop(sec),
         )
 
     @property
@@ -78,10 +93,13 @@ class OAuthClient:
         return self.auth.method
 
     def secrets(self) -> list[Secret]:
-        return [self.client_secret] if self.client_secret is not None else []
+        return [s for _, s in self.named_secrets()]
 
     def named_secrets(self) -> list[tuple[str, Secret]]:
-        return [("client_secret", self.client_secret)] if self.client_secret is not None else []
+        out = [("client_secret", self.client_secret)] if self.client_secret is not None else []
+        if self.client_cert is not None and self.client_cert.password is not None:
+            out.append(("client_key_password", self.client_cert.password))
+        return out
 
     def base_params(self) -> dict[str, str]:
         params: dict[str, str] = {}
@@ -105,11 +123,19 @@ class OAuthClientGrant(Grant):
     def _named_secrets(self) -> list[tuple[str, Secret]]:
         return self.client.named_secrets()
 
-    def sources(self) -> list[tuple[str, str]]:
-        return [*super().sources(), *self.client.auth.sources()]
-
     def refresh_skew(self) -> float:
         return self.client.refresh_skew
+
+    def client_cert(self) -> ClientCert | None:
+        return self.client.client_cert
+
+    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+        return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
+
+    def sources(self) -> list[tuple[str, str]]:
+        dpop = self.client.dpop
+        own = self.client.auth.sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
+        return super().sources() + own
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -160,12 +186,23 @@ class TokenResponse:
 async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str, str]) -> TokenResponse:
     """POST to the token endpoint and turn the answer into a credential."""
     headers = {"Accept": "application/json"}
-    params = dict(params)
     cid = client.client_id.reveal() if client.client_id else None
     csecret = client.client_secret.reveal() if client.client_secret else None
-    client.auth.apply(ctx.route, cid, csecret, client.token_url.reveal(), headers, params)
+    url = client.token_url.reveal()
 
-    body = await post_once(ctx, client.token_url.reveal(), client.body, params, headers)
+    def authed(h: dict[str, str]) -> dict[str, str]:
+        """The client's proof added for one attempt: an assertion's jti is good once (RFC 7523 §3)."""
+        form = dict(params)
+        client.auth.apply(ctx.route, cid, csecret, url, h, form)
+        return form
+
+    if client.dpop is None:
+        body = await post_once(ctx, url, client.body, authed(headers), headers, cert=client.client_cert)
+    else:
+        cert = client.client_cert
+        body = await client.dpop.token_post(
+            ctx, url, headers, lambda h, seen: post_once(ctx, url, client.body, authed(h), h, cert=cert, seen=seen)
+        )
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
@@ -188,11 +225,16 @@ async def post_once(
     params: dict[str, str],
     headers: dict[str, str],
     who: str = "the token endpoint",
+    cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``."""
+    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``.
+
+    ``seen`` is shown the response's headers, whatever its status (a DPoP nonce rides on any).
+    """
     try:
         async with asyncio.timeout(ctx.deadline):
-            return await _post(ctx, url, kind, params, headers, who)
+            return await _post(ctx, url, kind, params, headers, who, cert, seen)
     except TimeoutError:
         raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
 
@@ -204,15 +246,26 @@ async def _post(
     params: dict[str, str],
     headers: dict[str, str],
     who: str,
+    cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
     kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
+    if url.startswith("https:"):
+        # The system roots plus `extra_ca_file` (tlsclient.py), and the client certificate when given.
+        kwargs["ssl"] = ctx.ssl(cert)
     try:
         async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
+            if seen is not None:
+                seen(resp.headers)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Not worth a retry: behind TLS inspection, its CA belongs in `extra_ca_file`.
+        why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        raise TokenEndpointError(f"the certificate of {who} failed TLS verification: {why}.", ctx.route) from None
     except (aiohttp.ClientError, OSError) as exc:
         unreachable = f"{who} cannot be reached ({type(exc).__name__})."
         raise TokenEndpointError(unreachable, ctx.route, retryable=True) from None
