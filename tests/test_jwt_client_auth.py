@@ -498,3 +498,55 @@ async def test_workers_share_one_signed_fetch_and_one_exchange(
         await sts.server.close()
     leaks = [pem, CLIENT_SECRET, *oauth_server.issued(), *sent_assertions(oauth_server), *exchanged, *sts.issued]
     assert_no_secrets(p.err_lines, leaks)
+
+
+async def test_a_dpop_nonce_retry_signs_a_new_client_assertion(make_proxy, upstream, oauth_server, tmp_path) -> None:
+    """RFC 9449 §8: a token endpoint may answer use_dpop_nonce after checking the client; the retry
+    must carry a new assertion, since the server keeps each jti once (Authlib's validate_jti)."""
+    import base64
+
+    from aiohttp import ClientSession, web
+    from aiohttp.test_utils import TestServer
+
+    key = make_key("ec")
+    pem = write_pem(tmp_path / "client.pem", key)
+    oauth_server.add_client("svc-client", None, auth_method="private_key_jwt", public_key=key.public_key())
+    oauth_server.token_type = "DPoP"
+    seen: list[dict[str, str]] = []
+
+    async def front(request: web.Request) -> web.Response:
+        """Challenges a proof without a nonce, as a server checking DPoP after client authentication does."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        seen.append(form)
+        proof = request.headers.get("DPoP", "")
+        claims = json.loads(base64.urlsafe_b64decode(proof.split(".")[1] + "==")) if proof.count(".") == 2 else {}
+        if claims.get("nonce") != "n-1":
+            body = {"error": "use_dpop_nonce", "error_description": "Authorization server requires nonce in DPoP proof"}
+            return web.json_response(body, status=400, headers={"DPoP-Nonce": "n-1"})
+        async with ClientSession() as s, s.post(oauth_server.token_url, data=form) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/token", front)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        token_url = str(server.make_url("/token"))
+        oauth_server.assertion_audience = token_url  # the URL the client posts to
+        upstream.check_auth = lambda h: bool(h and h.startswith("DPoP ") and oauth_server.is_valid(h[5:]))
+        p = await make_proxy(
+            f"""
+            routes:
+              - name: svc
+                match: {upstream.authority}
+                auth: {{type: client_credentials, token_url: {token_url}, client_id: svc-client,
+                        client_auth: private_key_jwt, signing_key: {tmp_path / "client.pem"}, dpop: true}}
+            """
+        )
+        async with httpx.AsyncClient(proxy=p.url) as client:
+            assert (await client.get(f"{upstream.url}/a")).status_code == 200
+    finally:
+        await server.close()
+    first, second = (f["client_assertion"] for f in seen)
+    assert first != second and len(oauth_server.assertions()) == 1
+    p.secrets.update([pem, first, second], oauth_server.issued())
