@@ -66,6 +66,7 @@ class Runtime:
             shared=worker,
             tls=self.upstreams.tls,
         )
+        self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()
