@@ -68,6 +68,7 @@ class Runtime:
             shared=shared,
             tls=self.upstreams.tls,
         )
+        self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()

@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
+from authproxy.config.chains import check_route_refs
 from authproxy.config.model import Match, Route, Upstream
 from authproxy.config.placeholder import PlaceholderSpec, check_unique, parse_placeholder
 from authproxy.credentials.grants import REGISTRY, Grant
@@ -34,6 +35,7 @@ def parse_routes(top: Section) -> tuple[Route, ...]:
     check_unique(top, [(r.name, r.placeholder) for r in routes])
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
+    check_route_refs(routes, top.problems)
     return tuple(routes)
 
 

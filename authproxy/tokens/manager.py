@@ -134,6 +134,7 @@ class TokenManager:
         self._shared = SharedTokens(store) if shared else None
         self._cache = _Fresh()
         self._states: dict[_Key, _RouteState] = {}
+        self._routes: dict[str, Route] = {}  # by name: what a grant's `credential_of` looks up
 
     def _state(self, route: Route) -> _RouteState:
         st = self._states.get(_key(route))
@@ -142,7 +143,9 @@ class TokenManager:
         return st
 
     def retain(self, routes: Iterable[Route]) -> None:
-        """After a reload: forget the tokens of grants no longer in the table."""
+        """The route table in force; after a reload, forget the tokens of grants no longer in it."""
+        routes = tuple(routes)
+        self._routes = {r.name: r for r in routes}
         keep = {_key(r) for r in routes}
         for key in [k for k in self._states if k not in keep]:
             del self._states[key]
@@ -219,6 +222,14 @@ class TokenManager:
             self._cache.pop(_key(route), None)
             self._state(route).stale = used.headers
 
+    async def _credential_of(self, name: str) -> Credential:
+        """Route ``name``'s credential, as a request of that route would get it (``check`` refuses cycles)."""
+        route = self._routes.get(name)
+        if route is None:
+            raise CredentialUnavailable(f"route {name} is not in the route table.")
+        cred, _ = await self.get(route)
+        return cred
+
     def _refresh_in_background(self, route: Route) -> None:
         st = self._state(route)
         if st.task is not None or time.monotonic() < st.retry_at:
@@ -243,7 +254,9 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected, self._tls)
+        ctx = GrantContext(
+            route.name, self._get_session, self._deadline, self._store, rejected, self._tls, self._credential_of
+        )
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -170,6 +170,9 @@ class GrantContext:
     rejected: tuple[tuple[str, str], ...] | None = None
     # The client TLS contexts (tlsclient.py): system roots plus `extra_ca_file`, and a client certificate.
     tls: Contexts | None = None
+    # Another route's credential by its name, through the token layer (its cache, single
+    # flight and refresh): what a token exchange's `subject_route` trades in.
+    credential_of: Callable[[str], Awaitable[Credential]] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -225,9 +228,14 @@ class Grant(ABC):
     def client_cert(self) -> ClientCert | None:
         """The certificate presented to the token endpoint, if any (RFC 8705)."""
         return None
+
     async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
         """``cred`` as the route sends it: with its per-request ``proof`` when it has one."""
         return cred
+
+    def route_refs(self) -> tuple[tuple[str, str, int], ...]:
+        """Routes whose credential this grant uses: (name, YAML path, line), for ``check``'s cycle test."""
+        return ()
 
     def is_current(self, cred: Credential) -> bool:
         """False when the source changed under a cached credential (a token file)."""
