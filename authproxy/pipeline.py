@@ -104,6 +104,7 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             sslctx,
             t.connect,
             t.upstream_headers,
+            snap.parents.choose(target.route, dest.host, dest.port, dest.default_port),
         )
     data, length = _payload(req)
     try:
@@ -338,6 +339,7 @@ async def send(
         length,
         snap.config.timeouts.upstream_headers,
         target.guard,
+        snap.parents.choose(target.route, dest.host, dest.port, dest.default_port),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from authproxy.access import Authenticator
 from authproxy.config import Config
+from authproxy.config.parents import Parents
 from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
@@ -34,11 +35,12 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
+    parents: Parents = dataclasses.field(default_factory=lambda: Parents(None))  # which parent proxy, if any
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth)
+        return cls(config, RouteTable(config.routes), auth, Parents.of(config))
 
 
 class Runtime:
@@ -56,7 +58,12 @@ class Runtime:
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
         self.tokens = TokenManager(
-            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+            self._token_session.get,
+            config.timeouts.token_fetch,
+            self.store,
+            self.metrics,
+            shared=worker,
+            via=lambda route, url: self.snapshot.parents.for_url(route, url),
         )
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()

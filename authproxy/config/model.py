@@ -8,6 +8,7 @@ from pathlib import Path
 from authproxy.access import AllowRule, ProxyAuth
 from authproxy.credentials.grants import Grant
 from authproxy.net.destinations import Destinations
+from authproxy.net.parent import Parent
 from authproxy.schema.problems import Problem
 from authproxy.secrecy.secrets import Secret
 
@@ -92,6 +93,8 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    # The route's own `upstream_proxy`: a Parent, "direct", or None for the top level's choice.
+    upstream_proxy: Parent | str | None = None
 
     @property
     def mode(self) -> str:
@@ -122,6 +125,8 @@ class Config:
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
+    upstream_proxy: Parent | None = None  # the parent proxy everything goes through (net/parent.py)
+    no_upstream_proxy: tuple[Match, ...] = ()  # destinations that go direct instead
 
     @property
     def listen(self) -> str:

@@ -9,6 +9,7 @@ from authproxy.access import parse_allow
 from authproxy.config.model import Match, Route, Upstream
 from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
+from authproxy.net.parent import parse_upstream_proxy
 from authproxy.schema.yamlreader import Section
 
 
@@ -50,6 +51,7 @@ def _route(sec: Section, index: int) -> Route | None:
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
     allow = parse_allow(sec)
+    parent = parse_upstream_proxy(sec, allow_direct=True)
     auth = _auth(sec)
     sec.finish()
     if name is None or auth is None:
@@ -66,6 +68,7 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        upstream_proxy=parent,
     )
 
 
@@ -87,6 +90,15 @@ def _match(sec: Section) -> Match | None:
     text = sec.text("match")
     if text is None:
         return None
+    match = parse_match(text)
+    if isinstance(match, str):
+        sec.error("match", match)
+        return None
+    return match
+
+
+def parse_match(text: str) -> Match | str:
+    """``host``, ``*.host``, ``host:port``, ``host:*``, each with an optional path prefix; or why ``text`` is none."""
     raw = text.strip()
     authority, slash, path = raw.partition("/")
     try:
@@ -101,8 +113,7 @@ def _match(sec: Section) -> Match | None:
         port = None if port_text is None or any_port else parse_port(port_text)
         prefix = normalize_path("/" + path) if slash else ""
     except (HostError, ValueError) as exc:
-        sec.error("match", str(exc))
-        return None
+        return str(exc)
     return Match(host, wildcard, port, any_port, prefix.rstrip("/") if prefix != "/" else "", raw)
 
 

@@ -190,6 +190,20 @@ class Egress:
             raise refusal
         return allowed
 
+    async def judged_name(self, host: str, port: int, guard: Guard) -> bool:
+        """For a connection through a parent proxy, which connects to ``host`` by name, choosing its
+        address itself: every address the name resolves to here must pass, since the parent may use
+        any of them. A name that does not resolve here is the parent's to resolve, unjudged
+        (docs/networks.md says so). True when the name was judged."""
+        try:
+            addresses = await _addresses(host, port)
+        except OSError:  # socket.gaierror: no such name, or no answer, here
+            return False
+        refusals = [why for ip in addresses if (why := self._judge(ip, port, guard, host)) is not None]
+        if refusals:
+            raise next((r for r in refusals if isinstance(r, ProxyLoop)), refusals[0])
+        return True
+
     def _judge(self, ip: IP, port: int, guard: Guard, host: str) -> ProxyError | None:
         authority = format_authority(host, port)
         if self.own.reached(ip, port):

@@ -31,6 +31,7 @@ from authproxy.credentials.grants import Credential, GrantContext
 from authproxy.credentials.grants.base import refresh_point
 from authproxy.disk.store import StateStore
 from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError
+from authproxy.net.parent import Parent
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
 from authproxy.tokens.retry import with_retries
@@ -120,9 +121,11 @@ class TokenManager:
         store: StateStore,
         metrics: Metrics,
         shared: bool = False,
+        via: Callable[[Route, str], Parent | None] | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
+        self._via = via  # the parent proxy for a URL a route's grant fetches (`upstream_proxy`)
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
@@ -238,7 +241,15 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected)
+        via = self._via
+        ctx = GrantContext(
+            route.name,
+            self._get_session,
+            self._deadline,
+            self._store,
+            rejected,
+            via=None if via is None else lambda url: via(route, url),
+        )
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from authproxy.disk.store import StateStore
+    from authproxy.net.parent import Parent
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
 
@@ -98,6 +99,11 @@ class GrantContext:
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
+    # The parent proxy (``upstream_proxy``) a request to a URL goes through; None: every one goes direct.
+    via: Callable[[str], Parent | None] | None = None
+
+    def parent_for(self, url: str) -> Parent | None:
+        return self.via(url) if self.via is not None else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
