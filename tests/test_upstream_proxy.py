@@ -26,6 +26,7 @@ import trustme
 from aiohttp import web
 
 from tests.conftest import Proxy, Upstream, _upstream_app
+from tests.support.bws_server import bws_server
 from tests.support.oauth_server import OAuthServer
 from tests.support.squid import OUTGOING, Squid, free_port
 
@@ -33,6 +34,8 @@ USER, PASSWORD = "alice", "parent-pa55-Zq81&x"
 CLIENT_SECRET = "cc-s3cret-parent-77"
 BEARER = "plain-bearer-token-4412"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+__all__ = ["bws_server"]  # the fixture, imported so pytest finds it
+
 NAMES = {"api.corp.test": "127.0.0.2", "plain.corp.test": "127.0.0.2", "tunnel.corp.test": "127.0.0.2"}
 
 
@@ -361,3 +364,131 @@ async def test_a_parent_that_is_the_proxy_itself_is_a_loop(make_proxy, net: Net,
     body = _error(r, p)
     assert r.status_code == 400 and body["error"] == "proxy_loop", body
     assert net.peers() == []
+
+
+async def test_bitwarden_goes_through_the_parent(
+    make_proxy, upstream: Upstream, squid: Squid, bws_server, secret_env
+) -> None:
+    """`${bws:...}` values fetched while the file loads, and the `bws` grant's login, both through squid."""
+    api_key = "sk-from-bitwarden-via-parent-99"
+    sid = bws_server.add_secret(api_key)
+    secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
+    secret_env("PARENT_USER", USER)
+    secret_env("PARENT_PASSWORD", PASSWORD)
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://${{PARENT_USER}}:${{PARENT_PASSWORD}}@{squid.authority}
+        no_upstream_proxy: ["127.0.0.1:{upstream.port}"]
+        bws: {{access_token: "${{BWS_ACCESS_TOKEN}}", identity_url: "{bws_server.identity_url}",
+               api_url: "{bws_server.api_url}"}}
+        routes:
+          - name: key
+            match: {upstream.authority}/key
+            auth: {{type: api_key, header: X-API-Key, value: "${{bws:{sid}}}"}}
+          - name: machine
+            match: {upstream.authority}/machine
+            auth: {{type: bws, access_token: "${{BWS_ACCESS_TOKEN}}", identity_url: "{bws_server.identity_url}",
+                    api_url: "{bws_server.api_url}"}}
+        """
+    )
+    p.secrets.update({PASSWORD, BASIC, api_key, *bws_server.secret_forms()})
+    squid.wait_for_line("POST", f"{bws_server.identity_url}/connect/token", USER)
+    squid.wait_for_line("GET", f"{bws_server.api_url}/secrets/{sid}", USER)
+    before = len([line for line in squid.access_lines() if "/connect/token" in line])
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/key/x")
+        assert r.status_code == 200
+        assert dict((k.lower(), v) for k, v in upstream.seen[-1]["headers"])["x-api-key"] == api_key
+        r = await client.get(f"{upstream.url}/machine/x")
+        assert r.status_code == 200
+    tokens = [line for line in squid.access_lines() if "/connect/token" in line]
+    assert len(tokens) == before + 1 and USER in tokens[-1]
+    p.secrets.update(bws_server.issued())
+
+
+async def test_bitwarden_with_the_parent_down_names_it(make_proxy, upstream: Upstream, bws_server, secret_env) -> None:
+    sid = bws_server.add_secret("sk-never-fetched-1234")
+    secret_env("BWS_ACCESS_TOKEN", bws_server.access_token)
+    dead = f"127.0.0.1:{free_port()}"
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://{dead}
+        bws: {{access_token: "${{BWS_ACCESS_TOKEN}}", identity_url: "{bws_server.identity_url}",
+               api_url: "{bws_server.api_url}"}}
+        routes:
+          - {{name: key, match: {upstream.authority}, auth: {{type: api_key, header: X-API-Key, value: "${{bws:{sid}}}"}}}}
+        """
+    )
+    p.secrets.update(bws_server.secret_forms())
+    assert bws_server.issued() == []  # nothing reached it directly
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/x")
+    body = _error(r, p)
+    assert r.status_code == 502 and body["error"] == "credential_unavailable"
+    assert f"cannot connect to the parent proxy {dead}" in str(body["detail"])
+
+
+async def test_https_proxy_in_the_environment_is_not_used(
+    make_proxy, upstream: Upstream, oauth_server: OAuthServer, secret_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """authproxy's own HTTP(S)_PROXY usually points at authproxy itself: neither data nor control plane reads it."""
+    trap = Front()
+    await trap.start(free_port())  # relays nowhere: it only counts
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.2:{trap.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    secret_env("CC_SECRET", CLIENT_SECRET)
+    oauth_server.add_client("svc", CLIENT_SECRET)
+    try:
+        p = await make_proxy(
+            f"""
+            routes:
+              - name: cc
+                match: {upstream.authority}
+                auth: {{type: client_credentials, token_url: "{oauth_server.token_url}", client_id: svc,
+                        client_secret: "${{CC_SECRET}}"}}
+            """
+        )
+        p.secrets.add(CLIENT_SECRET)
+        async with httpx.AsyncClient(proxy=p.url, trust_env=False) as client:
+            r = await client.get(f"{upstream.url}/x")
+        assert r.status_code == 200
+        assert oauth_server.token_requests() == 1
+        assert trap.peers == []
+        p.secrets.update(oauth_server.issued())
+    finally:
+        await trap.close()
+
+
+async def test_clear_text_allowed_on_this_host_is_refused_through_a_parent_off_it(
+    make_proxy, upstream: Upstream, oauth_server: OAuthServer, secret_env
+) -> None:
+    """A credential may go in clear text to a loopback destination only: never through a parent on another host."""
+    secret_env("PLAIN_TOKEN", BEARER)
+    secret_env("CC_SECRET", CLIENT_SECRET)
+    oauth_server.add_client("svc", CLIENT_SECRET)
+    far = f"10.255.255.1:{free_port()}"  # never dialled: refused before
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://{far}
+        routes:
+          - {{name: local, match: "{upstream.authority}/local", auth: {{type: bearer, token: "${{PLAIN_TOKEN}}"}}}}
+          - name: cc
+            match: "{upstream.authority}/cc"
+            upstream: http://{upstream.authority}
+            auth: {{type: client_credentials, token_url: "{oauth_server.token_url}", client_id: svc,
+                    client_secret: "${{CC_SECRET}}"}}
+        """
+    )
+    p.secrets.update({BEARER, CLIENT_SECRET})
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get(f"{upstream.url}/local/x")
+        body = _error(r, p)
+        assert r.status_code == 403 and body["error"] == "denied" and body["route"] == "local"
+        assert f"route local's credential would travel in clear text through the parent proxy {far}" in str(
+            body["detail"]
+        )
+        r = await client.get(f"{upstream.url}/cc/x")  # its http:// token endpoint, through the same parent
+        body = _error(r, p)
+        assert r.status_code == 403 and body["error"] == "denied" and body["route"] == "cc", body
+    assert upstream.seen == [] and oauth_server.token_requests() == 0

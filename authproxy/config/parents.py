@@ -104,6 +104,21 @@ class Parents:
         return self.choose(route, host, port, default_port)
 
 
+def describe(config: Config) -> str | None:
+    """What ``check`` says of the parent proxies (credentials by their source only); None when there are none."""
+    own = [r for r in config.routes if r.upstream_proxy is not None]
+    if config.upstream_proxy is None and not own:
+        return None
+    top = config.upstream_proxy
+    out = f"parent proxy: {top.shown}" if top is not None else "parent proxy: none (direct)"
+    if top is not None and config.no_upstream_proxy:
+        out += "; direct for " + ", ".join(m.text for m in config.no_upstream_proxy)
+    for r in own:
+        p = r.upstream_proxy
+        out += f"; route {r.name}: " + (p.shown if isinstance(p, Parent) else "direct")
+    return out + "."
+
+
 def _matches(m: Match, host: str, port: int, default_port: int) -> bool:
     if m.wildcard:
         # `*.h` matches one or more labels in front of h, never h itself (as a route's match).

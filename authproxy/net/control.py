@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from authproxy.errors import ProxyError
 from authproxy.net.parent import Parent, aiohttp_args, aiohttp_failure, answered_407
 
 
@@ -63,7 +64,10 @@ async def _request(
     import aiohttp  # the control plane's client, loaded only when it is needed
 
     sent = dict(headers or {})
-    via = aiohttp_args(parent, url, sent)
+    try:
+        via = aiohttp_args(parent, url, sent)
+    except ProxyError as exc:  # refused before anything is sent (clear text through the parent)
+        raise ParentFailed(exc.detail) from None
     try:
         async with (
             asyncio.timeout(seconds),

@@ -18,12 +18,13 @@ raw or encoded.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from authproxy.errors import ProxyError, UpstreamProxyAuthFailed, UpstreamProxyError, UpstreamProxyTimeout
+from authproxy.errors import Denied, ProxyError, UpstreamProxyAuthFailed, UpstreamProxyError, UpstreamProxyTimeout
 from authproxy.net.hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret, Value, interpolate
@@ -62,6 +63,25 @@ class Parent:
 
     def __repr__(self) -> str:
         return f"Parent({self.authority})"
+
+    @property
+    def on_loopback(self) -> bool:
+        """On this host by its spelling (cntlm or px on 127.0.0.1): clear text to it stays on this host."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def clear_text_refusal(parent: Parent, what: str) -> Denied:
+    """A credential that may travel in clear text only on this host (the loopback exception), through a
+    parent that is not on it: it would leave the host in clear text, so it is refused."""
+    return Denied(
+        f"{what} would travel in clear text through the parent proxy {parent.authority}, off this host; "
+        "use https://, or `upstream_proxy: direct` on the route (or list the host in `no_upstream_proxy`)."
+    )
 
 
 def parse_upstream_proxy(sec: Section, key: str = "upstream_proxy", *, allow_direct: bool) -> Parent | str | None:
@@ -165,6 +185,10 @@ def aiohttp_args(parent: Parent | None, url: str, headers: dict[str, str]) -> di
     """
     if parent is None:
         return {}
+    if urlsplit(url).scheme.lower() == "http" and not parent.on_loopback:
+        # An http:// URL is accepted only to a loopback host (grants/checks.py): through a parent
+        # off this host, what it carries (a client secret, a code) would not stay on it.
+        raise clear_text_refusal(parent, "a request to an http:// URL")
     args: dict[str, Any] = {"proxy": f"http://{parent.authority}"}
     header = parent.header
     if header is not None:

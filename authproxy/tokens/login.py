@@ -65,7 +65,10 @@ async def discover(
         tried.append(url)
         parent = via(url) if via is not None else None
         headers: dict[str, str] = {}
-        proxy = aiohttp_args(parent, url, headers)
+        try:
+            proxy = aiohttp_args(parent, url, headers)
+        except ProxyError as exc:
+            raise LoginError(exc.detail) from None
         try:
             async with session.get(url, headers=headers, allow_redirects=False, **proxy) as resp:
                 refused = answered_407(parent, resp) if parent is not None else None
