@@ -15,7 +15,10 @@ line from ``openssl passwd -apr1``). hey drives each target with the same load, 
   GETs go absolute-form to squid on pooled connections, HTTPS intercepted and then a CONNECT
   tunnel through squid with TLS to nginx end to end.
 
-Prints one markdown table of medians (req/s, p50 and p99 latency, non-2xx). Needs nginx, squid,
+Prints one markdown table of medians (req/s, p50 and p99 latency, the proxies' CPU ms per 1,000
+requests read from /proc for their whole process groups: squid's with its auth helpers, authproxy's,
+and both for the chain; non-2xx). On a shared machine CPU per request varies far less than req/s
+does. Needs nginx, squid,
 hey and openssl (``bash bench/setup.sh``); run as root from the project root (squid drops to the
 ``proxy`` user; port 443 avoids hey's SNI quirk, see README).
 """
@@ -38,6 +41,23 @@ from procs import free_port, project_pythonpath, run, spawn, stop_all, wait_port
 
 USER, PASSWORD = "bench", "bench-parent-password"
 TARGETS = ("direct", "squid", "authproxy", "authproxy+squid")
+GROUPS: dict[str, int] = {}  # process name -> its process group (spawn starts each in a session of its own)
+CPU_OF = {"direct": (), "squid": ("squid",), "authproxy": ("authproxy",), "authproxy+squid": ("chained", "squid")}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(names: tuple[str, ...]) -> float:
+    """CPU seconds (user + system) used so far by every live process of the named groups."""
+    total = 0
+    wanted = {GROUPS[n] for n in names}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in wanted:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
 
 
 def main() -> int:
@@ -68,7 +88,8 @@ def main() -> int:
                     r = load(target, scheme, ports, args)
                     results.setdefault((target, scheme), []).append(r)
                     print(f"round {rnd + 1} {scheme:5} {target:16} {r['rps']:8.0f} req/s "
-                          f"p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms non-2xx {r['bad']:.0f}", flush=True)
+                          f"p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms CPU {r['cpu']:.0f} ms/1k "
+                          f"non-2xx {r['bad']:.0f}", flush=True)
         report(results, args, work)
     finally:
         stop_all()
@@ -158,6 +179,7 @@ max_filedescriptors 16384
         subprocess.run(["chown", "-R", "proxy:proxy", str(d)], check=True)
     squid = shutil.which("squid") or "/usr/sbin/squid"
     p = spawn([squid, "-N", "-f", str(d / "squid.conf")], work / "squid.log")
+    GROUPS["squid"] = p.pid
     wait_port(port, p, work / "squid.log", timeout=30)
 
 
@@ -181,6 +203,7 @@ limits: {{max_connections: 4096}}
     env = {"BENCH_TOKEN": TOKEN, "PARENT_USER": USER, "PARENT_PASSWORD": PASSWORD, "PYTHONPATH": project_pythonpath()}
     cmd = [sys.executable, "-m", "authproxy", "run", "-c", str(routes), "--log-level", "warning"]
     p = spawn(cmd, work / f"{name}.log", env=env)
+    GROUPS[name] = p.pid
     wait_port(port, p, work / f"{name}.log", timeout=30)
 
 
@@ -199,8 +222,12 @@ def load(target: str, scheme: str, ports: dict[str, int], args: argparse.Namespa
     if proxy:
         cmd += ["-x", proxy]
     run([*cmd, "-z", "1s", url], timeout=60)  # warm-up: connections, leaves, the token
+    cpu0 = group_cpu(CPU_OF[target])
     out = run([*cmd, "-z", f"{args.duration}s", url], timeout=args.duration + 60).stdout
-    return parse_hey(out)
+    result = parse_hey(out)
+    done = result["rps"] * args.duration
+    result["cpu"] = (group_cpu(CPU_OF[target]) - cpu0) * 1e6 / done if done and CPU_OF[target] else float("nan")
+    return result
 
 
 def parse_hey(out: str) -> dict[str, float]:
@@ -222,17 +249,18 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], args: argpars
     load1 = os.getloadavg()[0]
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores, load {load1:.1f}; "
           f"medians of {args.rounds} rounds of {args.duration} s, {args.conns} connections (hey); logs in {work}\n")
-    print("| target | plain GET req/s | p50 / p99 ms | HTTPS GET req/s (intercepted or tunnelled) | p50 / p99 ms "
-          "| non-2xx |")
-    print("|---|---|---|---|---|---|")
+    print("| target | plain GET req/s | p50 / p99 ms | CPU ms/1k | HTTPS GET req/s (intercepted or tunnelled) "
+          "| p50 / p99 ms | CPU ms/1k | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|")
     for target in TARGETS:
         cells = []
         bad = 0.0
         for scheme in ("http", "https"):
             runs = results[(target, scheme)]
-            med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+            med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu")}
             bad += sum(r["bad"] for r in runs)
-            cells += [f"{med['rps']:,.0f}", f"{med['p50']:.1f} / {med['p99']:.1f}"]
+            cpu = "-" if med["cpu"] != med["cpu"] else f"{med['cpu']:.0f}"
+            cells += [f"{med['rps']:,.0f}", f"{med['p50']:.1f} / {med['p99']:.1f}", cpu]
         print(f"| {target} | " + " | ".join(cells) + f" | {bad:.0f} |")
 
 

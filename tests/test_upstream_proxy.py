@@ -25,10 +25,11 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import Proxy, Upstream, _upstream_app
+from tests.conftest import Proxy, Upstream, _upstream_app, assert_no_secrets
 from tests.support.bws_server import bws_server
 from tests.support.oauth_server import OAuthServer
 from tests.support.squid import OUTGOING, Squid, free_port
+from tests.test_refresh_login import _browser, _login
 
 USER, PASSWORD = "alice", "parent-pa55-Zq81&x"
 CLIENT_SECRET = "cc-s3cret-parent-77"
@@ -235,8 +236,9 @@ async def test_everything_goes_through_the_parent(make_proxy, net: Net, squid: S
     p.secrets.update(net.oauth.issued())
 
 
-async def test_plain_connections_to_the_parent_are_pooled(make_proxy, net: Net, squid: Squid, secret_env) -> None:
-    """Five absolute-form requests on one pooled connection to the parent (counted by a front before squid)."""
+async def test_connections_through_the_parent_are_pooled(make_proxy, net: Net, squid: Squid, secret_env) -> None:
+    """Five absolute-form requests on one pooled connection to the parent, five intercepted ones on one
+    tunnel (connections to squid counted by a front before it), and the token endpoint's on a third."""
     to_squid = await Front().start(squid.port)
     try:
         p = await _proxy(
@@ -248,7 +250,15 @@ async def test_plain_connections_to_the_parent_are_pooled(make_proxy, net: Net, 
                 assert r.status_code == 200
         squid.wait_for_line("/again/4", USER)
         assert to_squid.peers == ["127.0.0.1"]
+        async with httpx.AsyncClient(proxy=p.url, verify=_client_ctx(p)) as client:
+            for i in range(5):
+                r = await client.get(f"https://api.corp.test:{net.tls_front.port}/tls/{i}")
+                assert r.status_code == 200
+        assert [s["path"] for s in net.tls.seen] == [f"/tls/{i}" for i in range(5)]
+        assert to_squid.peers == ["127.0.0.1"] * 3  # plain, the token endpoint, one tunnel
+        assert len(net.tls_front.peers) == 1
         assert set(net.peers()) == {OUTGOING}
+        p.secrets.update(net.oauth.issued())
     finally:
         await to_squid.close()
 
@@ -492,3 +502,37 @@ async def test_clear_text_allowed_on_this_host_is_refused_through_a_parent_off_i
         body = _error(r, p)
         assert r.status_code == 403 and body["error"] == "denied" and body["route"] == "cc", body
     assert upstream.seen == [] and oauth_server.token_requests() == 0
+
+
+async def test_login_discovery_and_code_exchange_go_through_the_parent(
+    tmp_path: Path, upstream: Upstream, oauth_server: OAuthServer, squid: Squid
+) -> None:
+    """`authproxy login`: discovery and the code exchange through squid; the browser and the redirect never."""
+    oauth_server.add_client(
+        "app",
+        None,
+        auth_method="none",
+        grant_types=("authorization_code", "refresh_token"),
+        redirect_uris=("http://127.0.0.1/callback",),
+    )
+    oauth_server.add_user("erin", "erin-password-42")
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        f"""
+state_dir: {tmp_path / "state"}
+upstream_proxy: http://${{PARENT_USER}}:${{PARENT_PASSWORD}}@{squid.authority}
+routes:
+  - name: app
+    match: {upstream.authority}
+    auth: {{type: authorization_code, issuer: "{oauth_server.issuer}", client_id: app, scope: read}}
+"""
+    )
+    proc, url = await _login(cfg, {"PARENT_USER": USER, "PARENT_PASSWORD": PASSWORD})
+    resp = await asyncio.to_thread(_browser, url, "erin", "erin-password-42")
+    assert resp.status_code == 200, resp.text
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    squid.wait_for_line("GET", f"{oauth_server.base_url}/.well-known/oauth-authorization-server", USER)
+    squid.wait_for_line("POST", oauth_server.token_url, USER)
+    assert not [line for line in squid.access_lines() if "/oauth/authorize" in line or "/callback" in line]
+    assert_no_secrets([out, err], [PASSWORD, BASIC, *oauth_server.issued()])
