@@ -212,6 +212,12 @@ async def test_everything_goes_through_the_parent(make_proxy, net: Net, squid: S
         await ws.send_str("hello")
         assert await ws.receive_str(timeout=10) == "echo:hello"
     assert net.tls.seen[-1]["method"] == "WS"
+    # A plain ws:// one: a tunnel through the parent too (RFC 6455 §4.1), not an absolute-form upgrade.
+    async with aiohttp.ClientSession() as s, s.ws_connect(f"ws://{plain_at}/ws", proxy=p.url) as ws:
+        await ws.send_str("plain")
+        assert await ws.receive_str(timeout=10) == "echo:plain"
+    assert net.plain.seen[-1]["method"] == "WS"
+    assert [v for k, v in net.plain.seen[-1]["headers"] if k == "Authorization"] == [f"Bearer {BEARER}"]
 
     # A blind tunnel (no route matches tunnel.corp.test): CONNECT to the parent, bytes relayed.
     blind_at = f"tunnel.corp.test:{net.plain_front.port}"
@@ -227,6 +233,7 @@ async def test_everything_goes_through_the_parent(make_proxy, net: Net, squid: S
         squid.wait_for_line("GET", f"http://{plain_at}/plain", USER),
         squid.wait_for_line("POST", token_url, USER),
         squid.wait_for_line("CONNECT", blind_at, USER),
+        squid.wait_for_line("CONNECT", plain_at, USER),
     ]
     assert all("/200 " in line for line in lines), lines
     assert net.oauth.token_requests() == 1
@@ -536,3 +543,101 @@ routes:
     squid.wait_for_line("POST", oauth_server.token_url, USER)
     assert not [line for line in squid.access_lines() if "/oauth/authorize" in line or "/callback" in line]
     assert_no_secrets([out, err], [PASSWORD, BASIC, *oauth_server.issued()])
+
+
+@dataclass
+class FakeParent:
+    """A parent that answers CONNECT with ``answer`` (bytes as they are), or never, and records what it got."""
+
+    answer: bytes | None
+    got: list[bytes] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    port: int = 0
+
+    async def start(self) -> FakeParent:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                self.got.append(await reader.readuntil(b"\r\n\r\n"))
+                if self.answer is None:
+                    await reader.read()  # never answers; waits for the proxy to give up
+                elif self.answer:
+                    writer.write(self.answer)
+                    await writer.drain()
+                    await reader.read()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code", "detail"),
+    [
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+            502,
+            "upstream_proxy_error",
+            "answered 403 Forbidden to CONNECT tunnel.test:8443.",
+        ),
+        (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\nProxy-Authenticate: NTLM\r\n\r\n",
+            502,
+            "upstream_proxy_auth_failed",
+            "asks for Negotiate, NTLM authentication; authproxy speaks Basic only (407).",
+        ),
+        (
+            b"SSH-2.0-not-http\r\n\r\n",
+            502,
+            "upstream_proxy_error",
+            "answered CONNECT with something that is not HTTP/1.1.",
+        ),
+        (b"", 502, "upstream_proxy_error", "closed the connection without answering."),
+        (None, 504, "upstream_proxy_error", "did not answer within 0.5 s."),
+    ],
+)
+async def test_the_parents_refusals(make_proxy, answer: bytes | None, status: int, code: str, detail: str) -> None:
+    parent = await FakeParent(answer).start()
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://127.0.0.1:{parent.port}
+        timeouts: {{connect: 0.5}}
+        routes:
+          - {{name: a, match: a.test, auth: {{type: bearer, token: t0ken-value-1}}}}
+        """
+    )
+    head, _ = await _blind(p, "tunnel.test:8443", b"")
+    text = head.decode("latin-1")
+    p.bodies.append(text)
+    assert text.startswith(f"HTTP/1.1 {status} "), text
+    body = json.loads(text.split("\r\n\r\n", 1)[1])
+    assert body["error"] == code and body["detail"].endswith(detail), body
+    assert f"127.0.0.1:{parent.port}" in body["detail"]
+    assert parent.got and parent.got[0].startswith(b"CONNECT tunnel.test:8443 HTTP/1.1\r\nHost: tunnel.test:8443\r\n")
+    assert b"Proxy-Authorization" not in parent.got[0]  # none configured, none sent
+
+
+async def test_bytes_the_upstream_sends_first_survive_the_parents_answer(make_proxy) -> None:
+    """A server that speaks first (SSH, SMTP): its banner may come in one segment with the parent's 200."""
+    parent = await FakeParent(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-banner\r\n").start()
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://u:{PASSWORD}@127.0.0.1:{parent.port}
+        routes:
+          - {{name: a, match: a.test, auth: {{type: bearer, token: t0ken-value-1}}}}
+        """
+    )
+    p.secrets.update({PASSWORD, BASIC})
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    try:
+        writer.write(b"CONNECT ssh.test:22 HTTP/1.1\r\nHost: ssh.test:22\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n"), 20) == b"SSH-2.0-banner\r\n"
+    finally:
+        writer.close()
+    token = base64.b64encode(f"u:{PASSWORD}".encode()).decode()
+    assert f"Proxy-Authorization: Basic {token}\r\n".encode() in parent.got[0]
