@@ -18,6 +18,10 @@ egress). Each address a host resolves to is judged:
 The connection is then made to an address that passed, never to the name
 again: a second lookup could answer differently (DNS rebinding). This runs
 at connect time only; a pooled connection is reused without a lookup.
+
+Through a parent proxy (chain.py) the parent's address is dialled here like
+a route's upstream, and the destination is only judged (``judged_name``):
+the parent connects to it by name.
 """
 
 from __future__ import annotations
