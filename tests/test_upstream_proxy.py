@@ -25,6 +25,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from authproxy import config
 from tests.conftest import Proxy, Upstream, _upstream_app, assert_no_secrets
 from tests.support.bws_server import bws_server
 from tests.support.oauth_server import OAuthServer
@@ -641,3 +642,33 @@ async def test_bytes_the_upstream_sends_first_survive_the_parents_answer(make_pr
         writer.close()
     token = base64.b64encode(f"u:{PASSWORD}".encode()).decode()
     assert f"Proxy-Authorization: Basic {token}\r\n".encode() in parent.got[0]
+
+
+async def test_the_destination_policy_still_judges_what_resolves_here(make_proxy) -> None:
+    """Unmatched traffic to cloud metadata (an IP literal, or a name resolving to it here) never reaches the parent."""
+    parent = await FakeParent(b"HTTP/1.1 200 Connection established\r\n\r\n").start()
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://127.0.0.1:{parent.port}
+        routes: []
+        """
+    )
+    head, _ = await _blind(p, "169.254.169.254:80", b"")
+    assert head.startswith(b"HTTP/1.1 403") and b"destination_denied" in head
+    async with httpx.AsyncClient(proxy=p.url) as client:
+        r = await client.get("http://169.254.169.254/latest/meta-data/")
+    assert r.status_code == 403 and _error(r, p)["error"] == "destination_denied"
+    assert parent.got == []
+
+
+async def test_a_reload_changes_the_parent_for_new_connections(make_proxy) -> None:
+    first = await FakeParent(b"HTTP/1.1 403 First\r\n\r\n").start()
+    second = await FakeParent(b"HTTP/1.1 403 Second\r\n\r\n").start()
+    text = "upstream_proxy: http://127.0.0.1:{}\nroutes: []\n"
+    p = await make_proxy(text.format(first.port))
+    head, _ = await _blind(p, "tunnel.test:8443", b"")
+    assert b"403 First" in head
+    p.config_path.write_text(f"state_dir: {p.runtime.snapshot.config.state_dir}\n" + text.format(second.port))
+    p.runtime.apply(config.load(p.config_path))
+    head, _ = await _blind(p, "tunnel.test:8443", b"")
+    assert b"403 Second" in head and len(first.got) == 1 and len(second.got) == 1

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from authproxy.errors import Denied, ProxyError, UpstreamProxyAuthFailed, UpstreamProxyError, UpstreamProxyTimeout
 from authproxy.net.hosts import HostError, format_authority, normalize_host, parse_port, split_hostport
 from authproxy.schema.yamlreader import Section
+from authproxy.secrecy.redact import MIN_ENCODED
 from authproxy.secrecy.secrets import Secret, Value, interpolate
 
 if TYPE_CHECKING:
@@ -150,6 +151,8 @@ def _parse(sec: Section, key: str, raw: str) -> Parent | str:
     sec.doc.keep_secret(token)
     if colon and password.text and secret.is_literal:
         sec.warn(key, "a literal password in the file; prefer http://${PROXY_USER}:${PROXY_PASSWORD}@host:port")
+    if password.text and len(password.text.encode()) < MIN_ENCODED:
+        sec.warn(key, f"a password under {MIN_ENCODED} bytes; output is kept free of it only as written, not encoded")
     shown_pass = f":{secret.shown_source()}" if colon else ""
     return Parent(host, port, user, secret, authorization, f"http://{user.source}{shown_pass}@{shown_host}")
 
