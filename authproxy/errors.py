@@ -13,6 +13,7 @@ The tree::
     ├── MisdirectedRequest          421 misdirected_request
     │   └── AdminHostRefused        421 admin_host_refused
     ├── RequestTimeout              408 client_timeout
+    ├── BodyTooLargeToSign          413 body_too_large_to_sign
     ├── UriTooLong                  414 uri_too_long
     ├── HeadersTooLarge             431 headers_too_large
     ├── NotImplementedByProxy       501 not_implemented
@@ -98,6 +99,12 @@ class AdminTokenInvalid(AdminTokenRequired):
 
 class RequestTimeout(ProxyError):
     status, code = 408, "client_timeout"
+
+
+class BodyTooLargeToSign(ProxyError):
+    """A request body over ``limits.replay_body`` on a route whose signature covers the body's hash (SigV4)."""
+
+    status, code = 413, "body_too_large_to_sign"
 
 
 class UriTooLong(ProxyError):

@@ -10,6 +10,7 @@ resolve the target → route (or pass through / deny)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
@@ -37,6 +38,7 @@ _REBUILT = frozenset({b"host", b"content-length", b"expect"})
 _DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_PEEK = 16 * 1024  # of an answer that may say a signing credential expired: AWS's error bodies are smaller
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,13 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     rec.token = state.value
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
+    unanswered = False
+    if cred.proof is not None:
+        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
-    if reply.status == 401 and route.auth.may_retry():
+    # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
+    refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
+    if refused and route.auth.may_retry() and not unanswered:
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:
@@ -78,8 +85,40 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         else:
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
+            if retry.proof is not None:
+                reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply
+
+
+async def _nonce_retry(
+    rt: Runtime,
+    snap: Snapshot,
+    target: Target,
+    req: ProxyRequest,
+    cred: Credential,
+    replayable: bool,
+    reply: Reply,
+    rec: AccessRecord,
+) -> tuple[Reply, bool]:
+    """The reply to a request sent with a per-request proof, a nonce challenge answered once;
+    and whether it is a challenge left unanswered (a body too large to replay).
+
+    RFC 9449 §9: the resource server's 401 ``use_dpop_nonce`` names the nonce to
+    put in the proof; the token stays, and the one forced refresh of the 401
+    rule is still there for what the retry gets. An unanswered challenge goes
+    back to the client as it came, and is no reason to drop the token.
+    """
+    assert cred.proof is not None
+    if not cred.proof.answered(_url(target), reply.status, reply.headers):
+        return reply, False
+    if not replayable:
+        rec.retry = "skipped"
+        return reply, True
+    reply.release()
+    reply = await exchange(rt, snap, target, req, cred)
+    rec.retry = rec.retry or "nonce"
+    return reply, False
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
@@ -89,6 +128,13 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
+    data, length = _payload(req)
+    if cred is not None and cred.signer is not None:
+        # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
+        path = _with_query(target.path, cred)
+        headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
+    if cred is not None and cred.proof is not None:
+        headers.append(cred.proof.proof(req.method, _url(target)))
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -107,7 +153,6 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             t.upstream_headers,
             _parent(snap, target),
         )
-    data, length = _payload(req)
     try:
         resp = await send(rt, snap, target, req.method, headers, data, length, cred)
     except ProxyError:
@@ -115,6 +160,31 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             raise req.body.error from None  # the client's body broke, not the upstream
         raise
     return _reply(resp)
+
+
+async def _expired(reply: Reply, cred: Credential) -> bool:
+    """Does the answer say that ``cred`` expired? Its body's start is read to tell, then put back."""
+    assert cred.signer is not None
+    if not cred.signer.wants_peek(reply.status) or reply.body is None:
+        return False
+    head: list[bytes] = []
+    size = 0
+    rest = reply.body
+    async for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size >= _PEEK:
+            break
+
+    async def again() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        if size >= _PEEK:
+            async for chunk in rest:
+                yield chunk
+
+    reply.body = again()
+    return cred.signer.refused(reply.headers, b"".join(head))
 
 
 def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Target:
@@ -249,6 +319,11 @@ def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     if not route.verify:
         rec.note = "unverified-tls"
     return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
+
+
+def _url(target: Target) -> str:
+    """The URL as sent upstream (a DPoP proof's ``htu`` is it, RFC 9449 §4.2)."""
+    return f"{target.dest.scheme}://{target.host_header}{target.path}"
 
 
 def _split_authority(rest: str) -> tuple[str, str]:

@@ -64,6 +64,7 @@ class Runtime:
             self.metrics,
             shared=worker,
             via=lambda route, url: self.snapshot.parents.for_url(route, url),
+            tls=self.upstreams.tls,
         )
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()

@@ -20,6 +20,7 @@ import pytest
 from authproxy import config
 from authproxy.credentials.grants import REGISTRY
 from authproxy.schema import yamlreader
+from tests.support.pki import TestCA
 from tests.support.proc import start_proxy
 
 from .conftest import assert_no_secrets
@@ -57,6 +58,9 @@ routes:
     ca_file: ca.pem
     verify: true
     upstream_proxy: direct
+    client_cert: client.crt
+    client_key: client.key
+    client_key_password: ${{KEY_PASSWORD}}
     allow: [{{methods: [GET], paths: [/v1/]}}]
     auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}}}
   - name: query
@@ -71,9 +75,14 @@ routes:
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
             refresh_skew: 60, default_ttl: 300}}
+  - name: mtls
+    match: mtls.test
+    auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: tls_client_auth,
+            client_cert: client.crt, client_key: client.key, client_key_password: ${{KEY_PASSWORD}}}}
   - name: pw
     match: pw.test
-    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}}}}
+    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}},
+            dpop: {{key: dpop.pem, alg: ES256}}}}
   - name: rt
     match: rt.test
     auth: {{type: refresh_token, token_url: https://id.test/token, client_id: c, refresh_token: ${{SECRET_A}}}}
@@ -91,12 +100,21 @@ routes:
     auth: {{type: command, argv: [echo, '{{"t": "x"}}'], json_field: t, expiry_field: e, ttl: 300, timeout: 30,
             header: Authorization, prefix: "Bearer ", refresh_skew: 60, default_ttl: 300}}
   - {{name: cmdq, match: cmdq.test, auth: {{type: command, argv: [echo, x], query: token}}}}
+  - name: aws
+    match: "*.amazonaws.com"
+    auth: {{type: aws_sigv4, service: sqs, aws_region: eu-west-1, profile: dev, refresh_skew: 60, default_ttl: 300}}
 """
 
 
 def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.Config:
     for name in ("ca.pem", "ca-key.pem", "token.txt"):
         (tmp_path / name).write_text("x\n")
+    TestCA().issue(tmp_path, "client", common_name="docs", password="key-password-for-docs")
+    monkeypatch.setenv("KEY_PASSWORD", "key-password-for-docs")
+    from joserfc.jwk import ECKey
+
+    (tmp_path / "dpop.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    (tmp_path / "dpop.pem").chmod(0o600)
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("PROXY_USER", "proxy-user")

@@ -88,6 +88,12 @@ def _route_row(r: dict[str, Any], now: float) -> str:
     lines = [" · ".join(where)] if where else []
     if r.get("upstream"):
         lines.append(f"→ {_e(r['upstream'])}")
+    tls = r.get("tls") or {}
+    if tls.get("trust"):
+        certs = [f"presents {_e(tls[k])}" for k in ("client_cert",) if tls.get(k)]
+        if tls.get("token_client_cert") and tls.get("token_client_cert") != tls.get("client_cert"):
+            certs.append(f"token endpoint: presents {_e(tls['token_client_cert'])}")
+        lines.append(" · ".join([f"TLS trusts {_e(tls['trust'])}", *certs]))
     about = "".join(f'<div class="small">{line}</div>' for line in lines)
     last_fetch = ago(tok.get("last_fetch_at"), now)
     fetches = int(tok.get("fetches") or 0)

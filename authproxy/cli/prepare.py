@@ -64,6 +64,7 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
                 open_browser=open_browser,
                 say=say,
                 via=lambda url: Parents.of(cfg).for_url(route, url),
+                extra_ca=cfg.extra_ca_file,
             )
         )
     except LoginError as exc:
@@ -78,7 +79,7 @@ def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:
     ca = LocalCA(files)
     try:
         bundle = ensure_dir(cfg.state_dir) / BUNDLE_NAME
-        roots = ca.write_bundle(bundle)
+        roots = ca.write_bundle(bundle, cfg.extra_ca_file)
     finally:
         ca.close()
     return files, bundle, roots

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from authproxy.access import AllowRule, ProxyAuth
 from authproxy.credentials.grants import Grant
+from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
 from authproxy.net.parent import Parent
 from authproxy.schema.problems import Problem
@@ -95,6 +96,9 @@ class Route:
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
     # The route's own `upstream_proxy`: a Parent, "direct", or None for the top level's choice.
     upstream_proxy: Parent | str | None = None
+    # Presented to the upstream when it asks: the route's own `client_cert`, else its token
+    # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
+    client_cert: ClientCert | None = None
 
     @property
     def mode(self) -> str:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from authproxy.access import parse_allow
 from authproxy.config.model import Match, Route, Upstream
 from authproxy.credentials.grants import REGISTRY, Grant
+from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from authproxy.net.parent import parse_upstream_proxy
 from authproxy.schema.yamlreader import Section
@@ -50,6 +51,9 @@ def _route(sec: Section, index: int) -> Route | None:
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
+    client_cert = parse_client_cert(sec)
+    if client_cert is not None and not verify:
+        sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
     parent = parse_upstream_proxy(sec, allow_direct=True)
     auth = _auth(sec)
@@ -69,6 +73,7 @@ def _route(sec: Section, index: int) -> Route | None:
         missing=tuple(sec.missing),
         allow=allow,
         upstream_proxy=parent,
+        client_cert=client_cert or auth.client_cert(),
     )
 
 

@@ -51,6 +51,7 @@ from authproxy.credentials.bwscrypto import (
 )
 from authproxy.credentials.jwtclaims import jwt_claims
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import Trust, client_context
 from authproxy.net import control
 from authproxy.net.parent import Parent
 from authproxy.secrecy.redact import REDACTOR
@@ -218,7 +219,7 @@ class SyncClient:
     """Fetches secrets while routes.yaml loads (that is synchronous): one login, then one GET per secret.
 
     No proxy from the environment (the proxy itself may be it), no redirects,
-    TLS verified against the platform's roots (plus ``ca_file``).
+    TLS verified against the platform's roots plus ``ca_file`` (``extra_ca_file``; tlsclient.py).
     """
 
     def __init__(
@@ -245,9 +246,8 @@ class SyncClient:
 
     def _open(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, bytes]:
         if self._sslctx is None:
-            self._sslctx = ssl.create_default_context()
-            if self._ca_file is not None:
-                self._sslctx.load_verify_locations(cafile=str(self._ca_file))
+            # The rule every outbound connection follows: system roots plus `extra_ca_file`.
+            self._sslctx = client_context(Trust(extra_ca=self._ca_file))
         last = ""
         for attempt in range(2):  # one retry for a 429/5xx or a connection failure
             self.requests += 1

@@ -38,7 +38,7 @@ class AccessRecord:
     bytes_out: int = 0
     ms: float = 0.0
     token: str = "none"
-    retry: str | None = None  # "done" or "skipped" when a 401 came back
+    retry: str | None = None  # "done" or "skipped" when a 401 came back; "nonce": a DPoP nonce challenge answered
     error: str | None = None  # our error code, when the answer is ours
     note: str | None = None  # e.g. "unverified-tls" for verify: false routes
 

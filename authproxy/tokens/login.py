@@ -18,6 +18,7 @@ import secrets
 import time
 import webbrowser
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from authproxy.credentials.grants.base import GrantContext
 from authproxy.credentials.grants.checks import clear_text, clear_text_reason
 from authproxy.credentials.grants.oauth import request_token
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import Contexts
 from authproxy.disk.store import StateStore
 from authproxy.errors import ProxyError, one_line
 from authproxy.net.parent import Parent, aiohttp_args, aiohttp_failure, answered_407
@@ -58,6 +60,7 @@ async def discover(
     """
     base = issuer.rstrip("/")
     tried = []
+    untrusted = ""
     for url in (
         _rfc8414_url(issuer),
         f"{base}/.well-known/openid-configuration",
@@ -77,6 +80,11 @@ async def discover(
                 if resp.status != 200:
                     continue
                 meta = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Behind TLS inspection its CA belongs in `extra_ca_file`: say so rather than "not found".
+            why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            untrusted = f"; its certificate failed TLS verification: {why}"
+            continue
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             failed = aiohttp_failure(parent, exc) if parent is not None else None
             if failed is not None:
@@ -94,7 +102,7 @@ async def discover(
             raise LoginError("the authorization server does not support PKCE with S256.")
         iss_ok = bool(meta.get("authorization_response_iss_parameter_supported"))
         return Endpoints(meta["issuer"], auth, token, iss_ok)
-    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}).")
+    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}{untrusted}).")
 
 
 def refuse_clear_text(ends: Endpoints) -> None:
@@ -137,23 +145,33 @@ async def login(
     wait: float,
     open_browser: bool,
     say: Callable[[str], None],
+    extra_ca: Path | None = None,
     via: Callable[[str], Parent | None] | None = None,
 ) -> str:
-    """Run the whole flow; returns where the refresh token was stored. ``via``: the parent proxy for
-    a URL (discovery, the code exchange); the browser and the loopback redirect never use one."""
+    """Run the whole flow; returns where the refresh token was stored.
+
+    Discovery and the code exchange trust what every outbound connection
+    does (tlsclient.py): the system roots plus ``extra_ca``. ``via``: the
+    parent proxy for a URL (discovery, the code exchange); the browser and
+    the loopback redirect never use one.
+    """
     grant = route.auth
     if not isinstance(grant, AuthorizationCode):
         raise LoginError(f"route {route.name} is not an authorization_code route.")
     if route.missing:
         raise LoginError(f"route {route.name} cannot log in: {route.missing[0]}.")
-    async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
+    tls = Contexts(extra_ca)
+    connector = aiohttp.TCPConnector(ssl=tls.get(tls.trust()))
+    async with aiohttp.ClientSession(
+        trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
+    ) as session:
         ends = await _endpoints(session, grant, via)
         verifier, challenge = pkce_pair()
         params, redirect_uri = await _authorize(
             route.name, grant, ends, challenge, wait=wait, open_browser=open_browser, say=say
         )
         code = _code(params, ends)
-        ctx = GrantContext(route.name, lambda: session, deadline, store, via=via)
+        ctx = GrantContext(route.name, lambda: session, deadline, store, tls=tls, via=via)
         record = await _exchange(grant, ends, ctx, code, redirect_uri, verifier)
         async with store.locked(route.name):
             await asyncio.to_thread(store.write, route.name, record)

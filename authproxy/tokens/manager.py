@@ -40,6 +40,8 @@ from authproxy.tokens.shared import SharedTokens
 if TYPE_CHECKING:
     import aiohttp
 
+    from authproxy.credentials.tlsclient import Contexts
+
 log = logging.getLogger("authproxy.tokens")
 
 _BACKOFF_FIRST = 1.0
@@ -121,10 +123,12 @@ class TokenManager:
         store: StateStore,
         metrics: Metrics,
         shared: bool = False,
+        tls: Contexts | None = None,
         via: Callable[[Route, str], Parent | None] | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
+        self._tls = tls  # the client TLS contexts token endpoints are dialled with
         self._via = via  # the parent proxy for a URL a route's grant fetches (`upstream_proxy`)
         self._deadline = fetch_deadline
         self._store = store
@@ -248,6 +252,7 @@ class TokenManager:
             self._deadline,
             self._store,
             rejected,
+            self._tls,
             via=None if via is None else lambda url: via(route, url),
         )
         try:
@@ -269,6 +274,7 @@ class TokenManager:
             raise
         finally:
             st.task = None
+        cred = route.auth.bind(cred, self._store, route.name)
         # Whatever goes out as the credential (a token, a key, a helper's output, one
         # another worker stored) is known to the redactor before anything can print it.
         learn_header_values(f"route:{route.name}", [v for _, v in (*cred.headers, *cred.query)])

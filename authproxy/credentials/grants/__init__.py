@@ -3,6 +3,7 @@
 from authproxy.credentials.grants import (
     api_key,
     authorization_code,
+    aws_sigv4,
     basic,
     bearer,
     bws,
@@ -20,6 +21,7 @@ __all__ = [
     "GrantContext",
     "api_key",
     "authorization_code",
+    "aws_sigv4",
     "basic",
     "bearer",
     "bws",

@@ -16,20 +16,26 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.grants.dpop import DPoP, parse_dpop
 from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import ClientCert, parse_client_cert
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
 from authproxy.net.parent import aiohttp_args, aiohttp_failure, answered_407
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
+
+if TYPE_CHECKING:
+    from authproxy.disk.store import StateStore
 
 # aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
@@ -50,6 +56,9 @@ class OAuthClient:
     extra: tuple[tuple[str, Value], ...]
     refresh_skew: float
     default_ttl: float
+    # Presented to the token endpoint; with `tls_client_auth` it is how the client authenticates (RFC 8705 §2).
+    client_cert: ClientCert | None = None
+    dpop: DPoP | None = None  # RFC 9449: tokens bound to a key, a proof on every request
 
     @classmethod
     def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
@@ -58,29 +67,42 @@ class OAuthClient:
             sec.error("token_url", "must be an http:// or https:// URL")
         elif not token_url.missing:
             no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
-        client_id = sec.value("client_id", required=secret_required)
-        client_secret = sec.secret("client_secret", required=secret_required)
+        methods = ("client_secret_basic", "client_secret_post", "tls_client_auth")
+        client_auth = sec.choice("client_auth", methods, "client_secret_basic")
+        mtls = client_auth == "tls_client_auth"
+        client_id = sec.value("client_id", required=secret_required or mtls)
+        client_secret = sec.secret("client_secret", required=secret_required and not mtls)
         if client_secret is not None and client_id is None:
             sec.error("client_secret", "`client_secret` needs a `client_id`")
+        client_cert = parse_client_cert(sec)
+        if mtls and client_secret is not None:
+            sec.error("client_secret", "`tls_client_auth` authenticates with the certificate; remove `client_secret`")
+        if mtls and client_cert is None and not sec.has("client_cert"):
+            sec.error("client_auth", "`tls_client_auth` needs `client_cert` and `client_key` (RFC 8705 §2)")
         extra = sec.str_map("extra") or {}
         return cls(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
-            client_auth=sec.choice("client_auth", ("client_secret_basic", "client_secret_post"), "client_secret_basic"),
+            client_auth=client_auth,
             body=sec.choice("body", ("form", "json"), "form"),
             scope=sec.text("scope"),
             audience=sec.text("audience"),
             extra=tuple(extra.items()),
             refresh_skew=sec.number("refresh_skew", 60.0),
             default_ttl=sec.number("default_ttl", 300.0, minimum=1.0),
+            client_cert=client_cert,
+            dpop=parse_dpop(sec),
         )
 
     def secrets(self) -> list[Secret]:
-        return [self.client_secret] if self.client_secret is not None else []
+        return [s for _, s in self.named_secrets()]
 
     def named_secrets(self) -> list[tuple[str, Secret]]:
-        return [("client_secret", self.client_secret)] if self.client_secret is not None else []
+        out = [("client_secret", self.client_secret)] if self.client_secret is not None else []
+        if self.client_cert is not None and self.client_cert.password is not None:
+            out.append(("client_key_password", self.client_cert.password))
+        return out
 
     def base_params(self) -> dict[str, str]:
         params: dict[str, str] = {}
@@ -106,6 +128,16 @@ class OAuthClientGrant(Grant):
 
     def refresh_skew(self) -> float:
         return self.client.refresh_skew
+
+    def client_cert(self) -> ClientCert | None:
+        return self.client.client_cert
+
+    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+        return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
+
+    def sources(self) -> list[tuple[str, str]]:
+        dpop = self.client.dpop
+        return super().sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -164,11 +196,19 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
         pair = f"{quote(cid, safe='')}:{quote(csecret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     elif cid is not None:
+        # client_secret_post (RFC 6749 §2.3.1), or tls_client_auth: the id alone (RFC 8705 §2.1.1).
         params["client_id"] = cid
         if csecret is not None:
             params["client_secret"] = csecret
 
-    body = await post_once(ctx, client.token_url.reveal(), client.body, params, headers)
+    url = client.token_url.reveal()
+    if client.dpop is None:
+        body = await post_once(ctx, url, client.body, params, headers, cert=client.client_cert)
+    else:
+        cert = client.client_cert
+        body = await client.dpop.token_post(
+            ctx, url, headers, lambda h, seen: post_once(ctx, url, client.body, params, h, cert=cert, seen=seen)
+        )
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenEndpointError("the token endpoint's answer has no access_token.", ctx.route)
@@ -191,11 +231,16 @@ async def post_once(
     params: dict[str, str],
     headers: dict[str, str],
     who: str = "the token endpoint",
+    cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``."""
+    """POST a form (or JSON) body once, within ``ctx.deadline``; 429, 5xx and no connection are ``retryable``.
+
+    ``seen`` is shown the response's headers, whatever its status (a DPoP nonce rides on any).
+    """
     try:
         async with asyncio.timeout(ctx.deadline):
-            return await _post(ctx, url, kind, params, headers, who)
+            return await _post(ctx, url, kind, params, headers, who, cert, seen)
     except TimeoutError:
         raise TokenEndpointTimeout(f"{who} did not answer within {ctx.deadline:g} s.", ctx.route) from None
 
@@ -207,6 +252,8 @@ async def _post(
     params: dict[str, str],
     headers: dict[str, str],
     who: str,
+    cert: ClientCert | None = None,
+    seen: Callable[[Mapping[str, str]], None] | None = None,
 ) -> dict[str, Any]:
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
@@ -215,6 +262,9 @@ async def _post(
     if parent is not None:
         headers = dict(headers)
         kwargs.update(aiohttp_args(parent, url, headers))
+    if url.startswith("https:"):
+        # The system roots plus `extra_ca_file` (tlsclient.py), and the client certificate when given.
+        kwargs["ssl"] = ctx.ssl(cert)
     try:
         async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
             refused = answered_407(parent, resp, ctx.route) if parent is not None else None
@@ -223,6 +273,12 @@ async def _post(
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
+            if seen is not None:
+                seen(resp.headers)
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Not worth a retry: behind TLS inspection, its CA belongs in `extra_ca_file`.
+        why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+        raise TokenEndpointError(f"the certificate of {who} failed TLS verification: {why}.", ctx.route) from None
     except (aiohttp.ClientError, OSError) as exc:
         failed = aiohttp_failure(parent, exc, ctx.route) if parent is not None else None
         if failed is not None:
