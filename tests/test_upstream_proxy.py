@@ -30,13 +30,14 @@ from tests.conftest import Proxy, Upstream, _upstream_app, assert_no_secrets
 from tests.support.bws_server import bws_server
 from tests.support.oauth_server import OAuthServer
 from tests.support.squid import OUTGOING, Squid, free_port
+from tests.test_mtls import mtls_upstream
 from tests.test_refresh_login import _browser, _login
 
 USER, PASSWORD = "alice", "parent-pa55-Zq81&x"
 CLIENT_SECRET = "cc-s3cret-parent-77"
 BEARER = "plain-bearer-token-4412"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-__all__ = ["bws_server"]  # the fixture, imported so pytest finds it
+__all__ = ["bws_server", "mtls_upstream"]  # fixtures, imported so pytest finds them
 
 NAMES = {"api.corp.test": "127.0.0.2", "plain.corp.test": "127.0.0.2", "tunnel.corp.test": "127.0.0.2"}
 
@@ -672,3 +673,31 @@ async def test_a_reload_changes_the_parent_for_new_connections(make_proxy) -> No
     p.runtime.apply(config.load(p.config_path))
     head, _ = await _blind(p, "tunnel.test:8443", b"")
     assert b"403 Second" in head and len(first.got) == 1 and len(second.got) == 1
+
+
+async def test_a_client_certificate_is_presented_through_the_parent(
+    make_proxy, squid: Squid, mtls_upstream, tmp_path: Path, secret_env
+) -> None:
+    """TLS is end to end inside the parent's tunnel: the route's client certificate reaches the upstream."""
+    pair = mtls_upstream.client_ca.issue(tmp_path, "client", common_name="through-the-parent")
+    secret_env("PARENT_USER", USER)
+    secret_env("PARENT_PASSWORD", PASSWORD)
+    p = await make_proxy(
+        f"""
+        upstream_proxy: http://${{PARENT_USER}}:${{PARENT_PASSWORD}}@{squid.authority}
+        routes:
+          - name: icpt
+            match: {mtls_upstream.authority}
+            ca_file: {mtls_upstream.server_ca}
+            client_cert: {pair.cert}
+            client_key: {pair.key}
+            auth: {{type: bearer, token: "${{PARENT_USER}}-bearer-token"}}
+        """
+    )
+    p.secrets.update({PASSWORD, BASIC})
+    async with httpx.AsyncClient(proxy=p.url, verify=_client_ctx(p)) as client:
+        r = await client.get(f"{mtls_upstream.url}/through")
+    assert r.status_code == 200, r.text
+    assert r.json()["subject"] == pair.subject
+    await p.runtime.upstreams.pool.close()  # squid logs a tunnel when it closes
+    squid.wait_for_line("CONNECT", mtls_upstream.authority, USER)
