@@ -426,8 +426,11 @@ def _parent(snap: Snapshot, target: Target) -> Parent | None:
     host (a route with no `upstream` to a loopback host) is refused through a
     parent off this host: it would leave the host in clear text.
     """
+    parents = snap.parents
+    if parents.off:
+        return None
     route, dest = target.route, target.dest
-    parent = snap.parents.choose(route, dest.host, dest.port, dest.default_port)
+    parent = parents.choose(route, dest.host, dest.port, dest.default_port)
     clear = route is not None and route.upstream is None and dest.scheme == "http"
     if clear and parent is not None and not parent.on_loopback:
         assert route is not None

@@ -35,7 +35,7 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
-    parents: Parents = dataclasses.field(default_factory=lambda: Parents(None))  # which parent proxy, if any
+    parents: Parents = dataclasses.field(default_factory=lambda: Parents(None, routes_own=False))  # a parent proxy?
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:

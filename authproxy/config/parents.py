@@ -64,14 +64,17 @@ def loops_to_listener(parent: Parent, listen_host: str, listen_port: int) -> boo
 class Parents:
     """The choice above, for one configuration; the top level's answers remembered per destination."""
 
-    def __init__(self, default: Parent | None, bypass: tuple[Match, ...] = ()) -> None:
+    def __init__(self, default: Parent | None, bypass: tuple[Match, ...] = (), *, routes_own: bool = True) -> None:
         self.default = default
         self._bypass = bypass
         self._chosen: dict[tuple[str, int, int], Parent | None] = {}
+        # No parent anywhere: the per-request path asks this one attribute and goes direct.
+        self.off = default is None and not routes_own
 
     @classmethod
     def of(cls, config: Config) -> Parents:
-        return cls(config.upstream_proxy, config.no_upstream_proxy)
+        own = any(r.upstream_proxy is not None for r in config.routes)
+        return cls(config.upstream_proxy, config.no_upstream_proxy, routes_own=own)
 
     def choose(self, route: Route | None, host: str, port: int, default_port: int) -> Parent | None:
         """The parent for a connection to ``host:port`` (``host`` normalized) made for ``route``; None: direct."""
