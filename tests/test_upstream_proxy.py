@@ -26,6 +26,9 @@ import trustme
 from aiohttp import web
 
 from authproxy import config
+from authproxy.net import control
+from authproxy.net.parent import Parent
+from authproxy.secrecy.secrets import Secret, Value
 from tests.conftest import Proxy, Upstream, _upstream_app, assert_no_secrets
 from tests.support.bws_server import bws_server
 from tests.support.oauth_server import OAuthServer
@@ -701,3 +704,26 @@ async def test_a_client_certificate_is_presented_through_the_parent(
     assert r.json()["subject"] == pair.subject
     await p.runtime.upstreams.pool.close()  # squid logs a tunnel when it closes
     squid.wait_for_line("CONNECT", mtls_upstream.authority, USER)
+
+
+def _parent_at(squid: Squid, password: str) -> Parent:
+    basic = "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()
+    return Parent("127.0.0.1", squid.port, Value(USER, USER), Secret(password, "${P}"), Secret(basic, "****"))
+
+
+async def test_aiohttp_requests_to_https_urls_tunnel_through_the_parent(squid: Squid, tls_upstream) -> None:
+    """The control plane's https:// requests (token endpoints, Bitwarden, discovery): CONNECT with the
+    parent's credentials, TLS verified end to end; a 407 to that CONNECT names the parent."""
+    up, ca_path = tls_upstream
+    ctx = ssl.create_default_context(cafile=str(ca_path))
+    status, _ = await asyncio.to_thread(
+        control.request, "GET", f"{up.url}/via-connect", timeout=20, sslctx=ctx, parent=_parent_at(squid, PASSWORD)
+    )
+    assert status == 200 and up.seen[-1]["path"] == "/via-connect"
+    squid.wait_for_line("CONNECT", up.authority, USER, "/200 ")
+    with pytest.raises(control.ParentFailed) as info:
+        await asyncio.to_thread(
+            control.request, "GET", f"{up.url}/x", timeout=20, sslctx=ctx, parent=_parent_at(squid, "wrong-" + PASSWORD)
+        )
+    assert str(info.value) == f"the parent proxy {squid.authority} refused authproxy's credentials (407)."
+    assert len(up.seen) == 1
