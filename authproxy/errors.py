@@ -8,7 +8,9 @@ The tree::
     ├── AdminTokenRequired          401 admin_token_required
     │   └── AdminTokenInvalid       401 admin_token_invalid
     ├── Denied                      403 denied
-    │   └── DestinationDenied       403 destination_denied
+    │   ├── DestinationDenied       403 destination_denied
+    │   ├── PlaceholderRequired     403 placeholder_required
+    │   └── PlaceholderMisdirected  403 placeholder_misdirected
     ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
     │   └── AdminHostRefused        421 admin_host_refused
@@ -80,6 +82,18 @@ class DestinationDenied(Denied):
     """Unmatched traffic to an address the ``destinations`` policy denies."""
 
     status, code = 403, "destination_denied"
+
+
+class PlaceholderRequired(Denied):
+    """A ``require: placeholder`` route reached without its placeholder: no other credential may be used there."""
+
+    status, code = 403, "placeholder_required"
+
+
+class PlaceholderMisdirected(Denied):
+    """A placeholder sent where its route does not go: an attempt to carry it off."""
+
+    status, code = 403, "placeholder_misdirected"
 
 
 class ProxyAuthRequired(ProxyError):

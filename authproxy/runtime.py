@@ -18,6 +18,8 @@ from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.index import resolve as resolve_placeholders
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
 from authproxy.upstream.upstreams import TokenSession, Upstreams
@@ -35,12 +37,13 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
+    placeholders: Placeholders | None = None  # None when no route has one: the guard costs nothing
     parents: Parents = dataclasses.field(default_factory=lambda: Parents(None, routes_own=False))  # a parent proxy?
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth, Parents.of(config))
+        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config), Parents.of(config))
 
 
 class Runtime:
@@ -66,6 +69,7 @@ class Runtime:
             via=lambda route, url: self.snapshot.parents.for_url(route, url),
             tls=self.upstreams.tls,
         )
+        self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()
@@ -90,7 +94,7 @@ class Runtime:
             cfg = self.snapshot.config
             ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
             self.metrics.watch_certificates(lambda: ca.cached)
-        return ca
+        return self.ca
 
     def apply(self, config: Config) -> list[str]:
         """Swap in a new config: requests in flight keep the snapshot they took.
@@ -115,7 +119,7 @@ class Runtime:
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts"),
+                *("admin", "admin_token", "admin_hosts", "audit"),
             )
             if getattr(old, key) != getattr(config, key)
         ]

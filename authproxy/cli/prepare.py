@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from authproxy.access import hash_password
-from authproxy.cli.envvars import default_no_proxy, no_proxy_note, render, variables
+from authproxy.cli.envvars import default_no_proxy, no_proxy_note, placeholder_env, render, variables
 from authproxy.cli.usage import UsageError, route_named
 from authproxy.config import Config, load, parse_listen
 from authproxy.disk.ca import BUNDLE_NAME, CAFiles, LocalCA, ensure_ca
 from authproxy.disk.state import ensure_dir
 from authproxy.disk.store import StateStore
 from authproxy.net.hosts import HostError, format_authority
+from authproxy.placeholders.index import value_of
 from authproxy.secrecy.redact import redact
 
 
@@ -116,7 +117,7 @@ The key ({files.key}) can sign a certificate for any site: keep it private."""
     return 0
 
 
-def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None) -> int:
+def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None, placeholders: bool = False) -> int:
     cfg = load(path)
     host, port = cfg.listen_host, cfg.listen_port
     if listen:
@@ -131,5 +132,8 @@ def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None) -> 
         no_proxy, local = default_no_proxy(cfg.routes)
         notes += [no_proxy_note(local)] if local else []
     pairs = variables(url, bundle, no_proxy)
+    if placeholders:
+        # Made now if generated and new: the same file the proxy reads, so both say the same value.
+        pairs += [(placeholder_env(r), v) for r in cfg.routes if (v := value_of(r, cfg.state_dir)) is not None]
     sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell, notes))
     return 0

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authproxy.access import AllowRule, ProxyAuth
+from authproxy.config.audit import AuditSettings
+from authproxy.config.placeholder import PlaceholderSpec
 from authproxy.credentials.grants import Grant
 from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
@@ -99,6 +101,7 @@ class Route:
     # Presented to the upstream when it asks: the route's own `client_cert`, else its token
     # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
     client_cert: ClientCert | None = None
+    placeholder: PlaceholderSpec | None = None  # what the workload holds instead of the secret
 
     @property
     def mode(self) -> str:
@@ -131,6 +134,7 @@ class Config:
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
     upstream_proxy: Parent | None = None  # the parent proxy everything goes through (net/parent.py)
     no_upstream_proxy: tuple[Match, ...] = ()  # destinations that go direct instead
+    audit: AuditSettings | None = None  # `audit:`: the decision trail, off by default
 
     @property
     def listen(self) -> str:

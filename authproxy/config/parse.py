@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from authproxy.access import parse_proxy_auth
+from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
 from authproxy.config.parents import Parents, loops_to_listener, parse_parents
 from authproxy.config.route import existing_file, parse_routes
@@ -107,6 +108,7 @@ def _parse(top: Section, file: Path) -> Config:
             for name in sorted((user.routes or frozenset()) - known):
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
     destinations = parse_destinations(top)
+    audit = parse_audit(top)
     top.finish()
     return Config(
         file=file,
@@ -129,6 +131,7 @@ def _parse(top: Section, file: Path) -> Config:
         destinations=destinations,
         upstream_proxy=parent,
         no_upstream_proxy=no_parent,
+        audit=audit,
     )
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
+from authproxy.config.chains import check_route_refs
 from authproxy.config.model import Match, Route, Upstream
+from authproxy.config.placeholder import PlaceholderSpec, check_unique, parse_placeholder
 from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
@@ -31,8 +33,10 @@ def parse_routes(top: Section) -> tuple[Route, ...]:
                 sec.error("gateway", f"`{route.gateway}` is already used by {gateways[route.gateway]}")
             gateways[route.gateway] = sec.path
         routes.append(route)
+    check_unique(top, [(r.name, r.placeholder) for r in routes])
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
+    check_route_refs(routes, top.problems)
     return tuple(routes)
 
 
@@ -56,7 +60,7 @@ def _route(sec: Section, index: int) -> Route | None:
         sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
     parent = parse_upstream_proxy(sec, allow_direct=True)
-    auth = _auth(sec)
+    auth, placeholder = _auth(sec)
     sec.finish()
     if name is None or auth is None:
         return None
@@ -74,6 +78,7 @@ def _route(sec: Section, index: int) -> Route | None:
         allow=allow,
         upstream_proxy=parent,
         client_cert=client_cert or auth.client_cert(),
+        placeholder=placeholder,
     )
 
 
@@ -162,18 +167,19 @@ def _upstream(sec: Section, gateway: bool) -> Upstream | None:
     return Upstream(parts.scheme, host, port, path)
 
 
-def _auth(sec: Section) -> Grant | None:
+def _auth(sec: Section) -> tuple[Grant | None, PlaceholderSpec | None]:
     auth = sec.section("auth", required=True)
     if auth is None:
-        return None
+        return None, None
     kind = auth.text("type", required=True)
     if kind is None:
-        return None  # without a type, no key can be judged known or unknown
+        return None, None  # without a type, no key can be judged known or unknown
     cls = REGISTRY.get(kind)
     if cls is None:
         known = ", ".join(sorted(REGISTRY))
         auth.error("type", f"unknown grant type `{kind}` (known: {known})")
-        return None
+        return None, None
     grant = cls.parse(auth)
+    placeholder = parse_placeholder(auth, grant)
     auth.finish()
-    return grant
+    return grant, placeholder

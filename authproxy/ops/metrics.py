@@ -97,6 +97,12 @@ class Metrics:
         self.certificates = Gauge(
             "authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r, multiprocess_mode="livesum"
         )
+        self.placeholder_misdirected = Counter(
+            "authproxy_placeholder_misdirected",
+            "Placeholders refused where their route does not go, by the placeholder's route and mode.",
+            ["route", "mode"],
+            registry=r,
+        )
         self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
         # Every worker loads the same file; the latest value is the table in force.
         self.routes = Gauge(

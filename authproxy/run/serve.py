@@ -18,6 +18,7 @@ from authproxy.config import Config
 from authproxy.disk.ca import CAError
 from authproxy.net.egress import ADMIN_ENV, PSEUDONYM_ENV
 from authproxy.net.hosts import format_authority, parse_port
+from authproxy.ops.audit import AuditLog
 from authproxy.run.reload import Reloader
 from authproxy.run.worker import WorkerLink
 from authproxy.runtime import Runtime
@@ -39,6 +40,10 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     pseudonym = os.environ.pop(PSEUDONYM_ENV, None) if link is not None else None
     fleet_admin = os.environ.pop(ADMIN_ENV, None) if link is not None else None
     rt = Runtime(cfg, worker=link is not None, pseudonym=pseudonym)
+    audit = None
+    if cfg.audit is not None:
+        a = cfg.audit
+        audit = AuditLog(a.path, a.max_bytes, a.keep, link.index if link is not None else None).start()
     try:
         rt.enable_interception()
     except CAError:
@@ -77,6 +82,8 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     rt.ready = False
     watcher.cancel()
     await _drain(rt, server, admin, link)
+    if audit is not None:
+        audit.close()
     return 0
 
 

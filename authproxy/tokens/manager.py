@@ -136,6 +136,7 @@ class TokenManager:
         self._shared = SharedTokens(store) if shared else None
         self._cache = _Fresh()
         self._states: dict[_Key, _RouteState] = {}
+        self._routes: dict[str, Route] = {}  # by name: what a grant's `credential_of` looks up
 
     def _state(self, route: Route) -> _RouteState:
         st = self._states.get(_key(route))
@@ -144,7 +145,9 @@ class TokenManager:
         return st
 
     def retain(self, routes: Iterable[Route]) -> None:
-        """After a reload: forget the tokens of grants no longer in the table."""
+        """The route table in force; after a reload, forget the tokens of grants no longer in it."""
+        routes = tuple(routes)
+        self._routes = {r.name: r for r in routes}
         keep = {_key(r) for r in routes}
         for key in [k for k in self._states if k not in keep]:
             del self._states[key]
@@ -221,6 +224,14 @@ class TokenManager:
             self._cache.pop(_key(route), None)
             self._state(route).stale = used.headers
 
+    async def _credential_of(self, name: str) -> Credential:
+        """Route ``name``'s credential, as a request of that route would get it (``check`` refuses cycles)."""
+        route = self._routes.get(name)
+        if route is None:
+            raise CredentialUnavailable(f"route {name} is not in the route table.")
+        cred, _ = await self.get(route)
+        return cred
+
     def _refresh_in_background(self, route: Route) -> None:
         st = self._state(route)
         if st.task is not None or time.monotonic() < st.retry_at:
@@ -253,6 +264,7 @@ class TokenManager:
             self._store,
             rejected,
             self._tls,
+            self._credential_of,
             via=None if via is None else lambda url: via(route, url),
         )
         try:
