@@ -28,7 +28,10 @@ The tree::
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
     ├── UpstreamError               502 upstream_error
     ├── UpstreamTLSError            502 upstream_tls_error
-    └── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamProxyError          502 upstream_proxy_error
+    │   └── UpstreamProxyTimeout    504 upstream_proxy_error
+    └── UpstreamProxyAuthFailed     502 upstream_proxy_auth_failed
 
 Every one renders the same way (``render``): a JSON body
 ``{"error", "route", "detail"}`` and an ``X-Authproxy-Error`` header, so a
@@ -203,6 +206,24 @@ class UpstreamTLSError(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, code = 504, "upstream_timeout"
+
+
+class UpstreamProxyError(ProxyError):
+    """The parent proxy (``upstream_proxy``) could not be reached, or refused to open the way."""
+
+    status, code = 502, "upstream_proxy_error"
+
+
+class UpstreamProxyTimeout(UpstreamProxyError):
+    """The parent proxy did not answer in time: the parent's code, a timeout's status."""
+
+    status = 504
+
+
+class UpstreamProxyAuthFailed(ProxyError):
+    """The parent proxy answered 407: it wants credentials, or refused the ones it got."""
+
+    status, code = 502, "upstream_proxy_auth_failed"
 
 
 _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {

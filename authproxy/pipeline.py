@@ -24,6 +24,7 @@ from authproxy.http1.h1message import Body, Response
 from authproxy.messages import Origin, ProxyRequest, Reply
 from authproxy.net.egress import Guard, Via, is_ip_literal
 from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
+from authproxy.net.parent import Parent, clear_text_refusal
 from authproxy.ops.accesslog import AccessRecord
 from authproxy.placeholders import guard
 from authproxy.placeholders.index import Placeholders
@@ -180,6 +181,7 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             sslctx,
             t.connect,
             t.upstream_headers,
+            _parent(snap, target),
         )
     try:
         resp = await send(rt, snap, target, req.method, headers, data, length, cred)
@@ -464,7 +466,27 @@ async def send(
         length,
         snap.config.timeouts.upstream_headers,
         target.guard,
+        _parent(snap, target),
     )
+
+
+def _parent(snap: Snapshot, target: Target) -> Parent | None:
+    """The parent proxy to go through (config/parents.py), None for direct.
+
+    A credential allowed in clear text only because its destination is this
+    host (a route with no `upstream` to a loopback host) is refused through a
+    parent off this host: it would leave the host in clear text.
+    """
+    parents = snap.parents
+    if parents.off:
+        return None
+    route, dest = target.route, target.dest
+    parent = parents.choose(route, dest.host, dest.port, dest.default_port)
+    clear = route is not None and route.upstream is None and dest.scheme == "http"
+    if clear and parent is not None and not parent.on_loopback:
+        assert route is not None
+        raise clear_text_refusal(parent, f"route {route.name}'s credential").with_route(route.name)
+    return parent
 
 
 def _reply(resp: Response) -> Reply:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from authproxy.access import Authenticator
 from authproxy.config import Config
+from authproxy.config.parents import Parents
 from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
@@ -37,11 +38,12 @@ class Snapshot:
     table: RouteTable
     auth: Authenticator | None = None
     placeholders: Placeholders | None = None  # None when no route has one: the guard costs nothing
+    parents: Parents = dataclasses.field(default_factory=lambda: Parents(None, routes_own=False))  # a parent proxy?
 
     @classmethod
     def of(cls, config: Config) -> Snapshot:
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config))
+        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config), Parents.of(config))
 
 
 class Runtime:
@@ -66,6 +68,7 @@ class Runtime:
             self.store,
             self.metrics,
             shared=shared,
+            via=lambda route, url: self.snapshot.parents.for_url(route, url),
             tls=self.upstreams.tls,
         )
         self.tokens.retain(config.routes)

@@ -51,12 +51,15 @@ destinations: {{deny: [private], allow: [10.1.0.0/16]}}
 audit: {{path: audit.log, max_bytes: 10MiB, keep: 5}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
 token_store: {{url: "rediss://:${{REDIS_PASSWORD}}@redis.test:6380/0", key: ${{STORE_KEY}}, prefix: "gw:"}}
+upstream_proxy: http://${{PROXY_USER}}:${{SECRET_A}}@proxy.test:3128
+no_upstream_proxy: ["*.corp.test", "localhost:*"]
 routes:
   - name: key
     match: key.test/v1
     upstream: https://127.0.0.1:8443
     ca_file: ca.pem
     verify: true
+    upstream_proxy: direct
     client_cert: client.crt
     client_key: client.key
     client_key_password: ${{KEY_PASSWORD}}
@@ -150,6 +153,7 @@ def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.C
     (tmp_path / "dpop.pem").chmod(0o600)
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
+    monkeypatch.setenv("PROXY_USER", "proxy-user")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)
     monkeypatch.setenv("REDIS_PASSWORD", "redis-password-for-docs")
     monkeypatch.setenv("STORE_KEY", "c3RvcmUta2V5LWZvci1kb2NzLTMyLWJ5dGVzLWxvbmch")

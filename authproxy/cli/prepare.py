@@ -48,6 +48,7 @@ def cmd_hash_password() -> int:
 
 
 def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
+    from authproxy.config.parents import Parents
     from authproxy.tokens.login import LoginError, login  # with aiohttp: only this command needs it
 
     cfg = load(path)
@@ -66,6 +67,7 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
                 wait=timeout,
                 open_browser=open_browser,
                 say=say,
+                via=lambda url: Parents.of(cfg).for_url(route, url),
                 extra_ca=cfg.extra_ca_file,
             )
         finally:

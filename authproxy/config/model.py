@@ -11,6 +11,7 @@ from authproxy.config.placeholder import PlaceholderSpec
 from authproxy.credentials.grants import Grant
 from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
+from authproxy.net.parent import Parent
 from authproxy.schema.problems import Problem
 from authproxy.secrecy.secrets import Secret, Value
 
@@ -107,6 +108,8 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    # The route's own `upstream_proxy`: a Parent, "direct", or None for the top level's choice.
+    upstream_proxy: Parent | str | None = None
     # Presented to the upstream when it asks: the route's own `client_cert`, else its token
     # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
     client_cert: ClientCert | None = None
@@ -142,6 +145,8 @@ class Config:
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
     token_store: TokenStoreSettings | None = None  # None: the file store in state_dir
+    upstream_proxy: Parent | None = None  # the parent proxy everything goes through (net/parent.py)
+    no_upstream_proxy: tuple[Match, ...] = ()  # destinations that go direct instead
     audit: AuditSettings | None = None  # `audit:`: the decision trail, off by default
 
     @property

@@ -12,6 +12,7 @@ from authproxy.config.placeholder import PlaceholderSpec, check_unique, parse_pl
 from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
+from authproxy.net.parent import parse_upstream_proxy
 from authproxy.schema.yamlreader import Section
 
 
@@ -58,6 +59,7 @@ def _route(sec: Section, index: int) -> Route | None:
     if client_cert is not None and not verify:
         sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
+    parent = parse_upstream_proxy(sec, allow_direct=True)
     auth, placeholder = _auth(sec)
     sec.finish()
     if name is None or auth is None:
@@ -74,6 +76,7 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        upstream_proxy=parent,
         client_cert=client_cert or auth.client_cert(),
         placeholder=placeholder,
     )
@@ -97,6 +100,15 @@ def _match(sec: Section) -> Match | None:
     text = sec.text("match")
     if text is None:
         return None
+    match = parse_match(text)
+    if isinstance(match, str):
+        sec.error("match", match)
+        return None
+    return match
+
+
+def parse_match(text: str) -> Match | str:
+    """``host``, ``*.host``, ``host:port``, ``host:*``, each with an optional path prefix; or why ``text`` is none."""
     raw = text.strip()
     authority, slash, path = raw.partition("/")
     try:
@@ -111,8 +123,7 @@ def _match(sec: Section) -> Match | None:
         port = None if port_text is None or any_port else parse_port(port_text)
         prefix = normalize_path("/" + path) if slash else ""
     except (HostError, ValueError) as exc:
-        sec.error("match", str(exc))
-        return None
+        return str(exc)
     return Match(host, wildcard, port, any_port, prefix.rstrip("/") if prefix != "/" else "", raw)
 
 

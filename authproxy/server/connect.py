@@ -27,6 +27,7 @@ from authproxy.errors import (
 from authproxy.http1.h1request import connect_target
 from authproxy.http1.h1response import informational
 from authproxy.messages import Origin, ProxyRequest, Reply
+from authproxy.net.chain import open_through
 from authproxy.net.egress import Guard
 from authproxy.net.hosts import format_authority
 from authproxy.ops.accesslog import AccessRecord
@@ -108,10 +109,14 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     if snap.config.unmatched == "deny":
         raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
     t = snap.config.timeouts
+    parent = snap.parents.choose(None, host, port, connect_default(port))
     try:
         # Judged by address (a loop to ourselves, the `destinations` policy) before the 200: the client's
         # bytes sent ahead of it would otherwise go into a tunnel we should never have opened.
-        up_reader, up_writer = await asyncio.wait_for(conn.rt.egress.open(host, port, Guard.UNMATCHED), t.connect)
+        if parent is not None:
+            up_reader, up_writer = await open_through(conn.rt.egress, parent, host, port, Guard.UNMATCHED, t.connect)
+        else:
+            up_reader, up_writer = await asyncio.wait_for(conn.rt.egress.open(host, port, Guard.UNMATCHED), t.connect)
     except TimeoutError:
         raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
     except OSError as exc:

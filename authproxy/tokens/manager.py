@@ -32,6 +32,7 @@ from authproxy.credentials.grants import Credential, GrantContext
 from authproxy.credentials.grants.base import refresh_point
 from authproxy.disk.tokenstore import TokenStore
 from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError, TokenStoreUnavailable
+from authproxy.net.parent import Parent
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
 from authproxy.tokens.retry import with_retries
@@ -124,10 +125,12 @@ class TokenManager:
         metrics: Metrics,
         shared: bool = False,
         tls: Contexts | None = None,
+        via: Callable[[Route, str], Parent | None] | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
         self._tls = tls  # the client TLS contexts token endpoints are dialled with
+        self._via = via  # the parent proxy for a URL a route's grant fetches (`upstream_proxy`)
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
@@ -254,8 +257,16 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
+        via = self._via
         ctx = GrantContext(
-            route.name, self._get_session, self._deadline, self._store, rejected, self._tls, self._credential_of
+            route.name,
+            self._get_session,
+            self._deadline,
+            self._store,
+            rejected,
+            self._tls,
+            self._credential_of,
+            via=None if via is None else lambda url: via(route, url),
         )
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:

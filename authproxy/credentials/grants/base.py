@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from authproxy.credentials.tlsclient import ClientCert, Contexts
     from authproxy.disk.tokenstore import TokenStore
+    from authproxy.net.parent import Parent
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
 
@@ -173,6 +174,11 @@ class GrantContext:
     # Another route's credential by its name, through the token layer (its cache, single
     # flight and refresh): what a token exchange's `subject_route` trades in.
     credential_of: Callable[[str], Awaitable[Credential]] | None = None
+    # The parent proxy (``upstream_proxy``) a request to a URL goes through; None: every one goes direct.
+    via: Callable[[str], Parent | None] | None = None
+
+    def parent_for(self, url: str) -> Parent | None:
+        return self.via(url) if self.via is not None else None
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -28,6 +28,7 @@ from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.credentials.tlsclient import ClientCert, parse_client_cert
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
+from authproxy.net.parent import aiohttp_args, aiohttp_failure, answered_407
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
@@ -252,11 +253,18 @@ async def _post(
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
     kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
+    parent = ctx.parent_for(url)
+    if parent is not None:
+        headers = dict(headers)
+        kwargs.update(aiohttp_args(parent, url, headers))
     if url.startswith("https:"):
         # The system roots plus `extra_ca_file` (tlsclient.py), and the client certificate when given.
         kwargs["ssl"] = ctx.ssl(cert)
     try:
         async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
+            refused = answered_407(parent, resp, ctx.route) if parent is not None else None
+            if refused is not None:
+                raise refused
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -267,6 +275,9 @@ async def _post(
         why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
         raise TokenEndpointError(f"the certificate of {who} failed TLS verification: {why}.", ctx.route) from None
     except (aiohttp.ClientError, OSError) as exc:
+        failed = aiohttp_failure(parent, exc, ctx.route) if parent is not None else None
+        if failed is not None:
+            raise failed from None  # the parent's failure, naming it: no retry makes it succeed
         unreachable = f"{who} cannot be reached ({type(exc).__name__})."
         raise TokenEndpointError(unreachable, ctx.route, retryable=True) from None
     if status == 429 or status >= 500:
