@@ -21,7 +21,8 @@ The tree::
     ├── NotImplementedByProxy       501 not_implemented
     ├── VersionNotSupported         505 http_version_not_supported
     ├── Unavailable                 503 unavailable
-    │   └── TooManyConnections      503 too_many_connections
+    │   ├── TooManyConnections      503 too_many_connections
+    │   └── TokenStoreUnavailable   503 token_store_unavailable
     ├── CredentialUnavailable       502 credential_unavailable
     ├── TokenEndpointError          502 token_endpoint_error
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
@@ -157,6 +158,12 @@ class TooManyConnections(Unavailable):
     """One client address holds `limits.max_connections_per_client` connections already."""
 
     code = "too_many_connections"
+
+
+class TokenStoreUnavailable(Unavailable):
+    """The shared token store cannot be reached, and this request needs a fetch that must hold its lease."""
+
+    code = "token_store_unavailable"
 
 
 class CredentialUnavailable(ProxyError):

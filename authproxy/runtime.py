@@ -15,13 +15,13 @@ from authproxy.access import Authenticator
 from authproxy.config import Config
 from authproxy.config.parents import Parents
 from authproxy.disk.ca import LocalCA, ensure_ca
-from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
 from authproxy.placeholders.index import Placeholders
 from authproxy.placeholders.index import resolve as resolve_placeholders
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
+from authproxy.tokens.stores import open_store
 from authproxy.upstream.upstreams import TokenSession, Upstreams
 
 
@@ -57,15 +57,17 @@ class Runtime:
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file, self.egress)
         self._token_session = TokenSession(config.timeouts)
         self._token_session.prepare(config.routes)
-        self.store = StateStore(config.state_dir)
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
+        self.store = open_store(config, self.metrics)
+        # Shared between workers (state dir) or replicas (token_store): one fetch per route among them.
+        shared = worker or config.token_store is not None
         self.tokens = TokenManager(
             self._token_session.get,
             config.timeouts.token_fetch,
             self.store,
             self.metrics,
-            shared=worker,
+            shared=shared,
             via=lambda route, url: self.snapshot.parents.for_url(route, url),
             tls=self.upstreams.tls,
         )
@@ -119,7 +121,7 @@ class Runtime:
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts", "audit"),
+                *("admin", "admin_token", "admin_hosts", "token_store", "audit"),
             )
             if getattr(old, key) != getattr(config, key)
         ]
@@ -133,3 +135,4 @@ class Runtime:
             self.ca.close()
         await self.upstreams.close()
         await self._token_session.close()
+        await self.store.close()

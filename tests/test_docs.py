@@ -50,6 +50,7 @@ proxy_auth:
 destinations: {{deny: [private], allow: [10.1.0.0/16]}}
 audit: {{path: audit.log, max_bytes: 10MiB, keep: 5}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
+token_store: {{url: "rediss://:${{REDIS_PASSWORD}}@redis.test:6380/0", key: ${{STORE_KEY}}, prefix: "gw:"}}
 upstream_proxy: http://${{PROXY_USER}}:${{SECRET_A}}@proxy.test:3128
 no_upstream_proxy: ["*.corp.test", "localhost:*"]
 routes:
@@ -154,6 +155,8 @@ def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.C
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
     monkeypatch.setenv("PROXY_USER", "proxy-user")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-password-for-docs")
+    monkeypatch.setenv("STORE_KEY", "c3RvcmUta2V5LWZvci1kb2NzLTMyLWJ5dGVzLWxvbmch")
     (tmp_path / "routes.yaml").write_text(EVERY_KEY.replace("STATE", str(tmp_path / "state")))
     return config.load(tmp_path / "routes.yaml")
 

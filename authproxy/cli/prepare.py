@@ -17,10 +17,12 @@ from authproxy.cli.usage import UsageError, route_named
 from authproxy.config import Config, load, parse_listen
 from authproxy.disk.ca import BUNDLE_NAME, CAFiles, LocalCA, ensure_ca
 from authproxy.disk.state import ensure_dir
-from authproxy.disk.store import StateStore
+from authproxy.errors import ProxyError
 from authproxy.net.hosts import HostError, format_authority
+from authproxy.ops.metrics import Metrics
 from authproxy.placeholders.index import value_of
 from authproxy.secrecy.redact import redact
+from authproxy.tokens.stores import open_store
 
 
 def cmd_hash_password() -> int:
@@ -55,11 +57,12 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
     def say(text: str) -> None:
         print(redact(text), flush=True)
 
-    try:
-        where = asyncio.run(
-            login(
+    async def run() -> str:
+        store = open_store(cfg, Metrics())  # the file store, or the replicas' shared one
+        try:
+            return await login(
                 route,
-                StateStore(cfg.state_dir),
+                store,
                 cfg.timeouts.token_fetch,
                 wait=timeout,
                 open_browser=open_browser,
@@ -67,9 +70,14 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
                 via=lambda url: Parents.of(cfg).for_url(route, url),
                 extra_ca=cfg.extra_ca_file,
             )
-        )
-    except LoginError as exc:
-        print(redact(f"error: route {name}: {exc}"), file=sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        where = asyncio.run(run())
+    except (LoginError, ProxyError) as exc:
+        detail = exc.detail if isinstance(exc, ProxyError) else str(exc)
+        print(redact(f"error: route {name}: {detail}"), file=sys.stderr)
         return 1
     print(redact(f"Logged in: route {name}'s refresh token is stored in {where}."))
     return 0

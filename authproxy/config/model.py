@@ -13,7 +13,7 @@ from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
 from authproxy.net.parent import Parent
 from authproxy.schema.problems import Problem
-from authproxy.secrecy.secrets import Secret
+from authproxy.secrecy.secrets import Secret, Value
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.local/state/authproxy"
@@ -51,6 +51,18 @@ class BwsSettings:
     access_token: Secret
     identity_url: str
     api_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStoreSettings:
+    """``token_store:``: a shared store (Redis) for every replica's tokens (docs/scale-out.md)."""
+
+    # redis:// or rediss://; not a secret as a whole (it is shown without its password),
+    # but a password in it (from ${VAR}) is known to the redactor (config/storeconf.py).
+    url: Value
+    key: Secret  # Base64 of 32 or more random bytes: names are HMACs and values are sealed under it
+    prefix: str = "authproxy:"
+    where: str = ""  # the URL without its user and password, for the status page and messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +144,7 @@ class Config:
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
+    token_store: TokenStoreSettings | None = None  # None: the file store in state_dir
     upstream_proxy: Parent | None = None  # the parent proxy everything goes through (net/parent.py)
     no_upstream_proxy: tuple[Match, ...] = ()  # destinations that go direct instead
     audit: AuditSettings | None = None  # `audit:`: the decision trail, off by default

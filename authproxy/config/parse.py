@@ -17,6 +17,7 @@ from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
 from authproxy.config.parents import Parents, loops_to_listener, parse_parents
 from authproxy.config.route import existing_file, parse_routes
+from authproxy.config.storeconf import parse_token_store
 from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
 from authproxy.net.destinations import parse_destinations
 from authproxy.net.hosts import HostError, normalize_host, parse_port, split_hostport
@@ -108,6 +109,7 @@ def _parse(top: Section, file: Path) -> Config:
             for name in sorted((user.routes or frozenset()) - known):
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
     destinations = parse_destinations(top)
+    token_store = parse_token_store(top)
     audit = parse_audit(top)
     top.finish()
     return Config(
@@ -129,6 +131,7 @@ def _parse(top: Section, file: Path) -> Config:
         admin_token=admin_token,
         admin_hosts=admin_hosts,
         destinations=destinations,
+        token_store=token_store,
         upstream_proxy=parent,
         no_upstream_proxy=no_parent,
         audit=audit,

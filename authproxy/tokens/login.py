@@ -32,7 +32,7 @@ from authproxy.credentials.grants.checks import clear_text, clear_text_reason
 from authproxy.credentials.grants.oauth import request_token
 from authproxy.credentials.oautherror import describe
 from authproxy.credentials.tlsclient import Contexts
-from authproxy.disk.store import StateStore
+from authproxy.disk.tokenstore import TokenStore
 from authproxy.errors import ProxyError, one_line
 from authproxy.net.parent import Parent, aiohttp_args, aiohttp_failure, answered_407
 from authproxy.secrecy.secrets import Value
@@ -139,7 +139,7 @@ _DONE_PAGE = """<!doctype html><meta charset="utf-8"><title>authproxy</title>
 
 async def login(
     route: Route,
-    store: StateStore,
+    store: TokenStore,
     deadline: float,
     *,
     wait: float,
@@ -173,9 +173,8 @@ async def login(
         code = _code(params, ends)
         ctx = GrantContext(route.name, lambda: session, deadline, store, tls=tls, via=via)
         record = await _exchange(grant, ends, ctx, code, redirect_uri, verifier)
-        async with store.locked(route.name):
-            await asyncio.to_thread(store.write, route.name, record)
-    return str(store.dir / f"{route.name}.json")
+    # Under the route's lock (or lease): a running proxy, or a replica, adopts it on its next fetch.
+    return await store.replace(route.name, record)
 
 
 async def _endpoints(

@@ -11,8 +11,9 @@ dead token endpoint is not hammered by a storm of retries.
 Each fetch tries a failing token endpoint again within ``timeouts.token_fetch``
 (``tokens/retry.py``); grants make one attempt each.
 
-With several worker processes (``shared``), a fetch goes through the state
-store (``tokens/shared.py``), so that the workers share one token per route.
+With several worker processes, or a shared ``token_store`` (``shared``), a
+fetch goes through the token store (``tokens/shared.py``), so that the
+workers and replicas share one token per route.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from typing import TYPE_CHECKING
 from authproxy.config import Route
 from authproxy.credentials.grants import Credential, GrantContext
 from authproxy.credentials.grants.base import refresh_point
-from authproxy.disk.store import StateStore
-from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError
+from authproxy.disk.tokenstore import TokenStore
+from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError, TokenStoreUnavailable
 from authproxy.net.parent import Parent
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
@@ -120,7 +121,7 @@ class TokenManager:
         self,
         get_session: Callable[[], aiohttp.ClientSession],
         fetch_deadline: float,
-        store: StateStore,
+        store: TokenStore,
         metrics: Metrics,
         shared: bool = False,
         tls: Contexts | None = None,
@@ -272,6 +273,9 @@ class TokenManager:
                 cred = await self._shared.fetch(route, ctx)
             else:
                 cred = await with_retries(route.auth.fetch, ctx)
+            # Inside the flight: a DPoP key read from the store for the first time must not
+            # leave a gap where another caller starts a second fetch.
+            cred = await route.auth.bind(cred, self._store, route.name)
         except ProxyError as exc:
             exc.with_route(route.name)
             st.fetches += 1
@@ -280,13 +284,14 @@ class TokenManager:
             st.last_error_at = time.time()
             if isinstance(exc, TokenEndpointError) and exc.permanent:
                 st.backoff = _BACKOFF_MAX  # e.g. a refused refresh token: only a new login helps
+            elif isinstance(exc, TokenStoreUnavailable):
+                st.backoff = _BACKOFF_FIRST  # one call to the store says it is back: recover at once
             else:
                 st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
             st.retry_at = time.monotonic() + st.backoff * random.uniform(0.5, 1.0)
             raise
         finally:
             st.task = None
-        cred = route.auth.bind(cred, self._store, route.name)
         # Whatever goes out as the credential (a token, a key, a helper's output, one
         # another worker stored) is known to the redactor before anything can print it.
         learn_header_values(f"route:{route.name}", [v for _, v in (*cred.headers, *cred.query)])

@@ -619,6 +619,11 @@ class OAuthServer:
     advertise_iss: bool | None = None
     #: lifetime (seconds) of authorization codes.
     code_expires_in: int = 600
+    #: called in the request's thread around each token request's handling, as
+    #: ``hook("before", params)`` (nothing spent yet) and ``hook("after", params)``
+    #: (a refresh token is spent and its successor issued, the answer not yet sent):
+    #: a test blocks in it to hold a token request at either point.
+    token_hook: Callable[[str, dict[str, str]], None] | None = None
     #: the one ``aud`` RFC 7523 assertions must name (client auth and the JWT bearer grant); "" -> token_url
     assertion_audience: str = ""
     #: RFC 7523 §2.1: assertion issuers that are not client ids (a Kubernetes API server) -> client id
@@ -1189,7 +1194,13 @@ class OAuthServer:
 
             if error is not None:
                 return _error_response(recording_start_response, error)
-            return app(environ, recording_start_response)
+            hook = self.token_hook
+            if hook is None:
+                return app(environ, recording_start_response)
+            hook("before", params)
+            body_out = list(app(environ, recording_start_response))  # handled: spent and issued
+            hook("after", params)
+            return body_out
 
         return wsgi
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from authproxy.credentials.tlsclient import ClientCert, Contexts
-    from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
     from authproxy.net.parent import Parent
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
@@ -165,7 +165,7 @@ class GrantContext:
     # Seconds this attempt may wait for an endpoint; the token layer passes what
     # is left of ``timeouts.token_fetch`` when it tries again.
     deadline: float
-    store: StateStore
+    store: TokenStore
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
@@ -235,7 +235,7 @@ class Grant(ABC):
         """The certificate presented to the token endpoint, if any (RFC 8705)."""
         return None
 
-    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+    async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
         """``cred`` as the route sends it: with its per-request ``proof`` when it has one."""
         return cred
 

@@ -34,7 +34,7 @@ from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
 
 if TYPE_CHECKING:
-    from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
 
 # aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
@@ -130,8 +130,8 @@ class OAuthClientGrant(Grant):
     def client_cert(self) -> ClientCert | None:
         return self.client.client_cert
 
-    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
-        return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
+    async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
+        return cred if self.client.dpop is None else await self.client.dpop.bind(cred, store, route)
 
     def sources(self) -> list[tuple[str, str]]:
         dpop = self.client.dpop
