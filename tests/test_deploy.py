@@ -90,7 +90,9 @@ def test_manifests_pass_strict_schema_validation() -> None:
 
 def test_strict_validation_refuses_an_unknown_field(tmp_path: Path) -> None:
     """The negative control: the validator is strict, and works offline."""
-    bad = (K8S / "gateway" / "20-gateway.yaml").read_text().replace("  replicas: 3\n", "  replicas: 3\n  replica: 3\n", 1)
+    bad = (
+        (K8S / "gateway" / "20-gateway.yaml").read_text().replace("  replicas: 3\n", "  replicas: 3\n  replica: 3\n", 1)
+    )
     assert bad != (K8S / "gateway" / "20-gateway.yaml").read_text()
     (tmp_path / "bad.yaml").write_text(bad)
     res = _validate([tmp_path / "bad.yaml"])
@@ -107,7 +109,9 @@ def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-@pytest.mark.parametrize("kind,name", [("Deployment", "authproxy"), ("StatefulSet", "authproxy-redis"), ("Deployment", "reports")])
+@pytest.mark.parametrize(
+    "kind,name", [("Deployment", "authproxy"), ("StatefulSet", "authproxy-redis"), ("Deployment", "reports")]
+)
 def test_workload_wiring(kind: str, name: str) -> None:
     obj = _one(kind, name)
     ns = obj["metadata"]["namespace"]
@@ -199,7 +203,9 @@ def _make_ca(tmp: Path) -> tuple[str, str]:
     state = tmp / "ca-state"
     cfg = tmp / "ca.yaml"
     cfg.write_text(f"state_dir: {state}\nroutes: []\n")
-    subprocess.run([sys.executable, "-m", "authproxy", "ca", "-c", str(cfg)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "authproxy", "ca", "-c", str(cfg)], check=True, capture_output=True, timeout=60
+    )
     return (state / "ca.pem").read_text(), (state / "ca-key.pem").read_text()
 
 
@@ -214,7 +220,9 @@ def _check(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def _pod_files(obj: dict[str, Any], container: str, root: Path, ca: tuple[str, str]) -> tuple[dict[str, str], list[str]]:
+def _pod_files(
+    obj: dict[str, Any], container: str, root: Path, ca: tuple[str, str]
+) -> tuple[dict[str, str], list[str]]:
     """Lay out under ``root`` what ``container`` sees mounted; its environment; the mount paths."""
     spec = _pod_spec(obj)
     (c,) = [c for c in _containers(spec) if c["name"] == container]
@@ -244,7 +252,10 @@ def _pod_files(obj: dict[str, Any], container: str, root: Path, ca: tuple[str, s
 
 @pytest.mark.parametrize(
     "kind,name,container,configmap",
-    [("Deployment", "authproxy", "authproxy", "authproxy-config"), ("Deployment", "reports", "authproxy", "reports-authproxy")],
+    [
+        ("Deployment", "authproxy", "authproxy", "authproxy-config"),
+        ("Deployment", "reports", "authproxy", "reports-authproxy"),
+    ],
 )
 def test_shipped_route_tables_pass_check(tmp_path: Path, kind: str, name: str, container: str, configmap: str) -> None:
     """`authproxy check` on the route table as the pod sees it: every path and variable it names is there."""
@@ -281,7 +292,9 @@ def test_compose_file_is_valid_and_strict() -> None:
 
     _compose()
     with pytest.raises(Exception, match="x-"):
-        PyCompose.from_yaml(COMPOSE.read_text().replace("    read_only: true\n", "    read_only: true\n    readonly: true\n", 1))
+        PyCompose.from_yaml(
+            COMPOSE.read_text().replace("    read_only: true\n", "    read_only: true\n    readonly: true\n", 1)
+        )
 
 
 def test_compose_replicas_profile() -> None:
