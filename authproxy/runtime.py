@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from authproxy.access import Authenticator
@@ -19,6 +20,7 @@ from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
 from authproxy.placeholders.index import Placeholders
 from authproxy.placeholders.index import resolve as resolve_placeholders
+from authproxy.placeholders.shared import shared_generated
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
 from authproxy.tokens.stores import open_store
@@ -41,9 +43,14 @@ class Snapshot:
     parents: Parents = dataclasses.field(default_factory=lambda: Parents(None, routes_own=False))  # a parent proxy?
 
     @classmethod
-    def of(cls, config: Config) -> Snapshot:
+    def of(cls, config: Config, shared: Mapping[str, str] | None = None) -> Snapshot:
+        """``shared``: generated placeholders from the shared token store (``Runtime.shared_placeholders``);
+        with a shared store and none given, generated ones are left out until they are had from it."""
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth, resolve_placeholders(config), Parents.of(config))
+        if shared is None and config.token_store is not None:
+            shared = {}
+        placeholders = resolve_placeholders(config, make=shared is None, shared=shared)
+        return cls(config, RouteTable(config.routes), auth, placeholders, Parents.of(config))
 
 
 class Runtime:
@@ -98,7 +105,20 @@ class Runtime:
             self.metrics.watch_certificates(lambda: ca.cached)
         return self.ca
 
-    def apply(self, config: Config) -> list[str]:
+    async def shared_placeholders(self, config: Config) -> dict[str, str] | None:
+        """``config``'s generated placeholders as the shared token store holds them (made there if new)."""
+        return await shared_generated(config, self.store)
+
+    async def share_placeholders(self) -> None:
+        """Put the shared store's generated placeholders into service: before listening, in every replica."""
+        config = self.snapshot.config
+        shared = await self.shared_placeholders(config)
+        if shared is not None:
+            self.snapshot = dataclasses.replace(
+                self.snapshot, placeholders=resolve_placeholders(config, make=False, shared=shared)
+            )
+
+    def apply(self, config: Config, shared: Mapping[str, str] | None = None) -> list[str]:
         """Swap in a new config: requests in flight keep the snapshot they took.
 
         Tokens of routes whose name and grant are unchanged stay cached; a
@@ -114,7 +134,7 @@ class Runtime:
         config = dataclasses.replace(config, routes=routes)
         self.tokens.retain(routes)
         self._token_session.prepare(routes)
-        self.snapshot = Snapshot.of(config)
+        self.snapshot = Snapshot.of(config, shared)
         self.egress.configure(config.destinations)
         self.metrics.routes.set(len(config.routes))
         restart = [

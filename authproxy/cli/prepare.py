@@ -21,6 +21,7 @@ from authproxy.errors import ProxyError
 from authproxy.net.hosts import HostError, format_authority
 from authproxy.ops.metrics import Metrics
 from authproxy.placeholders.index import value_of
+from authproxy.placeholders.shared import shared_generated
 from authproxy.secrecy.redact import redact
 from authproxy.tokens.stores import open_store
 
@@ -142,6 +143,26 @@ def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None, pla
     pairs = variables(url, bundle, no_proxy)
     if placeholders:
         # Made now if generated and new: the same file the proxy reads, so both say the same value.
-        pairs += [(placeholder_env(r), v) for r in cfg.routes if (v := value_of(r, cfg.state_dir)) is not None]
+        try:
+            shared = _shared_placeholders(cfg)
+        except (ProxyError, ValueError) as exc:
+            print(redact(f"error: the placeholders cannot be had from the token store: {exc}"), file=sys.stderr)
+            return 1
+        pairs += [(placeholder_env(r), v) for r in cfg.routes if (v := value_of(r, cfg.state_dir, True, shared))]
     sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell, notes))
     return 0
+
+
+def _shared_placeholders(cfg: Config) -> dict[str, str] | None:
+    """With a shared token store, the generated placeholders every replica swaps: read (or made) there."""
+    if cfg.token_store is None:
+        return None
+
+    async def read() -> dict[str, str] | None:
+        store = open_store(cfg, Metrics())
+        try:
+            return await shared_generated(cfg, store)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -85,16 +85,17 @@ def basic_pair(value: bytes) -> bytes | None:
         return None
 
 
-def resolve(config: Config, make: bool = True) -> Placeholders | None:
+def resolve(config: Config, make: bool = True, shared: Mapping[str, str] | None = None) -> Placeholders | None:
     """The config's placeholders, generated ones read from (or made in) the state dir; None when there are none.
 
     ``make`` False: a generated placeholder not made yet is left out (``check``
-    writes nothing).
+    writes nothing). ``shared``: generated ones as the shared token store holds
+    them (``placeholders/shared.py``), which replicas must all use.
     """
     values: dict[str, str] = {}
     stubs: dict[tuple[str, str], str] = {}
     for route in config.routes:
-        value = value_of(route, config.state_dir, make)
+        value = value_of(route, config.state_dir, make, shared)
         if value is None:
             continue
         values[route.name] = value
@@ -106,12 +107,14 @@ def resolve(config: Config, make: bool = True) -> Placeholders | None:
     return Placeholders(values, stubs) if values else None
 
 
-def value_of(route: Route, state_dir: Path, make: bool = True) -> str | None:
+def value_of(route: Route, state_dir: Path, make: bool = True, shared: Mapping[str, str] | None = None) -> str | None:
     spec = route.placeholder
     if spec is None:
         return None
     if spec.value is not None:
         return spec.value
+    if shared is not None:
+        return shared.get(route.name)  # the store's, or none yet: never a local one replicas would not share
     path = state_dir / "placeholders" / route.name
     if not make and not path.exists():
         return None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from authproxy.config import Config
 from authproxy.disk.ca import CAError
+from authproxy.errors import ProxyError
 from authproxy.net.egress import ADMIN_ENV, PSEUDONYM_ENV
 from authproxy.net.hosts import format_authority, parse_port
 from authproxy.ops.audit import AuditLog
@@ -49,6 +50,14 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     except CAError:
         await rt.close()
         raise  # the command says it as the usage error it is
+    try:
+        await rt.share_placeholders()  # generated ones from the shared token store, before any request
+    except (ProxyError, ValueError) as exc:
+        log.error("the generated placeholders cannot be had from the token store: %s", exc)
+        await rt.close()
+        if audit is not None:
+            audit.close()
+        return 1
     if link is None and cfg.admin is not None:
         # The admin listener is aiohttp.web, which a proxy without one never loads; imported
         # before we listen, so that no client's first request waits on the import.
