@@ -8,7 +8,9 @@ The tree::
     ├── AdminTokenRequired          401 admin_token_required
     │   └── AdminTokenInvalid       401 admin_token_invalid
     ├── Denied                      403 denied
-    │   └── DestinationDenied       403 destination_denied
+    │   ├── DestinationDenied       403 destination_denied
+    │   ├── PlaceholderRequired     403 placeholder_required
+    │   └── PlaceholderMisdirected  403 placeholder_misdirected
     ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
     │   └── AdminHostRefused        421 admin_host_refused
@@ -19,13 +21,17 @@ The tree::
     ├── NotImplementedByProxy       501 not_implemented
     ├── VersionNotSupported         505 http_version_not_supported
     ├── Unavailable                 503 unavailable
-    │   └── TooManyConnections      503 too_many_connections
+    │   ├── TooManyConnections      503 too_many_connections
+    │   └── TokenStoreUnavailable   503 token_store_unavailable
     ├── CredentialUnavailable       502 credential_unavailable
     ├── TokenEndpointError          502 token_endpoint_error
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
     ├── UpstreamError               502 upstream_error
     ├── UpstreamTLSError            502 upstream_tls_error
-    └── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamProxyError          502 upstream_proxy_error
+    │   └── UpstreamProxyTimeout    504 upstream_proxy_error
+    └── UpstreamProxyAuthFailed     502 upstream_proxy_auth_failed
 
 Every one renders the same way (``render``): a JSON body
 ``{"error", "route", "detail"}`` and an ``X-Authproxy-Error`` header, so a
@@ -77,6 +83,18 @@ class DestinationDenied(Denied):
     """Unmatched traffic to an address the ``destinations`` policy denies."""
 
     status, code = 403, "destination_denied"
+
+
+class PlaceholderRequired(Denied):
+    """A ``require: placeholder`` route reached without its placeholder: no other credential may be used there."""
+
+    status, code = 403, "placeholder_required"
+
+
+class PlaceholderMisdirected(Denied):
+    """A placeholder sent where its route does not go: an attempt to carry it off."""
+
+    status, code = 403, "placeholder_misdirected"
 
 
 class ProxyAuthRequired(ProxyError):
@@ -142,6 +160,12 @@ class TooManyConnections(Unavailable):
     code = "too_many_connections"
 
 
+class TokenStoreUnavailable(Unavailable):
+    """The shared token store cannot be reached, and this request needs a fetch that must hold its lease."""
+
+    code = "token_store_unavailable"
+
+
 class CredentialUnavailable(ProxyError):
     status, code = 502, "credential_unavailable"
 
@@ -182,6 +206,24 @@ class UpstreamTLSError(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, code = 504, "upstream_timeout"
+
+
+class UpstreamProxyError(ProxyError):
+    """The parent proxy (``upstream_proxy``) could not be reached, or refused to open the way."""
+
+    status, code = 502, "upstream_proxy_error"
+
+
+class UpstreamProxyTimeout(UpstreamProxyError):
+    """The parent proxy did not answer in time: the parent's code, a timeout's status."""
+
+    status = 504
+
+
+class UpstreamProxyAuthFailed(ProxyError):
+    """The parent proxy answered 407: it wants credentials, or refused the ones it got."""
+
+    status, code = 502, "upstream_proxy_auth_failed"
 
 
 _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from authproxy.admin.humanize import ago, clock, expiry, rate, span, workers_ready
+from authproxy.admin.humanize import ago, clock, expiry, rate, span, store_health, workers_ready
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
@@ -154,6 +154,8 @@ def render_page(data: dict[str, Any]) -> str:
     ]
     if data.get("workers"):
         cards.insert(1, ("Workers", workers_ready(data["workers"])))
+    if data.get("token_store"):
+        cards.append(("Token store", store_health(data["token_store"], now)))
     card_html = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in cards
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from authproxy.cli.usage import UsageError, route_named
 from authproxy.config import Route, load, parse_listen
+from authproxy.config.parents import describe as describe_parents
 from authproxy.credentials.tlsclient import Trust, tls_view
 from authproxy.errors import ProxyError
 from authproxy.net.destinations import Policy
@@ -48,6 +49,12 @@ def cmd_check(path: str, strict: bool) -> int:
         else f"the defaults for listening on {cfg.listen}, {'beyond' if beyond else 'on'} loopback"
     )
     print(f"destinations for unmatched traffic: {policy.describe()} ({why}).", file=sys.stderr)
+    if cfg.token_store is not None:  # not connected to here: `run` does that before it listens
+        ts = cfg.token_store
+        print(redact(f"token store: {ts.where}, keys prefixed {ts.prefix}, shared by every replica."), file=sys.stderr)
+    parents = describe_parents(cfg)
+    if parents is not None:
+        print(redact(parents), file=sys.stderr)
     return 2 if strict and cfg.warnings else 0
 
 

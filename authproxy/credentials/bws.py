@@ -34,6 +34,7 @@ import json
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from authproxy.credentials.jwtclaims import jwt_claims
 from authproxy.credentials.oautherror import describe
 from authproxy.credentials.tlsclient import Trust, client_context
 from authproxy.net import control
+from authproxy.net.parent import Parent
 from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Unresolved
 
@@ -227,7 +229,9 @@ class SyncClient:
         api_url: str,
         timeout: float,
         ca_file: Path | None = None,
+        via: Callable[[str], Parent | None] | None = None,
     ) -> None:
+        self._via = via  # the parent proxy for a URL (`upstream_proxy`), or None
         self._token = token
         self._identity_url = identity_url
         self._api_url = api_url
@@ -248,11 +252,14 @@ class SyncClient:
         for attempt in range(2):  # one retry for a 429/5xx or a connection failure
             self.requests += 1
             try:
+                parent = self._via(url) if self._via is not None else None
                 status, body = control.request(
-                    method, url, timeout=self._timeout, headers=headers, data=data, sslctx=self._sslctx
+                    method, url, timeout=self._timeout, headers=headers, data=data, sslctx=self._sslctx, parent=parent
                 )
             except ssl.SSLCertVerificationError as exc:
                 raise BwsError(f"its TLS certificate is not trusted ({exc.verify_message})") from None
+            except control.ParentFailed as exc:
+                raise BwsError(str(exc).rstrip(".")) from None
             except OSError as exc:  # TLS errors and timeouts among them
                 if isinstance(exc, TimeoutError):
                     last = f"it did not answer within {self._timeout:g} s"

@@ -9,8 +9,10 @@ from authproxy.credentials.grants import (
     bws,
     client_credentials,
     command,
+    jwt_bearer,
     password,
     refresh_token,
+    token_exchange,
 )
 from authproxy.credentials.grants.base import REGISTRY, Credential, Grant, GrantContext
 
@@ -27,6 +29,8 @@ __all__ = [
     "bws",
     "client_credentials",
     "command",
+    "jwt_bearer",
     "password",
     "refresh_token",
+    "token_exchange",
 ]

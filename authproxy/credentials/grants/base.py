@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     import aiohttp
 
     from authproxy.credentials.tlsclient import ClientCert, Contexts
-    from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
+    from authproxy.net.parent import Parent
     from authproxy.schema.yamlreader import Section
     from authproxy.secrecy.secrets import Secret
 
@@ -93,6 +94,10 @@ class Credential:
     signer: Signer | None = field(default=None, compare=False)
     # Headers made anew for every request sent (``Grant.bind``); None for most grants.
     proof: ProofSource | None = field(default=None, compare=False)
+    # The raw value a route's placeholder stands for (the key, the token, the
+    # password), set by the grant; a credential rebuilt from the store says it
+    # in its header instead (``raw_secret``).
+    secret: str | None = field(default=None, compare=False)
     # The headers as sent, encoded once per token rather than once per request
     # (UTF-8 values: a secret is whatever the route says), and their lowercased
     # names, which replace any the client sent.
@@ -111,6 +116,19 @@ class Credential:
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+    def raw_secret(self) -> str:
+        """What a placeholder is swapped for: the grant's raw value, else the query value,
+        else the first header's value less its scheme (``Bearer X`` → ``X``)."""
+        if self.secret is not None:
+            return self.secret
+        if self.query:
+            return self.query[0][1]
+        if not self.headers:
+            return ""
+        value = self.headers[0][1]
+        scheme, sep, rest = value.partition(" ")
+        return rest if sep and scheme.isalpha() else value
 
     def masked_lines(self) -> list[str]:
         """``Header: Scheme ****`` lines for the ``token`` command."""
@@ -147,12 +165,20 @@ class GrantContext:
     # Seconds this attempt may wait for an endpoint; the token layer passes what
     # is left of ``timeouts.token_fetch`` when it tries again.
     deadline: float
-    store: StateStore
+    store: TokenStore
     # The headers of a credential the upstream just refused: a stored token
     # equal to it must not be handed out again.
     rejected: tuple[tuple[str, str], ...] | None = None
     # The client TLS contexts (tlsclient.py): system roots plus `extra_ca_file`, and a client certificate.
     tls: Contexts | None = None
+    # Another route's credential by its name, through the token layer (its cache, single
+    # flight and refresh): what a token exchange's `subject_route` trades in.
+    credential_of: Callable[[str], Awaitable[Credential]] | None = None
+    # The parent proxy (``upstream_proxy``) a request to a URL goes through; None: every one goes direct.
+    via: Callable[[str], Parent | None] | None = None
+
+    def parent_for(self, url: str) -> Parent | None:
+        return self.via(url) if self.via is not None else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -208,9 +234,14 @@ class Grant(ABC):
     def client_cert(self) -> ClientCert | None:
         """The certificate presented to the token endpoint, if any (RFC 8705)."""
         return None
-    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+
+    async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
         """``cred`` as the route sends it: with its per-request ``proof`` when it has one."""
         return cred
+
+    def route_refs(self) -> tuple[tuple[str, str, int], ...]:
+        """Routes whose credential this grant uses: (name, YAML path, line), for ``check``'s cycle test."""
+        return ()
 
     def is_current(self, cred: Credential) -> bool:
         """False when the source changed under a cached credential (a token file)."""

@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from authproxy.errors import CredentialUnavailable, TokenEndpointError
 from authproxy.secrecy.redact import REDACTOR
@@ -39,6 +39,7 @@ from authproxy.secrecy.redact import REDACTOR
 if TYPE_CHECKING:
     from authproxy.credentials.grants.base import Credential, GrantContext
     from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
     from authproxy.schema.yamlreader import Section
 
 log = logging.getLogger("authproxy.dpop")
@@ -285,14 +286,34 @@ class DPoP:
                 raise CredentialUnavailable(f"the DPoP key in the state directory {exc}.", route) from None
         return self._key
 
-    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
+    async def load_key(self, store: TokenStore, route: str) -> DPoPKey:
+        """The route's key: configured, or made on first use where every process finds it.
+
+        With a shared token store (``token_store:``) that is the store (``ensure``,
+        sealed there like every record), so that every replica signs with the one
+        key the tokens it adopts are bound to; else the state directory.
+        """
+        if self._key is not None:
+            return self._key
+        if store.kind == "file":
+            # Made or read once per process; a made key is written with fsync, off the event loop.
+            return await asyncio.to_thread(self.key, cast("StateStore", store), route)
+        rec = await store.ensure(f"dpop:{route}", lambda: {"pem": new_key_pem().decode("ascii")})
+        try:
+            self._key = DPoPKey(str(rec.get("pem", "")).encode("ascii"))
+        except KeyProblem as exc:
+            raise CredentialUnavailable(f"the DPoP key in the token store {exc}.", route) from None
+        return self._key
+
+    async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
         """``cred`` with its per-request proofs: for a DPoP token only."""
         import dataclasses
 
         for name, value in cred.headers:
             scheme, _, token = value.partition(" ")
             if name.lower() == "authorization" and scheme.lower() == "dpop" and token:
-                return dataclasses.replace(cred, proof=Proofs(self.key(store, route), token, self.nonces))
+                key = await self.load_key(store, route)
+                return dataclasses.replace(cred, proof=Proofs(key, token, self.nonces))
         return cred
 
     async def token_post(
@@ -308,8 +329,7 @@ class DPoP:
         answers ``Bearer``, and such a token is refused (502) rather than sent
         as a bearer token the route's setting promised not to use.
         """
-        # Made or read once per process; a made key is written with fsync, off the event loop.
-        key = self._key if self._key is not None else await asyncio.to_thread(self.key, ctx.store, ctx.route)
+        key = await self.load_key(ctx.store, ctx.route)
         origin = origin_of(url)
 
         def seen(resp_headers: Mapping[str, str]) -> None:

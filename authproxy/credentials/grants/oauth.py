@@ -11,7 +11,6 @@ what ``oautherror.describe`` lets through (the ``error`` code, the redacted
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import re
@@ -20,21 +19,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext
 from authproxy.credentials.grants.checks import no_clear_text
+from authproxy.credentials.grants.clientauth import ClientAuth
 from authproxy.credentials.grants.dpop import DPoP, parse_dpop
 from authproxy.credentials.jwtclaims import jwt_expiry
 from authproxy.credentials.oautherror import describe
 from authproxy.credentials.tlsclient import ClientCert, parse_client_cert
 from authproxy.errors import TokenEndpointError, TokenEndpointTimeout
+from authproxy.net.parent import aiohttp_args, aiohttp_failure, answered_407
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.redact import REDACTOR, learn_header_values
 from authproxy.secrecy.secrets import Secret, Value
 
 if TYPE_CHECKING:
-    from authproxy.disk.store import StateStore
+    from authproxy.disk.tokenstore import TokenStore
 
 # aiohttp and PyJWT are imported where a fetch uses them: the registry
 # imports every grant module (so this one) at start, and a proxy whose grants
@@ -48,7 +48,7 @@ class OAuthClient:
     token_url: Value
     client_id: Value | None
     client_secret: Secret | None
-    client_auth: str
+    auth: ClientAuth  # how the client proves itself: clientauth.py
     body: str
     scope: str | None
     audience: str | None
@@ -60,22 +60,17 @@ class OAuthClient:
     dpop: DPoP | None = None  # RFC 9449: tokens bound to a key, a proof on every request
 
     @classmethod
-    def parse(cls, sec: Section, *, secret_required: bool, token_url_required: bool = True) -> OAuthClient:
+    def parse(
+        cls, sec: Section, *, secret_required: bool, token_url_required: bool = True, own_key: bool = False
+    ) -> OAuthClient:
         token_url = sec.value("token_url", required=token_url_required) or Value("", "", ("token_url",))
         if not token_url.missing and not re.match(r"^https?://[^/]", token_url.text):
             sec.error("token_url", "must be an http:// or https:// URL")
         elif not token_url.missing:
             no_clear_text(sec, "token_url", token_url.text, "the client's credentials and tokens")
-        methods = ("client_secret_basic", "client_secret_post", "tls_client_auth")
-        client_auth = sec.choice("client_auth", methods, "client_secret_basic")
-        mtls = client_auth == "tls_client_auth"
-        client_id = sec.value("client_id", required=secret_required or mtls)
-        client_secret = sec.secret("client_secret", required=secret_required and not mtls)
-        if client_secret is not None and client_id is None:
-            sec.error("client_secret", "`client_secret` needs a `client_id`")
+        auth, client_id, client_secret = ClientAuth.parse(sec, secret_required=secret_required, own_key=own_key)
+        mtls = auth.method == "tls_client_auth"
         client_cert = parse_client_cert(sec)
-        if mtls and client_secret is not None:
-            sec.error("client_secret", "`tls_client_auth` authenticates with the certificate; remove `client_secret`")
         if mtls and client_cert is None and not sec.has("client_cert"):
             sec.error("client_auth", "`tls_client_auth` needs `client_cert` and `client_key` (RFC 8705 §2)")
         extra = sec.str_map("extra") or {}
@@ -83,7 +78,7 @@ class OAuthClient:
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
-            client_auth=client_auth,
+            auth=auth,
             body=sec.choice("body", ("form", "json"), "form"),
             scope=sec.text("scope"),
             audience=sec.text("audience"),
@@ -93,6 +88,10 @@ class OAuthClient:
             client_cert=client_cert,
             dpop=parse_dpop(sec),
         )
+
+    @property
+    def client_auth(self) -> str:
+        return self.auth.method
 
     def secrets(self) -> list[Secret]:
         return [s for _, s in self.named_secrets()]
@@ -131,12 +130,13 @@ class OAuthClientGrant(Grant):
     def client_cert(self) -> ClientCert | None:
         return self.client.client_cert
 
-    def bind(self, cred: Credential, store: StateStore, route: str) -> Credential:
-        return cred if self.client.dpop is None else self.client.dpop.bind(cred, store, route)
+    async def bind(self, cred: Credential, store: TokenStore, route: str) -> Credential:
+        return cred if self.client.dpop is None else await self.client.dpop.bind(cred, store, route)
 
     def sources(self) -> list[tuple[str, str]]:
         dpop = self.client.dpop
-        return super().sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
+        own = self.client.auth.sources() + ([("dpop", dpop.shown())] if dpop is not None else [])
+        return super().sources() + own
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -187,26 +187,22 @@ class TokenResponse:
 async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str, str]) -> TokenResponse:
     """POST to the token endpoint and turn the answer into a credential."""
     headers = {"Accept": "application/json"}
-    params = dict(params)
     cid = client.client_id.reveal() if client.client_id else None
     csecret = client.client_secret.reveal() if client.client_secret else None
-    if cid is not None and csecret is not None and client.client_auth == "client_secret_basic":
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-        pair = f"{quote(cid, safe='')}:{quote(csecret, safe='')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-    elif cid is not None:
-        # client_secret_post (RFC 6749 §2.3.1), or tls_client_auth: the id alone (RFC 8705 §2.1.1).
-        params["client_id"] = cid
-        if csecret is not None:
-            params["client_secret"] = csecret
-
     url = client.token_url.reveal()
+
+    def authed(h: dict[str, str]) -> dict[str, str]:
+        """The client's proof added for one attempt: an assertion's jti is good once (RFC 7523 §3)."""
+        form = dict(params)
+        client.auth.apply(ctx.route, cid, csecret, url, h, form)
+        return form
+
     if client.dpop is None:
-        body = await post_once(ctx, url, client.body, params, headers, cert=client.client_cert)
+        body = await post_once(ctx, url, client.body, authed(headers), headers, cert=client.client_cert)
     else:
         cert = client.client_cert
         body = await client.dpop.token_post(
-            ctx, url, headers, lambda h, seen: post_once(ctx, url, client.body, params, h, cert=cert, seen=seen)
+            ctx, url, headers, lambda h, seen: post_once(ctx, url, client.body, authed(h), h, cert=cert, seen=seen)
         )
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
@@ -220,7 +216,7 @@ async def request_token(ctx: GrantContext, client: OAuthClient, params: dict[str
     if isinstance(refresh, str):
         REDACTOR.learn(refresh, slot=f"refresh:{ctx.route}")
     expires = expiry_of(access, body.get("expires_in"), client.default_ttl)
-    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires), body)
+    return TokenResponse(Credential(headers=(("Authorization", value),), expires_at=expires, secret=access), body)
 
 
 async def post_once(
@@ -257,11 +253,18 @@ async def _post(
     import aiohttp  # see upstream.TokenSession: only a grant that fetches loads it
 
     kwargs: dict[str, Any] = {"json": params} if kind == "json" else {"data": params}
+    parent = ctx.parent_for(url)
+    if parent is not None:
+        headers = dict(headers)
+        kwargs.update(aiohttp_args(parent, url, headers))
     if url.startswith("https:"):
         # The system roots plus `extra_ca_file` (tlsclient.py), and the client certificate when given.
         kwargs["ssl"] = ctx.ssl(cert)
     try:
         async with ctx.session.post(url, headers=headers, allow_redirects=False, **kwargs) as resp:
+            refused = answered_407(parent, resp, ctx.route) if parent is not None else None
+            if refused is not None:
+                raise refused
             raw = await resp.read()
             status = resp.status
             retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -272,6 +275,9 @@ async def _post(
         why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
         raise TokenEndpointError(f"the certificate of {who} failed TLS verification: {why}.", ctx.route) from None
     except (aiohttp.ClientError, OSError) as exc:
+        failed = aiohttp_failure(parent, exc, ctx.route) if parent is not None else None
+        if failed is not None:
+            raise failed from None  # the parent's failure, naming it: no retry makes it succeed
         unreachable = f"{who} cannot be reached ({type(exc).__name__})."
         raise TokenEndpointError(unreachable, ctx.route, retryable=True) from None
     if status == 429 or status >= 500:
