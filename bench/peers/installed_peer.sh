@@ -1,7 +1,8 @@
 #!/bin/sh
 # authproxy as installed, as a peer of ../shared/bench/run_peers.py (its README, "Adding a proxy"):
 #
-#   python3 bench/installed.py      # make the venv first (once per commit), so the start is not timed out
+#   export AUTHPROXY_EXE=$(python3 bench/installed.py | tail -n 1)   # the venv, made first (once per commit):
+#                                   # the start is not timed out, and a commit during the run changes nothing
 #   python3 ../shared/bench/run_peers.py --add-peer \
 #     "authproxy=intercept:sh $PWD/bench/peers/installed_peer.sh {port} {ca_cert} {ca_key} {work} {http_port} {https_port}"
 #
@@ -11,7 +12,7 @@
 set -eu
 port=$1 ca_cert=$2 ca_key=$3 work=$4 http_port=$5 https_port=$6
 bench=$(cd "$(dirname "$0")/.." && pwd)
-exe=$(cd "$bench" && python3 installed.py | tail -n 1)
+exe=${AUTHPROXY_EXE:-$(cd "$bench" && python3 installed.py | tail -n 1)}
 cat > "$work/routes.yaml" <<YAML
 listen: 127.0.0.1:$port
 state_dir: $work/authproxy-state
