@@ -17,7 +17,6 @@ import hmac
 import os
 from dataclasses import dataclass
 
-import bcrypt
 from cachetools import TTLCache
 
 from authproxy.errors import Denied, ProxyAuthRequired, one_line
@@ -204,6 +203,9 @@ class Authenticator:
         self._users = {u.name: u for u in conf.users}
         self._key = os.urandom(32)
         self._ok: TTLCache[bytes, str] = TTLCache(maxsize=4096, ttl=300)
+        import bcrypt  # only a proxy with `proxy_auth` loads it (the shipped routes.yaml has none)
+
+        self._checkpw = bcrypt.checkpw
         # A hash to compare against for unknown users, so timing does not tell
         # which user names exist.
         self._decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(rounds=10))
@@ -241,7 +243,7 @@ class Authenticator:
             )
         user = self._users.get(name)
         hashed = user.hash if user is not None else self._decoy
-        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
+        ok = await asyncio.to_thread(self._checkpw, password.encode(), hashed)
         if not ok or user is None:
             raise self._refuse("wrong proxy user name or password.")
         self._ok[digest] = name
@@ -259,4 +261,6 @@ def hash_password(password: str) -> str:
     """The bcrypt hash for `proxy_auth`; ValueError for a password bcrypt cannot take whole."""
     if len(password.encode()) > MAX_PASSWORD_BYTES:
         raise ValueError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes, the most bcrypt can check")
+    import bcrypt
+
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()

@@ -66,3 +66,19 @@ def histogram_add(child: Histogram, total: float, counts: Sequence[int]) -> None
     for value, n in zip(child._buckets, counts, strict=True):
         if n:
             value.inc(n)
+
+
+def prometheus_values_from_env() -> None:
+    """Choose prometheus_client's value class again, from the environment as it is now.
+
+    prometheus_client picks its value class once, when ``prometheus_client.values``
+    is imported: multiprocess files when ``PROMETHEUS_MULTIPROC_DIR`` is set then,
+    a lock-guarded float otherwise. A worker forked from the supervisor inherits
+    the choice the supervisor made before the metrics folder existed; without
+    this its metrics would never reach the files the supervisor's ``/metrics``
+    adds up. Gain: workers forked rather than started as new interpreters share
+    the supervisor's pages (bench/README.md, "Workers: memory per process").
+    """
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]

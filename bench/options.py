@@ -108,6 +108,14 @@ def add_setup_options(ap: argparse.ArgumentParser) -> None:
         help="which --authproxy-workers variants run the extras (cold, scaling, idle, refresh); default all of them",
     )
     ap.add_argument(
+        "--installed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the `authproxy-installed` target, the first authproxy row: this checkout installed by "
+        "`pip install .` into a venv of its own (made once per commit, bench/installed.py), run with every "
+        "default; --no-installed leaves it out",
+    )
+    ap.add_argument(
         "--authproxy-loop",
         default="asyncio",
         choices=("asyncio", "uvloop"),

@@ -54,6 +54,9 @@ routes:
 
     def cmd_authproxy(self, t: Target, tag: str, routes: Path | None) -> tuple[list[str], dict[str, str]]:
         routes = routes or self.write_routes(t)
+        if t.installed:  # what a user runs after `pip install .`: no flag, no PYTHONPATH
+            assert self.installed_exe is not None
+            return [str(self.installed_exe), "run", "-c", str(routes)], {"BENCH_TOKEN": TOKEN, "PYTHONPATH": ""}
         cmd = [self.args.python, "-m", "authproxy", "run", "-c", str(routes)]
         cmd += ["--log-level", self.args.proxy_log_level]
         if t.workers != "1":  # a supervisor and N workers on one port; CPU and RSS are the tree's

@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 from constants import CERTGEN, HOST
+from installed import installed_authproxy
 from procs import free_port
-from targets import AUTHPROXY, TARGET_INFO, Target, authproxy_name
+from targets import AUTHPROXY, INSTALLED, TARGET_INFO, Target, authproxy_name
 
 
 class BenchState:
@@ -40,9 +41,13 @@ class BenchState:
         self.refresh_port = pick(0)  # the refresh extra's resource server (proxied)...
         self.refresh_token_port = pick(0)  # ...and its token endpoint + admin paths (not proxied)
         self.targets: dict[str, Target] = {}
+        self.installed_exe: Path | None = None
         for name in ["direct", *args.proxy_list]:
             schemes, how = TARGET_INFO[name]
-            if name == AUTHPROXY:  # one target per --authproxy-workers value, next to each other
+            if name == AUTHPROXY:  # as installed first, then one target per --authproxy-workers value
+                if args.installed:
+                    t = self.installed_target(pick(0))
+                    self.targets[t.name] = t
                 for i, workers in enumerate(args.authproxy_workers_list):
                     t = self.authproxy_target(workers, pick(args.proxy_port if i == 0 else 0))
                     self.targets[t.name] = t
@@ -70,10 +75,29 @@ class BenchState:
             how += f"; `run --loop {self.args.authproxy_loop}`"
         return Target(authproxy_name(workers), schemes, how, port=port, workers=workers, display=display)
 
+    def installed_target(self, port: int) -> Target:
+        """`pip install .` into a venv of its own (installed.py), then `authproxy run` with every default."""
+        schemes, how = TARGET_INFO[AUTHPROXY]
+        how = (
+            "this checkout as the README's first command installs it (`python3 -m pip install .` into a fresh "
+            "venv, bench/installed.py) and `authproxy run -c ROUTES` with every default: one process, `--loop "
+            "auto`, log level info; a `bearer` route per upstream port; CONNECT intercepted with the bench CA"
+        )
+        t = Target(INSTALLED, schemes, how, port=port, workers="1", display="authproxy as installed", installed=True)
+        try:
+            self.installed_exe = installed_authproxy(self.args.python)
+        except (OSError, subprocess.SubprocessError) as e:
+            t.missing = f"not installed: `pip install .` into a venv failed ({type(e).__name__})"
+        return t
+
     def authproxies(self, extras: bool = False) -> list[Target]:
-        """The authproxy variants, in --authproxy-workers order; with `extras`, those of --extras-workers."""
-        chosen = self.args.extras_workers_list if extras else self.args.authproxy_workers_list
-        return [t for t in self.targets.values() if t.is_authproxy and t.workers in chosen]
+        """The authproxy variants: as installed, then --authproxy-workers order; with `extras`, those of
+        --extras-workers (never the installed one: the extras measure this checkout's variants)."""
+        if extras:
+            chosen = self.args.extras_workers_list
+            return [t for t in self.targets.values() if t.is_authproxy and not t.installed and t.workers in chosen]
+        chosen = self.args.authproxy_workers_list
+        return [t for t in self.targets.values() if t.is_authproxy and (t.installed or t.workers in chosen)]
 
     def url(self, path: str, scheme: str = "http") -> str:
         if scheme == "https":

@@ -54,6 +54,7 @@ TARGET_INFO: dict[str, tuple[tuple[str, ...], str]] = {
 }
 PROXIES = tuple(n for n in TARGET_INFO if n != "direct")
 AUTHPROXY = "authproxy"
+INSTALLED = "authproxy-installed"  # this checkout as `pip install .` installs it, run with every default
 
 
 def authproxy_name(workers: str) -> str:
@@ -77,6 +78,7 @@ class Target:
     insecure: bool = False  # its minted certificate failed curl's verification; -k was used
     workers: str | None = None  # authproxy's `run --workers` (None: not authproxy)
     display: str = ""  # its name in the tables (authproxy: `authproxy --workers 2 --loop uvloop`)
+    installed: bool = False  # the `authproxy-installed` target: its own venv's `authproxy` command
 
     def __post_init__(self) -> None:
         self.display = self.display or self.name

@@ -188,3 +188,39 @@ def test_histogram_add_in_multiprocess_mode_records_what_observe_records(tmp_pat
     for key, values in samples.items():
         assert values.keys() == {"batched", "observed"}, key
         assert values["batched"] == pytest.approx(values["observed"]), key
+
+
+# -- prometheus_client.values.ValueClass --------------------------------------------
+
+_VALUES_PROGRAM = textwrap.dedent(
+    """
+    import os, sys
+    from prometheus_client import CollectorRegistry, Counter, values
+    from authproxy.compat import prometheus_values_from_env
+
+    # As a forked worker finds it: chosen at import, before the metrics folder was named.
+    assert values.ValueClass is values.MutexValue, values.ValueClass
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    if sys.argv[2] == "rechoose":
+        prometheus_values_from_env()
+    Counter("forked_total", "x", registry=CollectorRegistry()).inc(3)
+    print(sorted(os.listdir(sys.argv[1])))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["rechoose", "as imported"])
+def test_value_class_is_chosen_at_import_and_chosen_again_from_the_environment(tmp_path: Path, mode: str) -> None:
+    """The shape: ``values.ValueClass`` is fixed when prometheus_client is imported. The effect:
+    chosen again, a counter made afterwards writes the multiprocess file its worker's pid names,
+    which the supervisor's /metrics adds up; without it, nothing reaches the folder."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    out = subprocess.run(
+        [sys.executable, "-c", _VALUES_PROGRAM, str(tmp_path), mode],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    files = json.loads(out.replace("'", '"'))
+    if mode == "rechoose":
+        assert len(files) == 1 and files[0].startswith("counter_"), files
+    else:
+        assert files == []

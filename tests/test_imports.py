@@ -103,3 +103,54 @@ async def test_client_credentials_route_imports_aiohttp_at_start_and_fetches(
         assert p.stop() == 0, p.stderr_text()
     assert "Unclosed" not in p.stderr_text()  # the session made on first use is closed at shutdown
     assert_no_secrets(p.err_lines, [CC_SECRET, *oauth_server.issued()])
+
+
+# The bound of `authproxy run` at rest, VmRSS of the one process. Measured with the shipped
+# routes.yaml and uvloop on CPython 3.11 (x86-64, glibc): 35-36 MiB, of which ~14 MiB are the
+# interpreter and the standard library's ssl/asyncio, ~9 MiB authproxy's own modules, yaml,
+# prometheus_client and uvloop, the rest the heap. 45 MiB is the figure the proxy promises
+# (docs/operations.md, "Memory"); the 10 MiB between leaves room for other builds of CPython, OpenSSL
+# and the libraries, and fails when something heavy (aiohttp ~13 MiB, cryptography ~8 MiB,
+# bcrypt) is loaded at start again.
+AT_REST_KIB = 45 * 1024
+HEAVY = ("/aiohttp/", "/cryptography/", "/bcrypt/", "/h11/")
+
+
+def _status_kib(p: ProxyProcess, key: str) -> int:
+    path = "smaps_rollup" if key == "Pss" else "status"
+    for line in Path(f"/proc/{p.proc.pid}/{path}").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{p.proc.pid}/{path}")
+
+
+async def test_shipped_routes_at_rest_stay_small(tmp_path: Path, upstream: Upstream) -> None:
+    """`authproxy run` with the shipped routes.yaml: under 45 MiB of RSS, no heavy library loaded.
+
+    The second start is measured: the first makes the local CA, which needs cryptography
+    once; later starts check the CA's files with the ssl module and leave cryptography to
+    the first intercepted host. The routes' variables are unset, as in a fresh install, so
+    no route can fetch and aiohttp stays out too.
+    """
+    shipped = Path(__file__).resolve().parent.parent / "routes.yaml"
+    config = tmp_path / "routes.yaml"
+    config.write_text(shipped.read_text())
+    env = {"HOME": str(tmp_path / "home")}
+    first = start_proxy(config, env=env)
+    assert first.stop() == 0, first.stderr_text()
+    assert (tmp_path / "home/.local/state/authproxy/ca.pem").is_file()
+    p = start_proxy(config, env=env)
+    try:
+        maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
+        assert [lib for lib in HEAVY if lib in maps] == [], "loaded at start"
+        async with httpx.AsyncClient(proxy=p.url, timeout=30) as client:
+            for i in range(20):  # unmatched traffic, tunnelled as `unmatched: tunnel` says
+                r = await client.get(f"{upstream.url}/n{i}")
+                assert r.status_code == 200, r.text
+        rss, pss = _status_kib(p, "VmRSS"), _status_kib(p, "Pss")
+        maps = Path(f"/proc/{p.proc.pid}/maps").read_text()
+        assert [lib for lib in HEAVY if lib in maps] == [], "loaded by plain requests"
+        assert pss <= rss
+        assert rss < AT_REST_KIB, f"RSS {rss} KiB (PSS {pss} KiB) with the shipped routes.yaml"
+    finally:
+        assert p.stop() == 0, p.stderr_text()

@@ -106,6 +106,11 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _spawned(pid: int) -> bool:
+    """Started as a new interpreter with the worker flags, not forked from the supervisor (run/forking.py)."""
+    return b"--worker-index" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
 def _connections_by_pid(port: int, pids: set[int], peers: set[int]) -> dict[int, int]:
     """Our clients' established connections to the proxy's port (``peers``: their local ports), by the
     process holding the proxy's end. Only ours: once in ~9 runs a 41st connection was counted."""
@@ -333,6 +338,7 @@ async def test_a_killed_worker_is_started_again(tmp_path: Path, upstream: Upstre
         admin = await _admin(p)
         before = _children(p.proc.pid)
         victim = min(before)
+        assert not _spawned(victim)  # forked from the supervisor at start
         os.kill(victim, signal.SIGKILL)
         await _until(
             "the kill noticed", lambda: f"(pid {victim}) exited unexpectedly (killed by SIGKILL)" in p.stderr_text(), p
@@ -340,6 +346,7 @@ async def test_a_killed_worker_is_started_again(tmp_path: Path, upstream: Upstre
         after = await _until("a new worker", lambda: len(c := _children(p.proc.pid)) == 2 and victim not in c and c, p)
         (new,) = after - before
         await _until("the new worker ready", lambda: f"(pid {new}) ready" in p.stderr_text(), p)
+        assert _spawned(new)  # the supervisor's loop runs now: forking is not safe, a new interpreter is started
         assert httpx.get(f"{admin}/readyz").status_code == 200
         assert {r.status_code for r in await _burst(p, upstream.url)} == {200}
         status = _status(admin)
@@ -506,3 +513,30 @@ async def test_a_token_refused_without_a_retry_is_not_taken_back_from_the_store(
     assert "token=refreshed" in after and "retry=" not in after  # a new token at once, not the refused one
     assert oauth_server.token_requests("refresh_token") == 2
     p.secrets.update({seed, CC_SECRET, *oauth_server.issued(), *oauth_server.issued_refresh_tokens()})
+
+
+async def test_workers_auto_is_one_forked_worker_per_usable_cpu(tmp_path: Path, upstream: Upstream) -> None:
+    """`--workers auto`: as many workers as CPUs this process may run on (its affinity), each serving.
+
+    The workers are forked from the supervisor, which imported the data plane first, so
+    each shares its pages; and each still writes its own metrics files (compat.py).
+    """
+    cpus = len(os.sched_getaffinity(0))
+    p = start_proxy(_config(tmp_path, _key_route(upstream)), "--workers", "auto", env=ENV)
+    try:
+        if cpus == 1:  # one CPU: `auto` is the single process, no supervisor
+            assert not _children(p.proc.pid) and "workers)" not in p.stderr_text()
+            assert {r.status_code for r in await _burst(p, upstream.url)} == {200}
+            return
+        admin = await _admin(p)
+        assert f"({cpus} workers)" in p.stderr_text()
+        workers = _children(p.proc.pid)
+        assert len(workers) == cpus and not any(_spawned(w) for w in workers)
+        assert {r.status_code for r in await _burst(p, upstream.url)} == {200}
+        served = [_total(_worker_values(tmp_path / "state", w, "authproxy_requests_total")) for w in workers]
+        assert sum(served) == CONNS and all(served)
+        status = _status(admin)
+        assert sorted(w["pid"] for w in status["workers"]) == sorted(workers) and status["ready"] is True
+    finally:
+        assert p.stop() == 0, p.stderr_text()
+    assert_no_secrets(p.err_lines, [KEY])

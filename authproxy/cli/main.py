@@ -8,7 +8,6 @@ This module holds the arguments and the dispatch; the commands live by group:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -17,10 +16,7 @@ from authproxy.cli.envvars import DEFAULT_NO_PROXY
 from authproxy.cli.prepare import cmd_ca, cmd_env, cmd_hash_password, cmd_login
 from authproxy.cli.report import cmd_check, cmd_status, cmd_token
 from authproxy.cli.runcmd import cmd_run
-from authproxy.cli.usage import UsageError
-from authproxy.disk.ca import CAError
-from authproxy.schema.problems import ConfigError
-from authproxy.secrecy.redact import redact
+from authproxy.cli.usage import reported
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,35 +105,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        if args.command == "check":
-            return cmd_check(args.config, args.strict)
-        if args.command == "token":
-            return cmd_token(args.config, args.route, args.show)
-        if args.command == "login":
-            return cmd_login(args.config, args.route, not args.no_browser, args.timeout)
-        if args.command == "status":
-            return cmd_status(args.config, args.admin)
-        if args.command == "hash-password":
-            return cmd_hash_password()
-        if args.command == "ca":
-            return cmd_ca(args.config)
-        if args.command == "env":
-            return cmd_env(args.config, args.shell, args.no_proxy, args.listen, args.placeholders)
-        return cmd_run(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(redact(str(problem)), file=sys.stderr)
-        return 2
-    except (UsageError, CAError) as exc:
-        print(redact(f"error: {exc}"), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 1
-    except Exception as exc:  # a bug of ours: one line, no traceback (it could hold request data)
-        print(f"error: authproxy failed unexpectedly ({type(exc).__name__}).", file=sys.stderr)
-        if os.environ.get("AUTHPROXY_DEBUG") == "1":
-            import traceback
+    return reported(lambda: _dispatch(args))
 
-            traceback.print_exc()
-        return 1
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return cmd_check(args.config, args.strict)
+    if args.command == "token":
+        return cmd_token(args.config, args.route, args.show)
+    if args.command == "login":
+        return cmd_login(args.config, args.route, not args.no_browser, args.timeout)
+    if args.command == "status":
+        return cmd_status(args.config, args.admin)
+    if args.command == "hash-password":
+        return cmd_hash_password()
+    if args.command == "ca":
+        return cmd_ca(args.config)
+    if args.command == "env":
+        return cmd_env(args.config, args.shell, args.no_proxy, args.listen, args.placeholders)
+    return cmd_run(args)

@@ -11,10 +11,10 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from authproxy.cli.usage import UsageError
+from authproxy.cli.usage import UsageError, reported
 from authproxy.config import Config, load, parse_listen
 from authproxy.net.hosts import HostError, format_authority, is_loopback
 from authproxy.ops import accesslog
@@ -74,8 +74,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if workers > 1:
         from authproxy.run.supervisor import WorkerArgs, supervise  # not needed by a worker, nor by a single process
 
-        return supervise(cfg, host, port, workers, WorkerArgs(args.config, args.log_format, args.log_level, args.loop))
+        worker_args = WorkerArgs(args.config, args.log_format, args.log_level, args.loop)
+        return supervise(cfg, host, port, workers, worker_args, _forked_worker(args))
     return _serve(cfg, host, port, args.loop)
+
+
+def _forked_worker(args: argparse.Namespace) -> Callable[[int, int, str, str], int]:
+    """``authproxy run`` as a forked worker runs it: the command line a spawned one gets, as arguments."""
+
+    def main(index: int, fd: int, listen: str, pin: str) -> int:
+        mine = {"workers": "1", "listen": listen, "worker_index": index, "worker_fd": fd, "worker_pin": pin}
+        return reported(lambda: cmd_run(argparse.Namespace(**{**vars(args), **mine})))
+
+    return main
 
 
 def _check_admin(cfg: Config, allow_open: bool) -> None:

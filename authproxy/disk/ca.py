@@ -11,124 +11,103 @@ share one mint.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import datetime as dt
-import ipaddress
 import os
-import socket
+import re
 import ssl
 import tempfile
-from dataclasses import dataclass
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from authproxy.disk.state import atomic_write, ensure_dir, locked
+from authproxy.disk.cafiles import CAError, CAFiles
+from authproxy.disk.cafiles import why as _why
+from authproxy.disk.state import atomic_write
+
+__all__ = ["CAError", "CAFiles", "LocalCA", "check_ca", "create_ca", "ensure_ca", "system_roots"]
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from authproxy.disk.cakeys import CAKeys
 
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca-key.pem"
 BUNDLE_NAME = "ca-bundle.pem"
 
-_LEAF_DAYS = 30  # leaves are cheap; a short life limits a stolen one
 _LEAF_CACHE_TTL = 7 * 24 * 3600.0
-_BACKDATE = dt.timedelta(days=2)  # tolerate clients whose clock runs behind
-
-
-class CAError(Exception):
-    """The CA cannot be created or loaded; the message says which file and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class CAFiles:
-    cert: Path
-    key: Path
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _serial() -> int:
-    return x509.random_serial_number()
-
-
-def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
-    """ECDSA keys sign; a CA's also signs certificates and CRLs (RFC 5280 §4.2.1.3)."""
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=signs_certificates,
-        crl_sign=signs_certificates,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def create_ca(files: CAFiles) -> None:
     """Make a new CA (cert 0644, key 0600), unless another process just did."""
-    ensure_dir(files.cert.parent)
-    with locked(files.cert.parent, "ca-lock"):
-        if files.cert.exists() and files.key.exists():
-            return
-        key = ec.generate_private_key(ec.SECP256R1())
-        host = socket.gethostname()[:40] or "localhost"
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "authproxy"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"authproxy local CA ({host})"),
-            ]
-        )
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(_serial())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(signs_certificates=True), critical=True)
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        atomic_write(files.key, key_pem, 0o600)
-        atomic_write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    from authproxy.disk import cakeys  # cryptography: loaded only to make a CA or mint a leaf
+
+    cakeys.create_ca(files)
 
 
-def load_ca(files: CAFiles) -> tuple[x509.Certificate, object]:
+def check_ca(files: CAFiles) -> tuple[bytes, bytes]:
+    """The CA's certificate and key as read, checked with the ``ssl`` module; ``CAError`` as ``cakeys.load_ca`` says.
+
+    The certificate must parse, the key must be an unencrypted EC or RSA key,
+    and the two must belong together: what a proxy at start must know of its
+    CA, found without importing ``cryptography`` (cakeys.py).
+    """
     try:
-        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        cert_data = files.cert.read_bytes()
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=cert_data.decode("ascii"))
+    except ssl.SSLError:  # an OSError too, but one that says the content is wrong
+        raise CAError(f"cannot read the CA certificate {files.cert}: {_why(ValueError())}") from None
     except (OSError, ValueError) as exc:
         raise CAError(f"cannot read the CA certificate {files.cert}: {_why(exc)}") from None
+    unreadable = f"cannot read the CA key {files.key}"
     try:
-        key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CAError(f"cannot read the CA key {files.key}: {_why(exc)}") from None
-    if cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        raise CAError(f"the CA key {files.key} does not belong to the certificate {files.cert}")
-    return cert, key
+        key_data = files.key.read_bytes()
+    except OSError as exc:
+        raise CAError(f"{unreadable}: {_why(exc)}") from None
+    kind = _key_kind(key_data)
+    if kind is None:
+        raise CAError(f"{unreadable}: {_why(ValueError())}")
+    if not kind:
+        raise CAError(f"the CA key {files.key} is neither an EC nor an RSA key")
+
+    def no_password() -> bytes:
+        raise CAError(f"{unreadable}: {_why(ValueError())}")  # encrypted: OpenSSL would otherwise prompt
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert, files.key, password=no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise CAError(f"the CA key {files.key} does not belong to the certificate {files.cert}") from None
+        raise CAError(f"{unreadable}: {_why(ValueError())}") from None
+    except OSError as exc:
+        raise CAError(f"{unreadable}: {_why(exc)}") from None
+    return cert_data, key_data
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return "not a PEM certificate or unencrypted key"
+# DER of the AlgorithmIdentifier OIDs a PKCS#8 key starts with (RFC 5958 §2): id-ecPublicKey
+# (RFC 5480 §2.1.1) and rsaEncryption (RFC 8017 §A.1).
+_EC_OID = bytes.fromhex("06072a8648ce3d0201")
+_RSA_OID = bytes.fromhex("06092a864886f70d010101")
+
+
+def _key_kind(key_data: bytes) -> bool | None:
+    """Is the first key in this PEM text an EC or RSA key (SEC 1, PKCS#1, or PKCS#8 naming either)?
+
+    None when there is no unencrypted private key block to look at.
+    """
+    m = re.search(rb"-----BEGIN (EC |RSA |)PRIVATE KEY-----([A-Za-z0-9+/=\s]*)-----END \1PRIVATE KEY-----", key_data)
+    if m is None:
+        return None
+    if m.group(1):
+        return True
+    try:
+        head = base64.b64decode(b"".join(m.group(2).split()), validate=True)[:32]
+    except ValueError:
+        return None
+    return _EC_OID in head or _RSA_OID in head
 
 
 def system_roots() -> Path | None:
@@ -157,19 +136,35 @@ class LocalCA:
 
     def __init__(self, files: CAFiles, cache_size: int = 256) -> None:
         self.files = files
-        self.cert, key = load_ca(files)
-        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-            raise CAError(f"the CA key {files.key} is neither an EC nor an RSA key")
-        self._key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = key
-        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key())  # type: ignore[arg-type]
-        self._leaf_key = ec.generate_private_key(ec.SECP256R1())
-        self._leaf_key_pem = self._leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        self._ca_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+        # Checked now, so that a bad CA stops the start; parsed with cryptography at the first mint.
+        self._cert_data, self._key_data = check_ca(files)
+        self._keys: CAKeys | None = None
+        self._loading = threading.Lock()  # mints run in worker threads: the first ones may race to load
+        self._ca_pem = ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(self._first_cert())).encode()
         self._contexts: TTLCache[str, ssl.SSLContext] = TTLCache(cache_size, _LEAF_CACHE_TTL)
         self._minting: dict[str, asyncio.Future[ssl.SSLContext]] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="authproxy-leaf-"))  # 0700 by mkdtemp
+
+    def _first_cert(self) -> str:
+        text = self._cert_data.decode("ascii")
+        begin = text.index("-----BEGIN CERTIFICATE-----")
+        end = text.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
+        return text[begin:end]
+
+    def keys(self) -> CAKeys:
+        """The CA's certificate and keys, parsed on first use (this imports cryptography)."""
+        if self._keys is None:
+            with self._loading:
+                if self._keys is None:
+                    from authproxy.disk.cakeys import CAKeys
+
+                    self._keys = CAKeys.load(self.files, self._cert_data, self._key_data)
+                    self._key_data = b""
+        return self._keys
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return self.keys().cert
 
     @property
     def cached(self) -> int:
@@ -198,36 +193,15 @@ class LocalCA:
         return ctx
 
     def leaf_pem(self, host: str) -> bytes:
-        return self._mint(host).public_bytes(serialization.Encoding.PEM)
+        from authproxy.disk.cakeys import mint_leaf, pem
 
-    def _mint(self, host: str) -> x509.Certificate:
-        try:
-            ip = ipaddress.ip_address(host)
-            san: x509.GeneralName = x509.IPAddress(ip)
-            subject = x509.Name([])
-        except ValueError:
-            san = x509.DNSName(host)
-            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]) if len(host) <= 64 else x509.Name([])
-        now = _now()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.cert.subject)
-            .public_key(self._leaf_key.public_key())
-            .serial_number(_serial())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(min(now + dt.timedelta(days=_LEAF_DAYS), self.cert.not_valid_after_utc))
-            # RFC 5280 §4.2.1.6: with an empty subject the SAN must be critical.
-            .add_extension(x509.SubjectAlternativeName([san]), critical=not subject)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(signs_certificates=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(self._aki, critical=False)
-        )
-        return builder.sign(self._key, hashes.SHA256())
+        return pem(mint_leaf(self.keys(), host))
 
     def _make_context(self, host: str) -> ssl.SSLContext:
-        cert = self._mint(host)
+        from authproxy.disk.cakeys import mint_leaf, pem
+
+        keys = self.keys()
+        cert = mint_leaf(keys, host)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(["http/1.1"])
@@ -236,7 +210,7 @@ class LocalCA:
         fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".pem")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(cert.public_bytes(serialization.Encoding.PEM) + self._ca_pem + self._leaf_key_pem)
+                f.write(pem(cert) + self._ca_pem + keys.leaf_key_pem)
             ctx.load_cert_chain(name)
         finally:
             os.unlink(name)

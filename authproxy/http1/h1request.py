@@ -30,8 +30,8 @@ first one ended.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import h11
 import httptools
 
 from authproxy.config import Limits
@@ -46,6 +46,9 @@ from authproxy.errors import (
     one_line,
 )
 from authproxy.net.hosts import HostError, normalize_host, parse_port, split_hostport
+
+if TYPE_CHECKING:
+    import h11
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 # h11's request line (RFC 9112 §3): single spaces, a visible-ASCII target, a version.
@@ -145,6 +148,8 @@ def parse_head(raw: bytes, limits: Limits) -> Head:
 
 
 def _by_h11(raw: bytes, limits: Limits) -> Head:
+    import h11  # only for the rare head llhttp refuses or finds unusual: a proxy at rest never loads it
+
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max(limits.max_header_bytes, len(raw)))
     conn.receive_data(raw)
     try:

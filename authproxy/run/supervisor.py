@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.net.egress import ADMIN_ENV, PSEUDONYM_ENV, Via
 from authproxy.net.hosts import format_authority, normalize_host
 from authproxy.run.fleet import Channel, MetricsDir, reserve
+from authproxy.run.forking import Prefork, WorkerProcess, can_fork, prefork, preload, worker_env
 from authproxy.run.worker import pin
 
 if TYPE_CHECKING:
@@ -63,7 +65,8 @@ class Worker:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: WorkerProcess | None = None
+        self.forked: Prefork | None = None  # forked before the loop started, for its first start
         self.channel: Channel | None = None
         self.state = "starting"  # starting, ready, draining, gone
         self.ready = asyncio.Event()
@@ -160,16 +163,21 @@ class Supervisor:
         ]  # fmt: skip
 
     async def _start(self, w: Worker) -> None:
-        mine, theirs = Channel.pair()
-        try:
-            w.proc = await asyncio.create_subprocess_exec(
-                *self._argv(w, theirs.fileno()),
-                stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                env=self._env,
-            )
-        finally:
-            theirs.close()
+        if w.forked is not None:  # the first start of a slot whose worker was forked (forking.py)
+            forked, w.forked = w.forked, None
+            w.proc, mine = forked.proc, forked.link
+            worker_env(mine, self._env)
+        else:
+            mine, theirs = Channel.pair()
+            try:
+                w.proc = await asyncio.create_subprocess_exec(
+                    *self._argv(w, theirs.fileno()),
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
+                    env=self._env,
+                )
+            finally:
+                theirs.close()
         w.state, w.grace = "starting", None
         w.ready.clear()
         w.channel = await Channel.open(mine, w.on_event)
@@ -334,8 +342,17 @@ class Supervisor:
         return 0 if clean else 1
 
 
-def supervise(cfg: Config, host: str, port: int, count: int, args: WorkerArgs) -> int:
-    """Validate once, reserve the port, run the workers; the exit code of ``authproxy run``."""
+ForkedMain = Callable[[int, int, str, str], int]  # worker index, link fd, --listen, --worker-pin: exit code
+
+
+def supervise(
+    cfg: Config, host: str, port: int, count: int, args: WorkerArgs, forked_main: ForkedMain | None = None
+) -> int:
+    """Validate once, reserve the port, run the workers; the exit code of ``authproxy run``.
+
+    ``forked_main``: how a forked worker runs ``authproxy run`` in its process;
+    without it (or where forking is not safe) every worker starts as a new interpreter.
+    """
     LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key)).close()  # a CAError is the usage error it is today
     try:
         held = reserve(host, port)
@@ -345,9 +362,20 @@ def supervise(cfg: Config, host: str, port: int, count: int, args: WorkerArgs) -
     bound = normalize_host(str(held[0].getsockname()[0]))
     port = int(held[0].getsockname()[1])
     metrics = MetricsDir.create(cfg.state_dir)
+    supervisor = Supervisor(cfg, bound, port, count, args, metrics)
+    if forked_main is not None and can_fork():
+        # Here, before asyncio.run: the fork must come before any event loop or thread exists (forking.py).
+        listen, pinned = supervisor.listen, pin(cfg)
+        preload(args.loop)
+        forked = prefork(range(1, count + 1), lambda i, fd: forked_main(i, fd, listen, pinned), held)
+        for w in supervisor.workers:
+            w.forked = forked.get(w.index)
     try:
-        return asyncio.run(Supervisor(cfg, bound, port, count, args, metrics).run())
+        return asyncio.run(supervisor.run())
     finally:
+        for w in supervisor.workers:
+            if w.forked is not None:  # never started (the proxy stopped first): it exits on the closed link
+                w.forked.link.close()
         metrics.remove()
         for s in held:
             s.close()

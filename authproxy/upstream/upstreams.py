@@ -138,7 +138,9 @@ class TokenSession:
         worker's first fetch, so a refresh was three times slower on the worker
         that had not fetched yet.
         """
-        if self._session is None and any(r.auth.fetches for r in routes):
+        # A route whose secret is unset (``missing``) answers 502 without fetching, until a
+        # reload brings its value: the shipped routes.yaml, before its variables are set.
+        if self._session is None and any(r.auth.fetches and not r.missing for r in routes):
             import aiohttp  # noqa: F401
 
     def get(self) -> aiohttp.ClientSession:
