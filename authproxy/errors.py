@@ -24,6 +24,7 @@ The tree::
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
     ├── UpstreamError               502 upstream_error
     ├── UpstreamTLSError            502 upstream_tls_error
+    ├── UnscrubbableEncoding        502 unscrubbable_encoding
     └── UpstreamTimeout             504 upstream_timeout
 
 Every one renders the same way (``render``): a JSON body
@@ -171,6 +172,12 @@ class UpstreamError(ProxyError):
 
 class UpstreamTLSError(ProxyError):
     status, code = 502, "upstream_tls_error"
+
+
+class UnscrubbableEncoding(ProxyError):
+    """A scrubbed route's response is in a content coding the proxy cannot read: it fails closed."""
+
+    status, code = 502, "unscrubbable_encoding"
 
 
 class UpstreamTimeout(ProxyError):

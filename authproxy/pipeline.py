@@ -26,6 +26,7 @@ from authproxy.ops.accesslog import AccessRecord
 from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
 from authproxy.tokens.manager import TokenState
+from authproxy.upstream.scrubbed import request_headers, scrub_reply
 from authproxy.upstream.upgrade import is_upgrade, open_upgrade
 from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
@@ -78,7 +79,17 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
-    return reply
+            cred = retry
+    return _scrubbed(reply, cred, rec, req.method == "HEAD") if route.scrub else reply
+
+
+def _scrubbed(reply: Reply, cred: Credential, rec: AccessRecord, head: bool) -> Reply:
+    """The reply without the credential (upstream/scrubbed.py); one it cannot read is refused, its connection let go."""
+    try:
+        return scrub_reply(reply, cred, rec, head)
+    except ProxyError:
+        reply.release()
+        raise
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
@@ -88,6 +99,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
+    if target.route is not None and target.route.scrub:
+        headers = request_headers(headers)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest

@@ -92,6 +92,7 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    scrub: bool = False  # responses scrubbed of the injected credential (`scrub:`, secrecy/scrub.py)
 
     @property
     def mode(self) -> str:

@@ -51,6 +51,7 @@ def _route(sec: Section, index: int) -> Route | None:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
     allow = parse_allow(sec)
     auth = _auth(sec)
+    scrub = sec.boolean("scrub", auth is not None and auth.scrubs_by_default())
     sec.finish()
     if name is None or auth is None:
         return None
@@ -66,6 +67,7 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        scrub=scrub,
     )
 
 

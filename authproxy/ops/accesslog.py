@@ -41,6 +41,7 @@ class AccessRecord:
     retry: str | None = None  # "done" or "skipped" when a 401 came back
     error: str | None = None  # our error code, when the answer is ours
     note: str | None = None  # e.g. "unverified-tls" for verify: false routes
+    scrubbed: int = 0  # response bytes replaced by the scrubber (secrecy/scrub.py)
 
 
 class _Clock:
@@ -68,6 +69,8 @@ def text_line(rec: AccessRecord, ts: str) -> str:
         line += f" retry={rec.retry}"
     if rec.error:
         line += f" error={rec.error}"
+    if rec.scrubbed:
+        line += f" scrubbed={rec.scrubbed}"
     if rec.note:
         line += f" note={rec.note}"
     return line

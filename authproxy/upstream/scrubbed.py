@@ -1,0 +1,200 @@
+"""Response scrubbing, upstream side: ask for what can be read, hand back the reply without the credential.
+
+On a route with ``scrub`` on (config/route.py), every value the proxy
+injected (``secrets_of``) is replaced in the reply's status line, headers and
+body by ``secrecy/scrub.py``, as the body streams; a WebSocket's frames go
+through ``http1/wsframes.py``. What cannot be read is not passed on:
+
+- the request asks for ``Accept-Encoding: identity`` (RFC 9110 §12.5.3) and
+  offers no WebSocket extension (``Sec-WebSocket-Extensions`` removed, so no
+  permessage-deflate, RFC 7692);
+- a reply that comes compressed anyway is decompressed when it is gzip or
+  deflate (RFC 9110 §8.4.1), in bounded steps, and relayed without
+  ``Content-Encoding`` and ``Content-Length`` (its length is no longer
+  known: chunked); any other coding (br, zstd, compress, a stack of codings)
+  is refused with 502 ``unscrubbable_encoding`` before a byte of it leaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import AsyncIterator
+from functools import lru_cache
+
+from authproxy.credentials.grants import Credential
+from authproxy.errors import UnscrubbableEncoding
+from authproxy.http1.h1message import UpstreamBodyError
+from authproxy.http1.wsframes import FrameError, FrameScrubber
+from authproxy.messages import ByteReader, Reply, Upgraded
+from authproxy.ops.accesslog import AccessRecord
+from authproxy.secrecy.scrub import Needles, Scrubber, needles_for
+
+_DROPPED = frozenset({b"accept-encoding", b"sec-websocket-extensions"})
+_IDENTITY = (b"Accept-Encoding", b"identity")
+_DECODED = frozenset({b"content-encoding", b"content-length"})
+# zlib's window bits: gzip only; a zlib stream; raw deflate (what some servers send as "deflate").
+_WBITS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
+_STEP = 64 * 1024  # decompressed bytes per step: a small compressed chunk may inflate a thousandfold
+
+
+def secrets_of(cred: Credential) -> tuple[str, ...]:
+    """The values the proxy injected: each header's value after its auth scheme, Basic's password, each query value."""
+    return _secrets(cred.headers, cred.query)
+
+
+@lru_cache(maxsize=512)
+def _secrets(headers: tuple[tuple[str, str], ...], query: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for _, value in headers:
+        scheme, sep, rest = value.partition(" ")
+        if not (sep and scheme.isalpha() and len(scheme) < 16 and rest):
+            out.append(value)
+            continue
+        out.append(rest)  # Basic's blob, a token: the whole value holds it
+        if scheme.lower() == "basic":
+            out += _basic_password(rest)
+    out += [v for _, v in query]
+    return tuple(dict.fromkeys(out))
+
+
+def _basic_password(blob: str) -> list[str]:
+    """The password inside a Basic credential (RFC 7617 §2): an echo may show it decoded."""
+    try:
+        _, sep, password = base64.b64decode(blob, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return []
+    return [password] if sep and password else []
+
+
+@lru_cache(maxsize=512)
+def needles_of(cred: Credential) -> Needles:
+    """Computed once per credential (a refreshed token is a new one)."""
+    return needles_for(secrets_of(cred))
+
+
+def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Ask for a body the scrubber can read: no content coding, no WebSocket extension."""
+    return [*(h for h in headers if h[0].lower() not in _DROPPED), _IDENTITY]
+
+
+def scrub_reply(
+    reply: Reply, cred: Credential, rec: AccessRecord, bodyless: bool, substitute: bytes | None = None
+) -> Reply:
+    """``reply`` with ``cred``'s values replaced in its reason, headers and body (or WebSocket frames).
+
+    ``bodyless``: the request was HEAD, so a content coding names a body that never comes.
+    """
+    needles = needles_of(cred)
+    if not needles:
+        return reply
+    heads = Scrubber(needles, substitute)
+    reason = heads.whole(reply.reason)
+    headers = _scrub_headers(reply.headers, heads)
+    rec.scrubbed += heads.scrubbed
+    if reply.upgraded is not None:
+        up = reply.upgraded
+        reader = ScrubbedFrames(up.reader, FrameScrubber(needles, substitute), rec, up.early)
+        return Reply(reply.status, reason, headers, upgraded=Upgraded(reader, up.writer, b""))
+    body = reply.body
+    if body is None or bodyless or reply.status in (204, 304):
+        return Reply(reply.status, reason, headers, body, reply.release)
+    wbits = _coding(headers)
+    if wbits is not None:
+        headers = [h for h in headers if h[0].lower() not in _DECODED]
+        body = _decompressed(body, wbits)
+    return Reply(reply.status, reason, headers, _scrubbed(body, Scrubber(needles, substitute), rec), reply.release)
+
+
+def _scrub_headers(headers: list[tuple[bytes, bytes]], scrubber: Scrubber) -> list[tuple[bytes, bytes]]:
+    # One pass per form over all the values together: most replies hold nothing to replace.
+    if not scrubber.finds(b"\n".join(v for _, v in headers)):
+        return headers
+    return [(n, scrubber.whole(v)) for n, v in headers]
+
+
+def _coding(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """zlib's window bits for the reply's content coding; None for none; UnscrubbableEncoding for one it cannot read."""
+    codings = [
+        c.strip().lower() for n, v in headers if n.lower() == b"content-encoding" for c in v.split(b",") if c.strip()
+    ]
+    codings = [c for c in codings if c != b"identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _WBITS:
+        return _WBITS[codings[0]]
+    shown = ", ".join(c.decode("latin-1")[:20] for c in codings[:3])
+    raise UnscrubbableEncoding(f"the response is encoded as {shown}, which the proxy cannot scrub.")
+
+
+async def _scrubbed(body: AsyncIterator[bytes], scrubber: Scrubber, rec: AccessRecord) -> AsyncIterator[bytes]:
+    base = rec.scrubbed
+    async for chunk in body:
+        out = scrubber.feed(chunk)
+        if scrubber.scrubbed:
+            # Counted as it goes: a sized body's reader stops at its last byte, not at our end.
+            rec.scrubbed = base + scrubber.scrubbed
+        if out:
+            yield out
+    out = scrubber.flush()
+    rec.scrubbed = base + scrubber.scrubbed
+    if out:
+        yield out
+
+
+async def _decompressed(body: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
+    """``body`` inflated in steps of at most ``_STEP`` bytes; gzip members one after another (RFC 1952 §2.2)."""
+    d = zlib.decompressobj(wbits)
+    first = True
+    async for chunk in body:
+        data = chunk
+        while data:
+            try:
+                out = d.decompress(data, _STEP)
+            except zlib.error:
+                if not (first and wbits == 15):
+                    raise UpstreamBodyError("the compressed response body is corrupt") from None
+                d, wbits = zlib.decompressobj(-15), -15  # "deflate" sent as raw deflate
+                continue
+            first = False
+            if out:
+                yield out
+            data = d.unconsumed_tail
+            if d.eof:
+                data = d.unused_data
+                if data:
+                    d = zlib.decompressobj(wbits)
+    if not d.eof and not first:
+        raise UpstreamBodyError("the compressed response body ends before its stream does")
+
+
+class ScrubbedFrames:
+    """The upstream side of a WebSocket, read through a ``FrameScrubber``: what the tunnel pumps to the client."""
+
+    def __init__(self, reader: ByteReader, frames: FrameScrubber, rec: AccessRecord, early: bytes) -> None:
+        self._reader = reader
+        self._frames = frames
+        self._rec = rec
+        self._base = rec.scrubbed
+        self._pending = self._feed(early) if early else b""
+
+    def _feed(self, data: bytes) -> bytes:
+        try:
+            out = self._frames.feed(data)
+        except FrameError as exc:
+            raise ConnectionAbortedError(str(exc)) from None  # the tunnel cuts both sides
+        self._rec.scrubbed = self._base + self._frames.scrubbed
+        return out
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._pending:
+            out, self._pending = self._pending, b""
+            return out
+        while True:
+            data = await self._reader.read(n)
+            if not data:
+                return b""
+            out = self._feed(data)
+            if out:
+                return out
