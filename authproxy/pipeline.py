@@ -26,7 +26,7 @@ from authproxy.ops.accesslog import AccessRecord
 from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
 from authproxy.tokens.manager import TokenState
-from authproxy.upstream.scrubbed import request_headers, scrub_reply
+from authproxy.upstream.scrubbed import ASK_IDENTITY, NOT_ASKED, scrub_reply
 from authproxy.upstream.upgrade import is_upgrade, open_upgrade
 from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
@@ -98,9 +98,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     Its timeouts are those of ``snap``, the snapshot the request started with:
     a reload while it waits for a token or its body does not change them.
     """
-    headers = outbound_headers(req.headers, target.host_header, cred, rt.via)
-    if target.route is not None and target.route.scrub:
-        headers = request_headers(headers)
+    scrub = target.route is not None and target.route.scrub
+    headers = outbound_headers(req.headers, target.host_header, cred, rt.via, scrub)
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -292,20 +291,30 @@ def _host_header(o: Origin) -> str:
 
 
 def outbound_headers(
-    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via
+    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via, scrub: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop ones, our Via after the client's (RFC 9110 §7.6.3), and the
-    credential injected (never twice). A Via that already names us is a loop (ProxyLoop)."""
+    credential injected (never twice). A Via that already names us is a loop (ProxyLoop).
+    ``scrub``: ask for a response the scrubber can read whole (upstream/scrubbed.py)."""
     drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
+    if scrub:
+        drop = _scrub_drop(drop)
     out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop, via.check), via.header]
     if cred is not None:
         out += cred.wire
+    if scrub:
+        out.append(ASK_IDENTITY)
     return out
 
 
 @lru_cache(maxsize=256)
 def _drop_with(names: frozenset[bytes]) -> frozenset[bytes]:
     return _DROPPED | names
+
+
+@lru_cache(maxsize=256)
+def _scrub_drop(drop: frozenset[bytes]) -> frozenset[bytes]:
+    return drop | NOT_ASKED
 
 
 def _with_query(path: str, cred: Credential | None) -> str:

@@ -10,21 +10,25 @@ or the route's substitute when that has the same length), so a
 Content-Length, a WebSocket frame's length and a chunk's size stay true.
 
 Streaming without buffering the body: a match may straddle two chunks, so
-``feed`` keeps back the shortest tail of what it was given that could still
-be the beginning of a spelling (never more than the longest spelling less
-one byte), and releases everything before it at once. A tail that cannot
-begin a spelling is not kept: a Server-Sent Event ends in ``\\n\\n``, which no
-spelling begins with, so every event leaves the moment it arrives.
+``feed`` keeps back the tail of what it was given that could still be the
+beginning of a spelling (from the first byte, among the last ones, where a
+spelling's proper prefix runs to the end: never more than the longest
+spelling less one byte), and releases everything before it at once. A tail
+that cannot begin a spelling is not kept: a Server-Sent Event ends in
+``\\n\\n``, which no spelling holds, so every event leaves the moment it arrives.
 
 Cost: one ``bytes.find`` pass per spelling over the data (a handful per
-value: a key of letters and digits has four), plus, per chunk, a few
-``find`` calls in its last bytes for the tail. A chunk with nothing to
+value: a key of letters and digits has four), plus, per chunk, a look at
+its last byte (one that occurs in no spelling settles it) or else one
+regular-expression search among its last bytes. A chunk with nothing to
 replace and no tail to keep is passed on as the same object.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import Protocol
 
 from authproxy.secrecy.redact import derived_forms
 
@@ -34,17 +38,24 @@ __all__ = ["Needles", "Scrubber", "needles_for"]
 class Needles:
     """The byte strings to replace, longest first; computed once per set of values."""
 
-    __slots__ = ("forms", "longest")
+    __slots__ = ("_partial", "alphabet", "forms", "longest")
 
     def __init__(self, forms: Iterable[bytes]) -> None:
         self.forms: tuple[bytes, ...] = tuple(sorted({f for f in forms if f}, key=lambda f: (-len(f), f)))
         self.longest = len(self.forms[0]) if self.forms else 0
+        # Bytes that occur in some form: data ending in any other byte has no tail to keep.
+        self.alphabet = frozenset(b for f in self.forms for b in f)
+        # A proper prefix of some form, at the very end: ``a(?:b(?:c)?)?\Z`` for ``abcd``.
+        self._partial = re.compile(b"(?:" + b"|".join(_prefixes(f) for f in self.forms) + b")\\Z")
 
     def __bool__(self) -> bool:
         return bool(self.forms)
 
     def found(self, data: bytes) -> bool:
-        return any(form in data for form in self.forms)
+        for form in self.forms:  # noqa: SIM110 - any() over a generator costs a frame on every reply
+            if form in data:
+                return True
+        return False
 
     def spans(self, data: bytes) -> list[tuple[int, int]]:
         """Every occurrence of every form in ``data``, as (start, end), overlaps included."""
@@ -57,18 +68,17 @@ class Needles:
         return found
 
     def partial_start(self, data: bytes) -> int:
-        """Where the shortest tail of ``data`` that some form begins with (and does not end in) starts."""
-        size = len(data)
-        start = size
-        for form in self.forms:
-            first = form[:1]
-            i = data.find(first, max(0, size - len(form) + 1))
-            while 0 <= i < start:
-                if form.startswith(data[i:]):
-                    start = i
-                    break
-                i = data.find(first, i + 1)
-        return start
+        """Where the longest tail of ``data`` that is a proper prefix of some form starts (its length if none)."""
+        m = self._partial.search(data, max(0, len(data) - self.longest + 1))
+        return len(data) if m is None else m.start()
+
+
+def _prefixes(form: bytes) -> bytes:
+    """A pattern for every proper prefix of ``form`` (its first byte, up to all but its last)."""
+    out = b""
+    for i in range(len(form) - 2, 0, -1):
+        out = b"(?:" + re.escape(form[i : i + 1]) + out + b")?"
+    return re.escape(form[:1]) + out
 
 
 def needles_for(values: Iterable[str]) -> Needles:
@@ -76,21 +86,36 @@ def needles_for(values: Iterable[str]) -> Needles:
     return Needles(f.encode() for v in values for f in derived_forms(v))
 
 
+class Tally(Protocol):
+    """Where replaced bytes are also counted as they are replaced (an access record)."""
+
+    scrubbed: int
+
+
 class Scrubber:
     """One stream (a response body, a WebSocket message) with every form of the needles replaced."""
 
-    __slots__ = ("_needles", "_sub", "_tail", "scrubbed")
+    __slots__ = ("_needles", "_sub", "_tail", "_tally", "scrubbed")
 
-    def __init__(self, needles: Needles, substitute: bytes | None = None) -> None:
+    def __init__(self, needles: Needles, substitute: bytes | None = None, tally: Tally | None = None) -> None:
         self._needles = needles
         self._sub = substitute
         self._tail = b""
+        self._tally = tally
         self.scrubbed = 0  # bytes replaced so far
 
     def feed(self, data: bytes) -> bytes:
         """What of the stream so far can leave now, scrubbed."""
-        buf = self._tail + data if self._tail else data
         needles = self._needles
+        if not self._tail and data and not needles.found(data):
+            # The common case, one ``find`` pass per form: nothing to replace; keep the tail that
+            # may begin a form, if the last byte can be part of one at all.
+            if data[-1] not in needles.alphabet:
+                return data
+            cut = needles.partial_start(data)
+            self._tail = data[cut:]
+            return data if cut == len(data) else data[:cut]
+        buf = self._tail + data if self._tail else data
         spans = needles.spans(buf)
         cut = needles.partial_start(buf)
         if spans:
@@ -104,12 +129,10 @@ class Scrubber:
     def flush(self) -> bytes:
         """The rest of the stream, at its end."""
         tail, self._tail = self._tail, b""
+        if not tail:
+            return tail
         spans = self._needles.spans(tail)
         return self._mask(tail, spans) if spans else tail
-
-    def finds(self, data: bytes) -> bool:
-        """Whether ``data`` holds any form (nothing replaced, nothing counted)."""
-        return self._needles.found(data)
 
     def whole(self, value: bytes) -> bytes:
         """One complete value (a header's), scrubbed."""
@@ -122,7 +145,10 @@ class Scrubber:
         for start, end in spans:
             n = end - start
             out[start:end] = sub if sub is not None and len(sub) == n else b"*" * n
-        self.scrubbed += _covered(spans)
+        n = _covered(spans)
+        self.scrubbed += n
+        if self._tally is not None:
+            self._tally.scrubbed += n
         return bytes(out)
 
 

@@ -5,9 +5,10 @@ injected (``secrets_of``) is replaced in the reply's status line, headers and
 body by ``secrecy/scrub.py``, as the body streams; a WebSocket's frames go
 through ``http1/wsframes.py``. What cannot be read is not passed on:
 
-- the request asks for ``Accept-Encoding: identity`` (RFC 9110 §12.5.3) and
+- the request asks for ``Accept-Encoding: identity`` (RFC 9110 §12.5.3),
   offers no WebSocket extension (``Sec-WebSocket-Extensions`` removed, so no
-  permessage-deflate, RFC 7692);
+  permessage-deflate, RFC 7692) and asks for no range (a client's ranges
+  could cut an echoed value into slices that no match can recognise);
 - a reply that comes compressed anyway is decompressed when it is gzip or
   deflate (RFC 9110 §8.4.1), in bounded steps, and relayed without
   ``Content-Encoding`` and ``Content-Length`` (its length is no longer
@@ -22,17 +23,21 @@ import binascii
 import zlib
 from collections.abc import AsyncIterator
 from functools import lru_cache
+from itertools import chain
 
 from authproxy.credentials.grants import Credential
 from authproxy.errors import UnscrubbableEncoding
-from authproxy.http1.h1message import UpstreamBodyError
+from authproxy.http1.h1message import Response, UpstreamBodyError
 from authproxy.http1.wsframes import FrameError, FrameScrubber
 from authproxy.messages import ByteReader, Reply, Upgraded
 from authproxy.ops.accesslog import AccessRecord
 from authproxy.secrecy.scrub import Needles, Scrubber, needles_for
 
-_DROPPED = frozenset({b"accept-encoding", b"sec-websocket-extensions"})
-_IDENTITY = (b"Accept-Encoding", b"identity")
+# What a scrubbed route's request does not carry from the client, and what it asks for instead
+# (pipeline.outbound_headers). A client's Range (RFC 9110 §14.2) could cut the echoed value into
+# slices no match can see: the whole body comes back.
+NOT_ASKED = frozenset({b"accept-encoding", b"sec-websocket-extensions", b"range", b"if-range"})
+ASK_IDENTITY = (b"Accept-Encoding", b"identity")
 _DECODED = frozenset({b"content-encoding", b"content-length"})
 # zlib's window bits: gzip only; a zlib stream; raw deflate (what some servers send as "deflate").
 _WBITS = {b"gzip": 16 + 15, b"x-gzip": 16 + 15, b"deflate": 15}
@@ -68,15 +73,19 @@ def _basic_password(blob: str) -> list[str]:
     return [password] if sep and password else []
 
 
-@lru_cache(maxsize=512)
+_NEEDLES: dict[int, tuple[Credential, Needles]] = {}
+
+
 def needles_of(cred: Credential) -> Needles:
-    """Computed once per credential (a refreshed token is a new one)."""
-    return needles_for(secrets_of(cred))
-
-
-def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Ask for a body the scrubber can read: no content coding, no WebSocket extension."""
-    return [*(h for h in headers if h[0].lower() not in _DROPPED), _IDENTITY]
+    """Computed once per credential (a refreshed token is a new one); looked up by identity, the cheapest key."""
+    hit = _NEEDLES.get(id(cred))
+    if hit is not None and hit[0] is cred:
+        return hit[1]
+    if len(_NEEDLES) >= 512:
+        _NEEDLES.clear()
+    needles = needles_for(secrets_of(cred))
+    _NEEDLES[id(cred)] = (cred, needles)
+    return needles
 
 
 def scrub_reply(
@@ -89,10 +98,13 @@ def scrub_reply(
     needles = needles_of(cred)
     if not needles:
         return reply
-    heads = Scrubber(needles, substitute)
-    reason = heads.whole(reply.reason)
-    headers = _scrub_headers(reply.headers, heads)
-    rec.scrubbed += heads.scrubbed
+    reason, headers = reply.reason, reply.headers
+    # One pass over the status line and every name and value together: most replies hold nothing to replace.
+    head = b"\n".join([reason, *chain.from_iterable(headers)])
+    if needles.found(head):
+        heads = Scrubber(needles, substitute, rec)
+        reason = heads.whole(reason)
+        headers = [(heads.whole(n), heads.whole(v)) for n, v in headers]  # `*` is a token character
     if reply.upgraded is not None:
         up = reply.upgraded
         reader = ScrubbedFrames(up.reader, FrameScrubber(needles, substitute), rec, up.early)
@@ -100,18 +112,17 @@ def scrub_reply(
     body = reply.body
     if body is None or bodyless or reply.status in (204, 304):
         return Reply(reply.status, reason, headers, body, reply.release)
-    wbits = _coding(headers)
-    if wbits is not None:
-        headers = [h for h in headers if h[0].lower() not in _DECODED]
-        body = _decompressed(body, wbits)
-    return Reply(reply.status, reason, headers, _scrubbed(body, Scrubber(needles, substitute), rec), reply.release)
-
-
-def _scrub_headers(headers: list[tuple[bytes, bytes]], scrubber: Scrubber) -> list[tuple[bytes, bytes]]:
-    # One pass per form over all the values together: most replies hold nothing to replace.
-    if not scrubber.finds(b"\n".join(v for _, v in headers)):
-        return headers
-    return [(n, scrubber.whole(v)) for n, v in headers]
+    scrubber = Scrubber(needles, substitute, rec)
+    if b"content-encoding" in head.lower():
+        wbits = _coding(headers)
+        if wbits is not None:
+            headers = [h for h in headers if h[0].lower() not in _DECODED]
+            body = ScrubbedBody(_decompressed(body, wbits), scrubber)
+    if isinstance(body, Response):
+        body.filter(scrubber)  # no wrapping iterator: the hot path of a small reply
+    elif not isinstance(body, ScrubbedBody):
+        body = ScrubbedBody(body, scrubber)
+    return Reply(reply.status, reason, headers, body, reply.release)
 
 
 def _coding(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -128,19 +139,25 @@ def _coding(headers: list[tuple[bytes, bytes]]) -> int | None:
     raise UnscrubbableEncoding(f"the response is encoded as {shown}, which the proxy cannot scrub.")
 
 
-async def _scrubbed(body: AsyncIterator[bytes], scrubber: Scrubber, rec: AccessRecord) -> AsyncIterator[bytes]:
-    base = rec.scrubbed
-    async for chunk in body:
-        out = scrubber.feed(chunk)
-        if scrubber.scrubbed:
-            # Counted as it goes: a sized body's reader stops at its last byte, not at our end.
-            rec.scrubbed = base + scrubber.scrubbed
-        if out:
-            yield out
-    out = scrubber.flush()
-    rec.scrubbed = base + scrubber.scrubbed
-    if out:
-        yield out
+class ScrubbedBody:
+    """A body that is not an upstream ``Response`` (a decompressed one) through a ``Scrubber``."""
+
+    def __init__(self, body: AsyncIterator[bytes], scrubber: Scrubber) -> None:
+        self._body = body
+        self._scrubber: Scrubber | None = scrubber
+
+    def __aiter__(self) -> ScrubbedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        scrubber = self._scrubber
+        if scrubber is None:
+            raise StopAsyncIteration
+        try:
+            return scrubber.feed(await self._body.__anext__())  # b"" when all of it is kept: skipped
+        except StopAsyncIteration:
+            self._scrubber = None
+            return scrubber.flush()
 
 
 async def _decompressed(body: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
