@@ -80,16 +80,8 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             reply = await exchange(rt, snap, target, req, retry)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
             cred = retry
-    return _scrubbed(reply, cred, rec, req.method == "HEAD") if route.scrub else reply
-
-
-def _scrubbed(reply: Reply, cred: Credential, rec: AccessRecord, head: bool) -> Reply:
-    """The reply without the credential (upstream/scrubbed.py); one it cannot read is refused, its connection let go."""
-    try:
-        return scrub_reply(reply, cred, rec, head)
-    except ProxyError:
-        reply.release()
-        raise
+    # Without the credential (upstream/scrubbed.py); one it cannot read is let go and refused.
+    return scrub_reply(reply, cred, rec, req.method == "HEAD") if route.scrub else reply
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from bisect import bisect_left
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from itertools import chain
@@ -91,38 +92,54 @@ def needles_of(cred: Credential) -> Needles:
 def scrub_reply(
     reply: Reply, cred: Credential, rec: AccessRecord, bodyless: bool, substitute: bytes | None = None
 ) -> Reply:
-    """``reply`` with ``cred``'s values replaced in its reason, headers and body (or WebSocket frames).
+    """``reply``, changed in place: ``cred``'s values replaced in its reason, headers and body (or WebSocket frames).
 
     ``bodyless``: the request was HEAD, so a content coding names a body that never comes.
+    A reply in a coding that cannot be read is let go and refused (UnscrubbableEncoding).
     """
-    needles = needles_of(cred)
+    hit = _NEEDLES.get(id(cred))
+    needles = hit[1] if hit is not None and hit[0] is cred else needles_of(cred)
     if not needles:
         return reply
-    reason, headers = reply.reason, reply.headers
-    # One pass over the status line and every name and value together: most replies hold nothing to replace.
-    head = b"\n".join([reason, *chain.from_iterable(headers)])
-    if needles.found(head):
-        heads = Scrubber(needles, substitute, rec)
-        reason = heads.whole(reason)
-        headers = [(heads.whole(n), heads.whole(v)) for n, v in headers]  # `*` is a token character
+    # Most fields are shorter than any form: then there is nothing to look for. Sorted, because
+    # list.sort compares ints natively where max() and `in` go through rich comparisons.
+    sizes = sorted(map(len, chain.from_iterable(reply.headers)))
+    if (sizes and sizes[-1] >= needles.shortest) or len(reply.reason) >= needles.shortest:
+        _scrub_head(reply, needles, substitute, rec)
     if reply.upgraded is not None:
         up = reply.upgraded
         reader = ScrubbedFrames(up.reader, FrameScrubber(needles, substitute), rec, up.early)
-        return Reply(reply.status, reason, headers, upgraded=Upgraded(reader, up.writer, b""))
+        reply.upgraded = Upgraded(reader, up.writer, b"")
+        return reply
     body = reply.body
     if body is None or bodyless or reply.status in (204, 304):
-        return Reply(reply.status, reason, headers, body, reply.release)
+        return reply
     scrubber = Scrubber(needles, substitute, rec)
-    if b"content-encoding" in head.lower():
-        wbits = _coding(headers)
+    at = bisect_left(sizes, 16)
+    if at < len(sizes) and sizes[at] == 16:  # a field as long as the name Content-Encoding: look closer
+        try:
+            wbits = _coding(reply.headers)
+        except UnscrubbableEncoding:
+            reply.release()
+            raise
         if wbits is not None:
-            headers = [h for h in headers if h[0].lower() not in _DECODED]
-            body = ScrubbedBody(_decompressed(body, wbits), scrubber)
+            reply.headers = [h for h in reply.headers if h[0].lower() not in _DECODED]
+            reply.body = ScrubbedBody(_decompressed(body, wbits), scrubber)
+            return reply
     if isinstance(body, Response):
         body.filter(scrubber)  # no wrapping iterator: the hot path of a small reply
-    elif not isinstance(body, ScrubbedBody):
-        body = ScrubbedBody(body, scrubber)
-    return Reply(reply.status, reason, headers, body, reply.release)
+    else:
+        reply.body = ScrubbedBody(body, scrubber)
+    return reply
+
+
+def _scrub_head(reply: Reply, needles: Needles, substitute: bytes | None, rec: AccessRecord) -> None:
+    # One pass per form over the status line and every name and value together.
+    head = b"\n".join([reply.reason, *chain.from_iterable(reply.headers)])
+    if needles.found(head):
+        s = Scrubber(needles, substitute, rec)
+        reply.reason = s.whole(reply.reason)
+        reply.headers = [(s.whole(n), s.whole(v)) for n, v in reply.headers]  # `*` is a token character
 
 
 def _coding(headers: list[tuple[bytes, bytes]]) -> int | None:
