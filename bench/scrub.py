@@ -11,6 +11,8 @@ the scrubber's pass over it in 256 KiB chunks (the proxy's read size).
 
     python3 bench/scrub.py                 # 3 rounds of 5 s small GETs and one download each
     python3 bench/scrub.py --rounds 5 --seconds 10 --connections 64
+    python3 bench/scrub.py --instructions  # instructions per small GET under callgrind (valgrind):
+                                           # steady on a shared machine, where wall-clock is not
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import argparse
 import atexit
 import os
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from procs import free_port, project_pythonpath, spawn, stop_all, wait_port
+from procs import free_port, project_pythonpath, spawn, stop, stop_all, wait_port
 
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
@@ -134,12 +138,55 @@ def _in_process(work: Path) -> dict[str, float]:
     return {"forms": len(needles.forms), "find_pass_s": one, "scrubber_s": best(scrub)}
 
 
+def _keepalive_gets(port: int, up: int, n: int) -> None:
+    """``n`` small GETs over 8 keep-alive connections, one at a time on each: the proxy's work only."""
+    conns = [socket.create_connection((HOST, port)) for _ in range(8)]
+    req = f"GET http://{HOST}:{up}/small.txt HTTP/1.1\r\nHost: {HOST}:{up}\r\n\r\n".encode()
+    for _ in range(n // 8):
+        for c in conns:
+            c.sendall(req)
+        for c in conns:
+            got = b""
+            while not got.endswith(b"x\n"):  # the 100-byte body ends the answer
+                got += c.recv(65536)
+            if not got.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"unexpected answer through port {port}: {got[:60]!r}")
+    for c in conns:
+        c.close()
+
+
+def _instructions(work: Path, up: int, name: str, n: int) -> int:
+    """Instructions the proxy runs, from start to stop, serving ``n`` small GETs (callgrind)."""
+    routes = work / f"routes-{name}.yaml"
+    port = int(routes.read_text().split("listen: ")[1].split()[0].rsplit(":", 1)[1])
+    out = work / f"callgrind-{name}-{n}.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", os.path.realpath(sys.executable)]
+    cmd += ["-m", "authproxy", "run", "-c", str(routes), "--loop", "asyncio"]
+    log = work / f"callgrind-{name}.log"
+    p = spawn(cmd, log, env={"BENCH_TOKEN": TOKEN, "PYTHONPATH": project_pythonpath()}, cwd=BENCH.parent)
+    wait_port(port, p, log, timeout=300)
+    _keepalive_gets(port, up, n)
+    os.kill(p.pid, signal.SIGINT)
+    p.wait(120)
+    return int(re.search(r"^summary: (\d+)", out.read_text(), re.M).group(1))  # type: ignore[union-attr]
+
+
+def _per_request(work: Path, up: int) -> None:
+    """The difference between 2,000 and 400 requests, per request: start-up and shutdown cancel out."""
+    per = {}
+    for name in ("off", "on"):
+        per[name] = (_instructions(work, up, name, 2000) - _instructions(work, up, name, 400)) / 1600
+    print(f"instructions per small GET (asyncio loop): off {per['off']:,.0f}, on {per['on']:,.0f}")
+    print(f"scrubbing adds {per['on'] - per['off']:,.0f} ({100 * (per['on'] / per['off'] - 1):+.1f} %)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("--instructions", action="store_true", help="count instructions per small GET instead")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/authproxy-bench-scrub"))
     args = ap.parse_args()
     work = args.workdir
@@ -148,6 +195,11 @@ def main() -> int:
     up = free_port()
     _nginx(work, up)
     proxies = {name: _proxy(work, name, up, name == "on", args.loop) for name in ("off", "on")}
+    if args.instructions:
+        for proc, _ in proxies.values():
+            stop(proc)
+        _per_request(work, up)
+        return 0
     runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     for r in range(args.rounds):
         order = ("off", "on") if r % 2 == 0 else ("on", "off")

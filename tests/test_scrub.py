@@ -227,3 +227,18 @@ routes:
         assert_no_secrets([r.text], ["pw-0123456789-secret", "alice:pw-0123456789-secret"])
     finally:
         await up.close()
+
+
+async def test_another_switched_protocol_is_scrubbed_as_a_stream(echoes, tmp_path, make_proxy, secret_env) -> None:
+    s = await _mode(echoes, tmp_path, make_proxy, secret_env, "plain")
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.p.port)
+    target = f"http://{s.up.authority}/switch"
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: {s.up.authority}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(20):
+        got = await reader.read(-1)  # the 101, the bytes after it, then the upstream's end
+    writer.close()
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert rest == b"raw " + MASKED.encode() + b" end"

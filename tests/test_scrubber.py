@@ -82,6 +82,16 @@ def test_the_substitute_replaces_a_match_of_its_own_length_only() -> None:
     assert out.startswith(b"[" + b"P" * len(KEY) + b"] ***")
 
 
+def test_a_long_token_split_anywhere() -> None:
+    """A JWT-sized value (kilobytes): the tail search must not depend on its length's nesting."""
+    token = "eyJ" + "a1B2c3D4-_" * 200
+    body = b'{"access_token": "' + token.encode() + b'"}\n'
+    for cut in (10, 100, 1000, 2000, len(body) - 3):
+        s = Scrubber(needles_for([token]))
+        out = s.feed(body[:cut]) + s.feed(body[cut:]) + s.flush()
+        assert out == body.replace(token.encode(), b"*" * len(token))
+
+
 def test_short_values_are_replaced_as_written_and_tiny_ones_not_at_all() -> None:
     assert needles_for(["abc"]).forms == ()
     assert needles_for(["abcdef"]).forms == (b"abcdef",)

@@ -75,6 +75,10 @@ class FrameScrubber:
                 view = memoryview(rest)
         return self._place()
 
+    def flush(self) -> bytes:
+        """At the connection's end: a frame cut short is not passed on (it could end in a partial value)."""
+        return b""
+
     def _parse(self) -> bytes:
         """Headers and control frames out of ``_buf``; the payload bytes of a data frame after them are returned."""
         buf = self._buf

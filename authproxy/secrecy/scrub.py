@@ -19,14 +19,13 @@ that cannot begin a spelling is not kept: a Server-Sent Event ends in
 
 Cost: one ``bytes.find`` pass per spelling over the data (a handful per
 value: a key of letters and digits has four), plus, per chunk, a look at
-its last byte (one that occurs in no spelling settles it) or else one
-regular-expression search among its last bytes. A chunk with nothing to
+its last byte (one that occurs in no spelling settles it) or else a few
+``find`` calls among its last bytes. A chunk with nothing to
 replace and no tail to keep is passed on as the same object.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -38,7 +37,7 @@ __all__ = ["Needles", "Scrubber", "needles_for"]
 class Needles:
     """The byte strings to replace, longest first; computed once per set of values."""
 
-    __slots__ = ("_partial", "alphabet", "forms", "longest", "shortest")
+    __slots__ = ("_firsts", "alphabet", "forms", "longest", "shortest")
 
     def __init__(self, forms: Iterable[bytes]) -> None:
         self.forms: tuple[bytes, ...] = tuple(sorted({f for f in forms if f}, key=lambda f: (-len(f), f)))
@@ -46,8 +45,7 @@ class Needles:
         self.shortest = len(self.forms[-1]) if self.forms else 0
         # Bytes that occur in some form: data ending in any other byte has no tail to keep.
         self.alphabet = frozenset(b for f in self.forms for b in f)
-        # A proper prefix of some form, at the very end: ``a(?:b(?:c)?)?\Z`` for ``abcd``.
-        self._partial = re.compile(b"(?:" + b"|".join(_prefixes(f) for f in self.forms) + b")\\Z")
+        self._firsts = tuple((f, f[:1]) for f in self.forms)
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -66,17 +64,22 @@ class Needles:
         return found
 
     def partial_start(self, data: bytes) -> int:
-        """Where the longest tail of ``data`` that is a proper prefix of some form starts (its length if none)."""
-        m = self._partial.search(data, max(0, len(data) - self.longest + 1))
-        return len(data) if m is None else m.start()
+        """Where the longest tail of ``data`` that is a proper prefix of some form starts (its length if none).
 
-
-def _prefixes(form: bytes) -> bytes:
-    """A pattern for every proper prefix of ``form`` (its first byte, up to all but its last)."""
-    out = b""
-    for i in range(len(form) - 2, 0, -1):
-        out = b"(?:" + re.escape(form[i : i + 1]) + out + b")?"
-    return re.escape(form[:1]) + out
+        Candidates are the places of each form's first byte among the last bytes; a
+        regular expression of every prefix would nest one group per byte, which a
+        token of a few hundred bytes (a JWT) takes past the parser's recursion limit.
+        """
+        size = len(data)
+        start = size
+        for form, first in self._firsts:
+            i = data.find(first, max(0, size - len(form) + 1))
+            while 0 <= i < start:
+                if form.startswith(data[i:]):
+                    start = i
+                    break
+                i = data.find(first, i + 1)
+        return start
 
 
 def needles_for(values: Iterable[str]) -> Needles:

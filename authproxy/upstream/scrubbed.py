@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from itertools import chain
+from typing import Protocol
 
 from authproxy.credentials.grants import Credential
 from authproxy.errors import UnscrubbableEncoding
@@ -108,7 +109,9 @@ def scrub_reply(
         _scrub_head(reply, needles, substitute, rec)
     if reply.upgraded is not None:
         up = reply.upgraded
-        reader = ScrubbedFrames(up.reader, FrameScrubber(needles, substitute), rec, up.early)
+        ws = any(n.lower() == b"upgrade" and v.strip().lower() == b"websocket" for n, v in reply.headers)
+        stream: _Stream = FrameScrubber(needles, substitute) if ws else Scrubber(needles, substitute)
+        reader = ScrubbedSwitch(up.reader, stream, rec, up.early)
         reply.upgraded = Upgraded(reader, up.writer, b"")
         return reply
     body = reply.body
@@ -203,32 +206,53 @@ async def _decompressed(body: AsyncIterator[bytes], wbits: int) -> AsyncIterator
         raise UpstreamBodyError("the compressed response body ends before its stream does")
 
 
-class ScrubbedFrames:
-    """The upstream side of a WebSocket, read through a ``FrameScrubber``: what the tunnel pumps to the client."""
+class _Stream(Protocol):
+    """A scrubber of a switched connection's bytes: a ``FrameScrubber`` or a ``Scrubber``."""
 
-    def __init__(self, reader: ByteReader, frames: FrameScrubber, rec: AccessRecord, early: bytes) -> None:
+    @property
+    def scrubbed(self) -> int: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class ScrubbedSwitch:
+    """The upstream side of a switched connection, read through a scrubber: what the tunnel pumps to the client.
+
+    A WebSocket through a ``FrameScrubber``; any other protocol (``Upgrade: foo``) is
+    bytes the proxy cannot frame, scrubbed as one stream (same lengths, so a length
+    field in it stays true), its kept tail let go at the end.
+    """
+
+    def __init__(self, reader: ByteReader, stream: _Stream, rec: AccessRecord, early: bytes) -> None:
         self._reader = reader
-        self._frames = frames
+        self._stream = stream
         self._rec = rec
         self._base = rec.scrubbed
         self._pending = self._feed(early) if early else b""
+        self._ended = False
 
     def _feed(self, data: bytes) -> bytes:
         try:
-            out = self._frames.feed(data)
+            out = self._stream.feed(data)
         except FrameError as exc:
             raise ConnectionAbortedError(str(exc)) from None  # the tunnel cuts both sides
-        self._rec.scrubbed = self._base + self._frames.scrubbed
+        self._rec.scrubbed = self._base + self._stream.scrubbed
         return out
 
     async def read(self, n: int = -1) -> bytes:
         if self._pending:
             out, self._pending = self._pending, b""
             return out
-        while True:
+        while not self._ended:
             data = await self._reader.read(n)
             if not data:
-                return b""
+                self._ended = True
+                out = self._stream.flush()
+                self._rec.scrubbed = self._base + self._stream.scrubbed
+                return out
             out = self._feed(data)
             if out:
                 return out
+        return b""

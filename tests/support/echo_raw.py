@@ -13,7 +13,9 @@ the value in two (or more) chunks. Paths:
   client has the previous one); ``/drip``: the same with chunks that are
   not events;
 - ``/ws``: a WebSocket handshake (RFC 6455 §4.2.2), then a text message in
-  three fragments with a ping between them, a binary message, and a Close.
+  three fragments with a ping between them, a binary message, and a Close;
+- ``/switch``: a 101 to a protocol that is not WebSocket (``Upgrade: echo``),
+  then the value in raw bytes, and the end of the connection.
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ class RawEcho:
         ]
         stream = b"".join(frames)
         await self._send(writer, _split(stream, value))
+
+    async def _switch(self, writer: asyncio.StreamWriter, headers: dict[str, str], value: bytes) -> None:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        await self._send(writer, _split(b"raw " + value + b" end", value))
 
 
 def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
