@@ -8,24 +8,31 @@ The tree::
     ├── AdminTokenRequired          401 admin_token_required
     │   └── AdminTokenInvalid       401 admin_token_invalid
     ├── Denied                      403 denied
-    │   └── DestinationDenied       403 destination_denied
+    │   ├── DestinationDenied       403 destination_denied
+    │   ├── PlaceholderRequired     403 placeholder_required
+    │   └── PlaceholderMisdirected  403 placeholder_misdirected
     ├── ProxyAuthRequired           407 proxy_auth_required
     ├── MisdirectedRequest          421 misdirected_request
     │   └── AdminHostRefused        421 admin_host_refused
     ├── RequestTimeout              408 client_timeout
+    ├── BodyTooLargeToSign          413 body_too_large_to_sign
     ├── UriTooLong                  414 uri_too_long
     ├── HeadersTooLarge             431 headers_too_large
     ├── NotImplementedByProxy       501 not_implemented
     ├── VersionNotSupported         505 http_version_not_supported
     ├── Unavailable                 503 unavailable
-    │   └── TooManyConnections      503 too_many_connections
+    │   ├── TooManyConnections      503 too_many_connections
+    │   └── TokenStoreUnavailable   503 token_store_unavailable
     ├── CredentialUnavailable       502 credential_unavailable
     ├── TokenEndpointError          502 token_endpoint_error
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
     ├── UpstreamError               502 upstream_error
     ├── UpstreamTLSError            502 upstream_tls_error
     ├── UnscrubbableEncoding        502 unscrubbable_encoding
-    └── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamProxyError          502 upstream_proxy_error
+    │   └── UpstreamProxyTimeout    504 upstream_proxy_error
+    └── UpstreamProxyAuthFailed     502 upstream_proxy_auth_failed
 
 Every one renders the same way (``render``): a JSON body
 ``{"error", "route", "detail"}`` and an ``X-Authproxy-Error`` header, so a
@@ -79,6 +86,18 @@ class DestinationDenied(Denied):
     status, code = 403, "destination_denied"
 
 
+class PlaceholderRequired(Denied):
+    """A ``require: placeholder`` route reached without its placeholder: no other credential may be used there."""
+
+    status, code = 403, "placeholder_required"
+
+
+class PlaceholderMisdirected(Denied):
+    """A placeholder sent where its route does not go: an attempt to carry it off."""
+
+    status, code = 403, "placeholder_misdirected"
+
+
 class ProxyAuthRequired(ProxyError):
     status, code = 407, "proxy_auth_required"
     challenge: bytes = b'Basic realm="authproxy", charset="UTF-8"'
@@ -96,6 +115,12 @@ class AdminTokenInvalid(AdminTokenRequired):
 
 class RequestTimeout(ProxyError):
     status, code = 408, "client_timeout"
+
+
+class BodyTooLargeToSign(ProxyError):
+    """A request body over ``limits.replay_body`` on a route whose signature covers the body's hash (SigV4)."""
+
+    status, code = 413, "body_too_large_to_sign"
 
 
 class UriTooLong(ProxyError):
@@ -134,6 +159,12 @@ class TooManyConnections(Unavailable):
     """One client address holds `limits.max_connections_per_client` connections already."""
 
     code = "too_many_connections"
+
+
+class TokenStoreUnavailable(Unavailable):
+    """The shared token store cannot be reached, and this request needs a fetch that must hold its lease."""
+
+    code = "token_store_unavailable"
 
 
 class CredentialUnavailable(ProxyError):
@@ -182,6 +213,24 @@ class UnscrubbableEncoding(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, code = 504, "upstream_timeout"
+
+
+class UpstreamProxyError(ProxyError):
+    """The parent proxy (``upstream_proxy``) could not be reached, or refused to open the way."""
+
+    status, code = 502, "upstream_proxy_error"
+
+
+class UpstreamProxyTimeout(UpstreamProxyError):
+    """The parent proxy did not answer in time: the parent's code, a timeout's status."""
+
+    status = 504
+
+
+class UpstreamProxyAuthFailed(ProxyError):
+    """The parent proxy answered 407: it wants credentials, or refused the ones it got."""
+
+    status, code = 502, "upstream_proxy_auth_failed"
 
 
 _STATUS_FOR_HINT: dict[int, type[ProxyError]] = {

@@ -10,6 +10,8 @@ resolve the target → route (or pass through / deny)
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
@@ -22,7 +24,12 @@ from authproxy.http1.h1message import Body, Response
 from authproxy.messages import Origin, ProxyRequest, Reply
 from authproxy.net.egress import Guard, Via, is_ip_literal
 from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
+from authproxy.net.parent import Parent, clear_text_refusal
 from authproxy.ops.accesslog import AccessRecord
+from authproxy.placeholders import guard
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.stub import stub_reply
+from authproxy.placeholders.swap import swap_headers, swap_target
 from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
 from authproxy.tokens.manager import TokenState
@@ -37,6 +44,7 @@ _REBUILT = frozenset({b"host", b"content-length", b"expect"})
 _DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_PEEK = 16 * 1024  # of an answer that may say a signing credential expired: AWS's error bodies are smaller
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +55,53 @@ class Target:
     path: str  # origin-form path and query sent upstream
     host_header: str
     guard: Guard = Guard.ROUTE  # what a new connection's address is judged by (egress.py)
+    swap: bool = False  # the request carries its route's placeholder (placeholders/swap.py)
 
 
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
+    audit = rec.audit = {} if snap.config.audit is not None else None
+    ph = snap.placeholders
+    if ph is not None and ph.stubs:
+        stub = stub_reply(ph, req, rec)  # the route's token_url, answered here: never forwarded
+        if stub is not None:
+            return stub
     target = resolve(req, rt, snap, rec)
     route = target.route
+    if audit is not None and route is not None:
+        audit["credential"], audit["sources"] = route.auth.type_name, [s for _, s in route.auth.sources()]
+    if ph is not None:
+        # Before anything is fetched for the route: a placeholder elsewhere, or one missing, ends it here.
+        placeholder = guard.check(ph, req, route, rec, rt.metrics)
+        if placeholder == guard.SWAPPED:
+            target = dataclasses.replace(target, swap=True)
+        if audit is not None:
+            audit["placeholder"] = placeholder
     if route is not None:
         check_user_route(req.user, route.name)
         # Rules speak of the upstream's paths: what is sent, without the query; and of
         # the method the upstream acts on, which an override header may name.
+        if audit is not None and route.allow is not None:
+            audit["allow"] = "denied"
         check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
+        if audit is not None and route.allow is not None:
+            audit["allow"] = "allowed"
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
         return await exchange(rt, snap, target, req, None)
 
     cred, state = await rt.tokens.get(route)
     rec.token = state.value
+    if audit is not None:
+        audit["injected"] = [f"header:{n}" for n, _ in cred.headers] + [f"query:{n}" for n, _ in cred.query]
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
     reply = await exchange(rt, snap, target, req, cred)
+    unanswered = False
+    if cred.proof is not None:
+        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
-    if reply.status == 401 and route.auth.may_retry():
+    # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
+    refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
+    if refused and route.auth.may_retry() and not unanswered:
         try:
             retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
         except BaseException:
@@ -78,10 +113,46 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         else:
             reply.release()
             reply = await exchange(rt, snap, target, req, retry)
+            if retry.proof is not None:
+                reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
             cred = retry
-    # Without the credential (upstream/scrubbed.py); one it cannot read is let go and refused.
-    return scrub_reply(reply, cred, rec, req.method == "HEAD") if route.scrub else reply
+    if not route.scrub:
+        return reply
+    # Without the credential (upstream/scrubbed.py), a match of the placeholder's length
+    # replaced by the placeholder; a reply it cannot read is let go and refused.
+    sub = ph.raw.get(route.name) if ph is not None else None
+    return scrub_reply(reply, cred, rec, req.method == "HEAD", sub)
+
+
+async def _nonce_retry(
+    rt: Runtime,
+    snap: Snapshot,
+    target: Target,
+    req: ProxyRequest,
+    cred: Credential,
+    replayable: bool,
+    reply: Reply,
+    rec: AccessRecord,
+) -> tuple[Reply, bool]:
+    """The reply to a request sent with a per-request proof, a nonce challenge answered once;
+    and whether it is a challenge left unanswered (a body too large to replay).
+
+    RFC 9449 §9: the resource server's 401 ``use_dpop_nonce`` names the nonce to
+    put in the proof; the token stays, and the one forced refresh of the 401
+    rule is still there for what the retry gets. An unanswered challenge goes
+    back to the client as it came, and is no reason to drop the token.
+    """
+    assert cred.proof is not None
+    if not cred.proof.answered(_url(target), reply.status, reply.headers):
+        return reply, False
+    if not replayable:
+        rec.retry = "skipped"
+        return reply, True
+    reply.release()
+    reply = await exchange(rt, snap, target, req, cred)
+    rec.retry = rec.retry or "nonce"
+    return reply, False
 
 
 async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyRequest, cred: Credential | None) -> Reply:
@@ -90,8 +161,18 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     Its timeouts are those of ``snap``, the snapshot the request started with:
     a reload while it waits for a token or its body does not change them.
     """
+    raw = req.headers
+    if target.swap and cred is not None and snap.placeholders is not None:
+        raw, target = _swapped(snap.placeholders, target, raw, cred)
     scrub = target.route is not None and target.route.scrub
-    headers = outbound_headers(req.headers, target.host_header, cred, rt.via, scrub)
+    headers = outbound_headers(raw, target.host_header, cred, rt.via, scrub)
+    data, length = _payload(req)
+    if cred is not None and cred.signer is not None:
+        # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
+        path = _with_query(target.path, cred)
+        headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
+    if cred is not None and cred.proof is not None:
+        headers.append(cred.proof.proof(req.method, _url(target)))
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -108,8 +189,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             sslctx,
             t.connect,
             t.upstream_headers,
+            _parent(snap, target),
         )
-    data, length = _payload(req)
     try:
         resp = await send(rt, snap, target, req.method, headers, data, length, cred)
     except ProxyError:
@@ -117,6 +198,52 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
             raise req.body.error from None  # the client's body broke, not the upstream
         raise
     return _reply(resp)
+
+
+async def _expired(reply: Reply, cred: Credential) -> bool:
+    """Does the answer say that ``cred`` expired? Its body's start is read to tell, then put back."""
+    assert cred.signer is not None
+    if not cred.signer.wants_peek(reply.status) or reply.body is None:
+        return False
+    head: list[bytes] = []
+    size = 0
+    rest = reply.body
+    async for chunk in rest:
+        head.append(chunk)
+        size += len(chunk)
+        if size >= _PEEK:
+            break
+
+    async def again() -> AsyncIterator[bytes]:
+        for chunk in head:
+            yield chunk
+        if size >= _PEEK:
+            async for chunk in rest:
+                yield chunk
+
+    reply.body = again()
+    return cred.signer.refused(reply.headers, b"".join(head))
+def _swapped(
+    ph: Placeholders, target: Target, raw: list[tuple[bytes, bytes]], cred: Credential
+) -> tuple[list[tuple[bytes, bytes]], Target]:
+    """The client's head with the route's placeholder swapped for the secret (placeholders/swap.py).
+
+    On a ``require: placeholder`` route the client's own ``Authorization`` and
+    the headers the route injects into never go upstream: only the placeholder
+    opens the route.
+    """
+    assert target.route is not None and target.route.placeholder is not None
+    name, spec = target.route.name, target.route.placeholder
+    secret = cred.raw_secret()
+    drop = _required_drop(cred.wire_names) if spec.required else frozenset()
+    headers = swap_headers(raw, ph.raw[name], secret.encode(), drop)
+    path = swap_target(target.path, ph.values[name], secret, spec)
+    return headers, (target if path == target.path else dataclasses.replace(target, path=path))
+
+
+@lru_cache(maxsize=256)
+def _required_drop(names: frozenset[bytes]) -> frozenset[bytes]:
+    return names | {b"authorization"}
 
 
 def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Target:
@@ -253,6 +380,11 @@ def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
 
 
+def _url(target: Target) -> str:
+    """The URL as sent upstream (a DPoP proof's ``htu`` is it, RFC 9449 §4.2)."""
+    return f"{target.dest.scheme}://{target.host_header}{target.path}"
+
+
 def _split_authority(rest: str) -> tuple[str, str]:
     cut = len(rest)
     for sep in "/?#":
@@ -352,7 +484,27 @@ async def send(
         length,
         snap.config.timeouts.upstream_headers,
         target.guard,
+        _parent(snap, target),
     )
+
+
+def _parent(snap: Snapshot, target: Target) -> Parent | None:
+    """The parent proxy to go through (config/parents.py), None for direct.
+
+    A credential allowed in clear text only because its destination is this
+    host (a route with no `upstream` to a loopback host) is refused through a
+    parent off this host: it would leave the host in clear text.
+    """
+    parents = snap.parents
+    if parents.off:
+        return None
+    route, dest = target.route, target.dest
+    parent = parents.choose(route, dest.host, dest.port, dest.default_port)
+    clear = route is not None and route.upstream is None and dest.scheme == "http"
+    if clear and parent is not None and not parent.on_loopback:
+        assert route is not None
+        raise clear_text_refusal(parent, f"route {route.name}'s credential").with_route(route.name)
+    return parent
 
 
 def _reply(resp: Response) -> Reply:

@@ -9,16 +9,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from authproxy.access import Authenticator
 from authproxy.config import Config
+from authproxy.config.parents import Parents
 from authproxy.disk.ca import LocalCA, ensure_ca
-from authproxy.disk.store import StateStore
 from authproxy.net.egress import Egress, Via
 from authproxy.ops.metrics import Metrics
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.index import resolve as resolve_placeholders
+from authproxy.placeholders.shared import shared_generated
 from authproxy.routes import RouteTable
 from authproxy.tokens.manager import TokenManager
+from authproxy.tokens.stores import open_store
 from authproxy.upstream.upstreams import TokenSession, Upstreams
 
 
@@ -34,11 +39,18 @@ class Snapshot:
     config: Config
     table: RouteTable
     auth: Authenticator | None = None
+    placeholders: Placeholders | None = None  # None when no route has one: the guard costs nothing
+    parents: Parents = dataclasses.field(default_factory=lambda: Parents(None, routes_own=False))  # a parent proxy?
 
     @classmethod
-    def of(cls, config: Config) -> Snapshot:
+    def of(cls, config: Config, shared: Mapping[str, str] | None = None) -> Snapshot:
+        """``shared``: generated placeholders from the shared token store (``Runtime.shared_placeholders``);
+        with a shared store and none given, generated ones are left out until they are had from it."""
         auth = Authenticator(config.proxy_auth) if config.proxy_auth is not None else None
-        return cls(config, RouteTable(config.routes), auth)
+        if shared is None and config.token_store is not None:
+            shared = {}
+        placeholders = resolve_placeholders(config, make=shared is None, shared=shared)
+        return cls(config, RouteTable(config.routes), auth, placeholders, Parents.of(config))
 
 
 class Runtime:
@@ -52,12 +64,21 @@ class Runtime:
         self.upstreams = Upstreams(config.limits, config.timeouts, config.extra_ca_file, self.egress)
         self._token_session = TokenSession(config.timeouts)
         self._token_session.prepare(config.routes)
-        self.store = StateStore(config.state_dir)
         self.metrics = Metrics(multiprocess=worker)
         self.metrics.routes.set(len(config.routes))
+        self.store = open_store(config, self.metrics)
+        # Shared between workers (state dir) or replicas (token_store): one fetch per route among them.
+        shared = worker or config.token_store is not None
         self.tokens = TokenManager(
-            self._token_session.get, config.timeouts.token_fetch, self.store, self.metrics, shared=worker
+            self._token_session.get,
+            config.timeouts.token_fetch,
+            self.store,
+            self.metrics,
+            shared=shared,
+            via=lambda route, url: self.snapshot.parents.for_url(route, url),
+            tls=self.upstreams.tls,
         )
+        self.tokens.retain(config.routes)
         self._bound: tuple[str, int] | None = None
         self.ca: LocalCA | None = None  # set by enable_interception()
         self.started_at = time.time()
@@ -82,9 +103,22 @@ class Runtime:
             cfg = self.snapshot.config
             ca = self.ca = LocalCA(ensure_ca(cfg.state_dir, cfg.ca_cert, cfg.ca_key))
             self.metrics.watch_certificates(lambda: ca.cached)
-        return ca
+        return self.ca
 
-    def apply(self, config: Config) -> list[str]:
+    async def shared_placeholders(self, config: Config) -> dict[str, str] | None:
+        """``config``'s generated placeholders as the shared token store holds them (made there if new)."""
+        return await shared_generated(config, self.store)
+
+    async def share_placeholders(self) -> None:
+        """Put the shared store's generated placeholders into service: before listening, in every replica."""
+        config = self.snapshot.config
+        shared = await self.shared_placeholders(config)
+        if shared is not None:
+            self.snapshot = dataclasses.replace(
+                self.snapshot, placeholders=resolve_placeholders(config, make=False, shared=shared)
+            )
+
+    def apply(self, config: Config, shared: Mapping[str, str] | None = None) -> list[str]:
         """Swap in a new config: requests in flight keep the snapshot they took.
 
         Tokens of routes whose name and grant are unchanged stay cached; a
@@ -100,14 +134,14 @@ class Runtime:
         config = dataclasses.replace(config, routes=routes)
         self.tokens.retain(routes)
         self._token_session.prepare(routes)
-        self.snapshot = Snapshot.of(config)
+        self.snapshot = Snapshot.of(config, shared)
         self.egress.configure(config.destinations)
         self.metrics.routes.set(len(config.routes))
         restart = [
             key
             for key in (
                 *("listen_host", "listen_port", "state_dir", "ca_cert", "ca_key", "extra_ca_file"),
-                *("admin", "admin_token", "admin_hosts"),
+                *("admin", "admin_token", "admin_hosts", "token_store", "audit"),
             )
             if getattr(old, key) != getattr(config, key)
         ]
@@ -121,3 +155,4 @@ class Runtime:
             self.ca.close()
         await self.upstreams.close()
         await self._token_session.close()
+        await self.store.close()

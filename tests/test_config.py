@@ -1022,7 +1022,7 @@ def test_client_credentials_required_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("client_auth", "private_key_jwt", "client_secret_basic, client_secret_post"),
+        ("client_auth", "client_secret_jot", "client_secret_basic, client_secret_post"),
         ("body", "xml", "form, json"),
         ("refresh_skew", "soon", "number"),
         ("default_ttl", "0", ">= 1"),

@@ -20,6 +20,7 @@ import pytest
 from authproxy import config
 from authproxy.credentials.grants import REGISTRY
 from authproxy.schema import yamlreader
+from tests.support.pki import TestCA
 from tests.support.proc import start_proxy
 
 from .conftest import assert_no_secrets
@@ -47,15 +48,24 @@ proxy_auth:
     ci: "{HASH}"
     bot: {{hash: "{HASH}", routes: [key]}}
 destinations: {{deny: [private], allow: [10.1.0.0/16]}}
+audit: {{path: audit.log, max_bytes: 10MiB, keep: 5}}
 bws: {{access_token: ${{BWS_TOKEN}}, region: us}}
+token_store: {{url: "rediss://:${{REDIS_PASSWORD}}@redis.test:6380/0", key: ${{STORE_KEY}}, prefix: "gw:"}}
+upstream_proxy: http://${{PROXY_USER}}:${{SECRET_A}}@proxy.test:3128
+no_upstream_proxy: ["*.corp.test", "localhost:*"]
 routes:
   - name: key
     match: key.test/v1
     upstream: https://127.0.0.1:8443
     ca_file: ca.pem
     verify: true
+    upstream_proxy: direct
+    client_cert: client.crt
+    client_key: client.key
+    client_key_password: ${{KEY_PASSWORD}}
     allow: [{{methods: [GET], paths: [/v1/]}}]
-    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}}}
+    auth: {{type: api_key, header: X-API-Key, prefix: "", value: ${{SECRET_A}}, placeholder: ph-key-0123456789abcdef,
+            placeholder_env: KEY_API_KEY, placeholder_in_path: true, require: placeholder}}
   - name: query
     gateway: /query
     upstream: https://query.test
@@ -68,10 +78,15 @@ routes:
     scrub: true
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
-            refresh_skew: 60, default_ttl: 300}}
+            refresh_skew: 60, default_ttl: 300, placeholder: generate, stub_token_endpoint: true}}
+  - name: mtls
+    match: mtls.test
+    auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: tls_client_auth,
+            client_cert: client.crt, client_key: client.key, client_key_password: ${{KEY_PASSWORD}}}}
   - name: pw
     match: pw.test
-    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}}}}
+    auth: {{type: password, token_url: https://id.test/token, client_id: c, username: u, password: ${{SECRET_A}},
+            dpop: {{key: dpop.pem, alg: ES256}}}}
   - name: rt
     match: rt.test
     auth: {{type: refresh_token, token_url: https://id.test/token, client_id: c, refresh_token: ${{SECRET_A}}}}
@@ -89,15 +104,60 @@ routes:
     auth: {{type: command, argv: [echo, '{{"t": "x"}}'], json_field: t, expiry_field: e, ttl: 300, timeout: 30,
             header: Authorization, prefix: "Bearer ", refresh_skew: 60, default_ttl: 300}}
   - {{name: cmdq, match: cmdq.test, auth: {{type: command, argv: [echo, x], query: token}}}}
+  - name: aws
+    match: "*.amazonaws.com"
+    auth: {{type: aws_sigv4, service: sqs, aws_region: eu-west-1, profile: dev, refresh_skew: 60, default_ttl: 300}}
+  - name: pkj
+    match: pkj.test
+    auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_auth: private_key_jwt,
+            signing_key: signing.pem, signing_key_password: ${{SECRET_A}}, signing_alg: ES256, kid: k1,
+            assertion_audience: https://id.test}}
+  - name: csj
+    match: csj.test
+    auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
+            client_auth: client_secret_jwt}}
+  - {{name: jb, match: jb.test, auth: {{type: jwt_bearer, token_url: https://id.test/token, assertion_file: token.txt}}}}
+  - {{name: jbc, match: jbc.test, auth: {{type: jwt_bearer, token_url: https://id.test/token, assertion_command: [cat, t]}}}}
+  - name: jbs
+    match: jbs.test
+    auth: {{type: jwt_bearer, token_url: https://id.test/token, signing_key: signing.pem,
+            signing_key_password: ${{SECRET_A}}, assertion_claims: {{iss: sa@id.test, sub: u@id.test, scope: s}}}}
+  - name: tx
+    match: tx.test
+    auth: {{type: token_exchange, token_url: https://sts.test/token, subject_token_file: token.txt,
+            subject_token_type: jwt, requested_token_type: access_token, audience: a, resource: https://r.test,
+            scope: s}}
+  - {{name: txc, match: txc.test, auth: {{type: token_exchange, token_url: https://sts.test/token,
+                                         subject_token_command: [cat, t]}}}}
+  - {{name: txr, match: txr.test, auth: {{type: token_exchange, token_url: https://sts.test/token, subject_route: cc}}}}
 """
+
+
+def _signing_key_pem(password: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    enc = serialization.BestAvailableEncryption(password)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
 
 def _load_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> config.Config:
     for name in ("ca.pem", "ca-key.pem", "token.txt"):
         (tmp_path / name).write_text("x\n")
+    (tmp_path / "signing.pem").write_bytes(_signing_key_pem(b"s3cret-value-for-docs"))
+    TestCA().issue(tmp_path, "client", common_name="docs", password="key-password-for-docs")
+    monkeypatch.setenv("KEY_PASSWORD", "key-password-for-docs")
+    from joserfc.jwk import ECKey
+
+    (tmp_path / "dpop.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
+    (tmp_path / "dpop.pem").chmod(0o600)
     monkeypatch.setenv("ADMIN_TOKEN", "a" * 32)
     monkeypatch.setenv("SECRET_A", "s3cret-value-for-docs")
+    monkeypatch.setenv("PROXY_USER", "proxy-user")
     monkeypatch.setenv("BWS_TOKEN", BWS_TOKEN)
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-password-for-docs")
+    monkeypatch.setenv("STORE_KEY", "c3RvcmUta2V5LWZvci1kb2NzLTMyLWJ5dGVzLWxvbmch")
     (tmp_path / "routes.yaml").write_text(EVERY_KEY.replace("STATE", str(tmp_path / "state")))
     return config.load(tmp_path / "routes.yaml")
 

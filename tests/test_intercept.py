@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -384,3 +385,11 @@ async def test_closed_tls_connections_are_freed_without_the_cycle_collector(
         gc.enable()
     assert cyclic == []
     assert_no_secrets(p.lines(), [KEY])
+
+
+async def test_enabling_interception_again_keeps_the_one_ca(make_proxy: Any) -> None:
+    """Asked again (by a reload, or a second caller), the runtime hands back the CA it loaded."""
+    p = await make_proxy("routes: []\n")
+    first = p.runtime.ca
+    assert first is not None
+    assert p.runtime.enable_interception() is first

@@ -67,6 +67,14 @@ from .test_raw_http import (  # noqa: F401
     test_pipelined_requests_answered_in_order,
     test_upstream_reset_mid_body_aborts_only_that_client,
 )
+from .test_upstream_proxy import (  # noqa: F401  (collected again here, on uvloop: start_tls on a tunnel's transport)
+    net,
+    squid,
+    test_bytes_the_upstream_sends_first_survive_the_parents_answer,
+    test_connections_through_the_parent_are_pooled,
+    test_everything_goes_through_the_parent,
+    test_the_parents_refusals,
+)
 from .test_websocket import test_plain_ws_through_proxy, test_wss_through_intercepted_connect  # noqa: F401
 
 

@@ -147,6 +147,10 @@ class FleetAdmin(AdminBase):
             listen=sup.listen,
             config_file=str(sup.cfg.file),
         )
+        stores = [a["token_store"] for a in views if isinstance(a.get("token_store"), dict)]
+        # The store as the worst-off worker sees it: one that cannot reach it is the news.
+        failing = [s for s in stores if s.get("state") == "unreachable"]
+        status["token_store"] = (failing or stores or [None])[0]
         status["workers"] = [
             {"index": w.index, "pid": w.pid, "state": w.state, "restarts": w.restarts, "answered": a is not None}
             for w, a in answers

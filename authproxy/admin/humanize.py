@@ -49,6 +49,18 @@ def workers_ready(workers: list[dict[str, Any]]) -> str:
     return f"{sum(w.get('state') == 'ready' for w in workers)} of {len(workers)} ready"
 
 
+def store_health(store: dict[str, Any] | None, now: float) -> str:
+    """``redis redis://host:6379/0: ok (0.4 ms)``, or since when and why it cannot be reached."""
+    if not store:
+        return "-"
+    text = f"{store.get('kind', '?')} {store.get('where', '')}: {store.get('state', '?')}"
+    if store.get("state") == "ok" and store.get("latency_ms") is not None:
+        text += f" ({store['latency_ms']} ms)"
+    if store.get("last_error"):
+        text += f"; last error {ago(store.get('last_error_at'), now)}: {store['last_error']}"
+    return text
+
+
 def clock(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from authproxy.admin.humanize import ago, clock, expiry, rate, span, workers_ready
+from authproxy.admin.humanize import ago, clock, expiry, rate, span, store_health, workers_ready
 
 _STATE_HINT = {
     "fresh": "a valid credential is cached",
@@ -88,6 +88,12 @@ def _route_row(r: dict[str, Any], now: float) -> str:
     lines = [" · ".join(where)] if where else []
     if r.get("upstream"):
         lines.append(f"→ {_e(r['upstream'])}")
+    tls = r.get("tls") or {}
+    if tls.get("trust"):
+        certs = [f"presents {_e(tls[k])}" for k in ("client_cert",) if tls.get(k)]
+        if tls.get("token_client_cert") and tls.get("token_client_cert") != tls.get("client_cert"):
+            certs.append(f"token endpoint: presents {_e(tls['token_client_cert'])}")
+        lines.append(" · ".join([f"TLS trusts {_e(tls['trust'])}", *certs]))
     about = "".join(f'<div class="small">{line}</div>' for line in lines)
     last_fetch = ago(tok.get("last_fetch_at"), now)
     fetches = int(tok.get("fetches") or 0)
@@ -148,6 +154,8 @@ def render_page(data: dict[str, Any]) -> str:
     ]
     if data.get("workers"):
         cards.insert(1, ("Workers", workers_ready(data["workers"])))
+    if data.get("token_store"):
+        cards.append(("Token store", store_health(data["token_store"], now)))
     card_html = "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in cards
     )

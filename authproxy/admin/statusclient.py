@@ -10,7 +10,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from authproxy.admin.humanize import ago, clock, expiry, rate, span, workers_ready
+from authproxy.admin.humanize import ago, clock, expiry, rate, span, store_health, workers_ready
 from authproxy.admin.statusview import url_host
 from authproxy.errors import one_line
 from authproxy.net import control
@@ -88,7 +88,10 @@ def status_table(data: dict[str, Any]) -> str:
             ]
         )
     header = ["ROUTE", "MODE", "GRANT", "TOKEN", "EXPIRES", "REQ/S", "ERR/S", "LAST ERROR"]
-    lines = [head, ""]
+    lines = [head]
+    if data.get("token_store"):
+        lines.append(one_line(f"token store: {store_health(data['token_store'], now)}"))
+    lines.append("")
     lines += _table(header, rows, right={5, 6})
     um = data.get("unmatched") or {}
     if um.get("requests"):

@@ -14,16 +14,22 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from authproxy.credentials.tlsclient import Trust, tls_view
 from authproxy.secrecy.redact import redact_data
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from authproxy.config import Route
     from authproxy.runtime import Runtime
 
 
 def runtime_view(rt: Runtime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The routes (fields and token state, no traffic) and recent reloads of a running proxy, newest first."""
-    routes = [{**route_fields(r), "token": rt.tokens.status(r)} for r in rt.snapshot.config.routes]
+    extra = rt.snapshot.config.extra_ca_file
+    routes = [
+        {**route_fields(r), "tls": route_tls(r, extra), "token": rt.tokens.status(r)} for r in rt.snapshot.config.routes
+    ]
     reloads = [
         {"at": round(ev.at, 3), "ok": ev.ok, "detail": quoted_values_elided(ev.detail)} for ev in reversed(rt.reloads)
     ]
@@ -44,6 +50,11 @@ def quoted_values_elided(detail: str) -> str:
 def url_host(host: str) -> str:
     """``host`` as it goes in a URL: an IPv6 literal in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+def route_tls(r: Route, extra_ca: Path | None) -> dict[str, str | None]:
+    """The route's trust store and the client certificates it presents (subject and expiry, never the key)."""
+    return tls_view(Trust(extra_ca, r.ca_file, r.verify), r.client_cert, r.auth.client_cert())
 
 
 def route_fields(r: Route) -> dict[str, Any]:

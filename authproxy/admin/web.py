@@ -147,6 +147,7 @@ class AdminServer(AdminBase):
         return self.rt.ready
 
     async def current_status(self) -> dict[str, Any]:
+        await self.rt.store.probe()  # the store's health as of now, not as of the last fetch
         return self.status()
 
     def status(self) -> dict[str, Any]:
@@ -154,9 +155,11 @@ class AdminServer(AdminBase):
         cfg = rt.snapshot.config
         routes, reloads = runtime_view(rt)
         listen = f"{url_host(rt.bound[0])}:{rt.bound[1]}" if rt.bound is not None else cfg.listen
-        return self.build_status(
+        status = self.build_status(
             routes=routes, reloads=reloads, started_at=rt.started_at, listen=listen, config_file=str(cfg.file)
         )
+        status["token_store"] = rt.store.health()
+        return status
 
 
 @web.middleware

@@ -57,6 +57,14 @@ def no_proxy_note(local: list[str]) -> str:
     )
 
 
+def placeholder_env(route: Route) -> str:
+    """The variable a route's placeholder is printed as: ``placeholder_env``, else ``AUTHPROXY_PLACEHOLDER_<ROUTE>``."""
+    spec = route.placeholder
+    if spec is not None and spec.env:
+        return spec.env
+    return "AUTHPROXY_PLACEHOLDER_" + "".join(c if c.isalnum() else "_" for c in route.name.upper())
+
+
 def variables(proxy_url: str, bundle: Path, no_proxy: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name in PROXY_VARS:

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"NO_PROXY value, exactly (default {DEFAULT_NO_PROXY}, or none when a route matches a loopback host)",
     )
     env.add_argument("--listen", help="the proxy address to use, if not the file's `listen`")
+    env.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="also print each route's placeholder as its `placeholder_env` variable (what a sandboxed workload holds)",
+    )
 
     login = sub.add_parser("login", help="log in to an authorization_code route in a browser; store its refresh token")
     login.add_argument("route")
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ca":
             return cmd_ca(args.config)
         if args.command == "env":
-            return cmd_env(args.config, args.shell, args.no_proxy, args.listen)
+            return cmd_env(args.config, args.shell, args.no_proxy, args.listen, args.placeholders)
         return cmd_run(args)
     except ConfigError as exc:
         for problem in exc.problems:

@@ -12,14 +12,18 @@ import sys
 from pathlib import Path
 
 from authproxy.access import hash_password
-from authproxy.cli.envvars import default_no_proxy, no_proxy_note, render, variables
+from authproxy.cli.envvars import default_no_proxy, no_proxy_note, placeholder_env, render, variables
 from authproxy.cli.usage import UsageError, route_named
 from authproxy.config import Config, load, parse_listen
 from authproxy.disk.ca import BUNDLE_NAME, CAFiles, LocalCA, ensure_ca
 from authproxy.disk.state import ensure_dir
-from authproxy.disk.store import StateStore
+from authproxy.errors import ProxyError
 from authproxy.net.hosts import HostError, format_authority
+from authproxy.ops.metrics import Metrics
+from authproxy.placeholders.index import value_of
+from authproxy.placeholders.shared import shared_generated
 from authproxy.secrecy.redact import redact
+from authproxy.tokens.stores import open_store
 
 
 def cmd_hash_password() -> int:
@@ -45,6 +49,7 @@ def cmd_hash_password() -> int:
 
 
 def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
+    from authproxy.config.parents import Parents
     from authproxy.tokens.login import LoginError, login  # with aiohttp: only this command needs it
 
     cfg = load(path)
@@ -53,19 +58,27 @@ def cmd_login(path: str, name: str, open_browser: bool, timeout: float) -> int:
     def say(text: str) -> None:
         print(redact(text), flush=True)
 
-    try:
-        where = asyncio.run(
-            login(
+    async def run() -> str:
+        store = open_store(cfg, Metrics())  # the file store, or the replicas' shared one
+        try:
+            return await login(
                 route,
-                StateStore(cfg.state_dir),
+                store,
                 cfg.timeouts.token_fetch,
                 wait=timeout,
                 open_browser=open_browser,
                 say=say,
+                via=lambda url: Parents.of(cfg).for_url(route, url),
+                extra_ca=cfg.extra_ca_file,
             )
-        )
-    except LoginError as exc:
-        print(redact(f"error: route {name}: {exc}"), file=sys.stderr)
+        finally:
+            await store.close()
+
+    try:
+        where = asyncio.run(run())
+    except (LoginError, ProxyError) as exc:
+        detail = exc.detail if isinstance(exc, ProxyError) else str(exc)
+        print(redact(f"error: route {name}: {detail}"), file=sys.stderr)
         return 1
     print(redact(f"Logged in: route {name}'s refresh token is stored in {where}."))
     return 0
@@ -76,7 +89,7 @@ def _bundle(cfg: Config) -> tuple[CAFiles, Path, Path | None]:
     ca = LocalCA(files)
     try:
         bundle = ensure_dir(cfg.state_dir) / BUNDLE_NAME
-        roots = ca.write_bundle(bundle)
+        roots = ca.write_bundle(bundle, cfg.extra_ca_file)
     finally:
         ca.close()
     return files, bundle, roots
@@ -113,7 +126,7 @@ The key ({files.key}) can sign a certificate for any site: keep it private."""
     return 0
 
 
-def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None) -> int:
+def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None, placeholders: bool = False) -> int:
     cfg = load(path)
     host, port = cfg.listen_host, cfg.listen_port
     if listen:
@@ -128,5 +141,28 @@ def cmd_env(path: str, shell: str, no_proxy: str | None, listen: str | None) -> 
         no_proxy, local = default_no_proxy(cfg.routes)
         notes += [no_proxy_note(local)] if local else []
     pairs = variables(url, bundle, no_proxy)
+    if placeholders:
+        # Made now if generated and new: the same file the proxy reads, so both say the same value.
+        try:
+            shared = _shared_placeholders(cfg)
+        except (ProxyError, ValueError) as exc:
+            print(redact(f"error: the placeholders cannot be had from the token store: {exc}"), file=sys.stderr)
+            return 1
+        pairs += [(placeholder_env(r), v) for r in cfg.routes if (v := value_of(r, cfg.state_dir, True, shared))]
     sys.stdout.write(render(pairs, "sh" if shell in ("bash", "zsh") else shell, notes))
     return 0
+
+
+def _shared_placeholders(cfg: Config) -> dict[str, str] | None:
+    """With a shared token store, the generated placeholders every replica swaps: read (or made) there."""
+    if cfg.token_store is None:
+        return None
+
+    async def read() -> dict[str, str] | None:
+        store = open_store(cfg, Metrics())
+        try:
+            return await shared_generated(cfg, store)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from authproxy.cli.usage import UsageError, route_named
-from authproxy.config import load, parse_listen
+from authproxy.config import Route, load, parse_listen
+from authproxy.config.parents import describe as describe_parents
+from authproxy.credentials.tlsclient import Trust, tls_view
 from authproxy.errors import ProxyError
 from authproxy.net.destinations import Policy
 from authproxy.net.hosts import HostError, format_authority, is_loopback
@@ -34,6 +36,10 @@ def cmd_check(path: str, strict: bool) -> int:
     for row in rows:
         print(redact("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=False)) + "  " + row[4]))
     # On stderr, so that stdout stays one line per route.
+    # A route that trusts the system roots alone and presents no certificate goes unsaid.
+    for r in cfg.routes:
+        if cfg.extra_ca_file or r.ca_file or not r.verify or r.client_cert or r.auth.client_cert():
+            print(redact(_tls_line(r, cfg.extra_ca_file)), file=sys.stderr)
     beyond = not is_loopback(cfg.listen_host)
     policy = Policy.build(cfg.destinations, beyond_loopback=beyond)
     given = cfg.destinations is not None and cfg.destinations.deny is not None
@@ -43,7 +49,25 @@ def cmd_check(path: str, strict: bool) -> int:
         else f"the defaults for listening on {cfg.listen}, {'beyond' if beyond else 'on'} loopback"
     )
     print(f"destinations for unmatched traffic: {policy.describe()} ({why}).", file=sys.stderr)
+    if cfg.token_store is not None:  # not connected to here: `run` does that before it listens
+        ts = cfg.token_store
+        print(redact(f"token store: {ts.where}, keys prefixed {ts.prefix}, shared by every replica."), file=sys.stderr)
+    parents = describe_parents(cfg)
+    if parents is not None:
+        print(redact(parents), file=sys.stderr)
     return 2 if strict and cfg.warnings else 0
+
+
+def _tls_line(r: Route, extra_ca: Path | None) -> str:
+    """Which trust store the route's TLS uses, and the client certificates it presents (never a key)."""
+    view = tls_view(Trust(extra_ca, r.ca_file, r.verify), r.client_cert, r.auth.client_cert())
+    clear = r.upstream is not None and r.upstream.scheme == "http"
+    line = f"tls {r.name}: " + ("none to the upstream (http://)" if clear else f"trusts {view['trust']}")
+    if view["client_cert"]:
+        line += f"; presents {view['client_cert']}"
+    if view["token_client_cert"] and view["token_client_cert"] != view["client_cert"]:
+        line += f"; to its token endpoint {view['token_client_cert']}"
+    return line + "."
 
 
 def _upstream_text(route: object) -> str:

@@ -21,6 +21,7 @@ from authproxy.ops import accesslog
 from authproxy.run.serve import serve
 from authproxy.run.worker import WorkerLink, pinned, reuse_port_loop
 from authproxy.server.memory import tune_asyncio_tls, tune_malloc
+from authproxy.tokens.stores import store_unreachable
 
 log = logging.getLogger("authproxy")
 
@@ -64,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _check_admin(cfg, args.allow_open)
+    unreachable = store_unreachable(cfg)  # no silent local fallback: that would fetch unlocked
+    if unreachable is not None:
+        print(f"error: {unreachable}", file=sys.stderr)
+        return 1
     for w in cfg.warnings:
         log.warning("%s", w.located())
     if workers > 1:

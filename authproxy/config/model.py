@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from authproxy.access import AllowRule, ProxyAuth
+from authproxy.config.audit import AuditSettings
+from authproxy.config.placeholder import PlaceholderSpec
 from authproxy.credentials.grants import Grant
+from authproxy.credentials.tlsclient import ClientCert
 from authproxy.net.destinations import Destinations
+from authproxy.net.parent import Parent
 from authproxy.schema.problems import Problem
-from authproxy.secrecy.secrets import Secret
+from authproxy.secrecy.secrets import Secret, Value
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.local/state/authproxy"
@@ -47,6 +51,18 @@ class BwsSettings:
     access_token: Secret
     identity_url: str
     api_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStoreSettings:
+    """``token_store:``: a shared store (Redis) for every replica's tokens (docs/scale-out.md)."""
+
+    # redis:// or rediss://; not a secret as a whole (it is shown without its password),
+    # but a password in it (from ${VAR}) is known to the redactor (config/storeconf.py).
+    url: Value
+    key: Secret  # Base64 of 32 or more random bytes: names are HMACs and values are sealed under it
+    prefix: str = "authproxy:"
+    where: str = ""  # the URL without its user and password, for the status page and messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +108,12 @@ class Route:
     # Why the credential cannot be had ("environment variable X is not set").
     missing: tuple[str, ...] = ()
     allow: tuple[AllowRule, ...] | None = None  # None: any method and path
+    # The route's own `upstream_proxy`: a Parent, "direct", or None for the top level's choice.
+    upstream_proxy: Parent | str | None = None
+    # Presented to the upstream when it asks: the route's own `client_cert`, else its token
+    # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
+    client_cert: ClientCert | None = None
+    placeholder: PlaceholderSpec | None = None  # what the workload holds instead of the secret
     scrub: bool = False  # responses scrubbed of the injected credential (`scrub:`, secrecy/scrub.py)
 
     @property
@@ -123,6 +145,10 @@ class Config:
     admin_token: Secret | None = None  # `admin.token`: what every admin path but the probes requires
     admin_hosts: tuple[str, ...] = ()  # `admin.hosts`: names accepted in `Host:` besides its own address
     destinations: Destinations | None = None  # None: the defaults (destinations.py)
+    token_store: TokenStoreSettings | None = None  # None: the file store in state_dir
+    upstream_proxy: Parent | None = None  # the parent proxy everything goes through (net/parent.py)
+    no_upstream_proxy: tuple[Match, ...] = ()  # destinations that go direct instead
+    audit: AuditSettings | None = None  # `audit:`: the decision trail, off by default
 
     @property
     def listen(self) -> str:

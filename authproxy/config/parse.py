@@ -13,8 +13,11 @@ from pathlib import Path
 import yaml
 
 from authproxy.access import parse_proxy_auth
+from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
+from authproxy.config.parents import Parents, loops_to_listener, parse_parents
 from authproxy.config.route import existing_file, parse_routes
+from authproxy.config.storeconf import parse_token_store
 from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
 from authproxy.net.destinations import parse_destinations
 from authproxy.net.hosts import HostError, normalize_host, parse_port, split_hostport
@@ -93,7 +96,10 @@ def _parse(top: Section, file: Path) -> Config:
     extra_ca_file = existing_file(top, "extra_ca_file")
     limits = _limits(top.section("limits"))
     timeouts = _timeouts(top.section("timeouts"))
-    bws = _bws(top, timeouts, extra_ca_file)
+    parent, no_parent = parse_parents(top)
+    if parent is not None and loops_to_listener(parent, lhost, lport):
+        top.error("upstream_proxy", f"{parent.authority} is this proxy's own `listen` address (a proxy loop)")
+    bws = _bws(top, timeouts, extra_ca_file, Parents(parent, no_parent))
     routes = parse_routes(top)
     admin, admin_token, admin_hosts = _admin(top)
     proxy_auth = parse_proxy_auth(top)
@@ -103,6 +109,8 @@ def _parse(top: Section, file: Path) -> Config:
             for name in sorted((user.routes or frozenset()) - known):
                 top.error("proxy_auth", f"user {user.name} names route `{name}`, which does not exist")
     destinations = parse_destinations(top)
+    token_store = parse_token_store(top)
+    audit = parse_audit(top)
     top.finish()
     return Config(
         file=file,
@@ -123,6 +131,10 @@ def _parse(top: Section, file: Path) -> Config:
         admin_token=admin_token,
         admin_hosts=admin_hosts,
         destinations=destinations,
+        token_store=token_store,
+        upstream_proxy=parent,
+        no_upstream_proxy=no_parent,
+        audit=audit,
     )
 
 
@@ -179,7 +191,7 @@ def _admin_token(sec: Section) -> Secret | None:
     return token
 
 
-def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSettings | None:
+def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None, parents: Parents) -> BwsSettings | None:
     """Read the `bws:` block and let ``${bws:SECRET_ID}`` use it: one login per load, on first use."""
     sec = top.section("bws")
     if sec is None:
@@ -195,7 +207,13 @@ def _bws(top: Section, timeouts: Timeouts, extra_ca_file: Path | None) -> BwsSet
         top.doc.bws = Resolver(None, "the top-level `bws:` block has errors")
         return None
     try:
-        client = SyncClient(parse_access_token(token.reveal()), *endpoints, timeouts.token_fetch, extra_ca_file)
+        client = SyncClient(
+            parse_access_token(token.reveal()),
+            *endpoints,
+            timeouts.token_fetch,
+            extra_ca_file,
+            via=lambda url: parents.for_url(None, url),
+        )
         top.doc.bws = Resolver(client)
     except ValueError:
         why = token.missing[0] if token.missing else "the `bws.access_token` is not valid"

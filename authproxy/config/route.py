@@ -6,9 +6,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
+from authproxy.config.chains import check_route_refs
 from authproxy.config.model import Match, Route, Upstream
+from authproxy.config.placeholder import PlaceholderSpec, check_unique, parse_placeholder
 from authproxy.credentials.grants import REGISTRY, Grant
+from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
+from authproxy.net.parent import parse_upstream_proxy
 from authproxy.schema.yamlreader import Section
 
 
@@ -29,8 +33,10 @@ def parse_routes(top: Section) -> tuple[Route, ...]:
                 sec.error("gateway", f"`{route.gateway}` is already used by {gateways[route.gateway]}")
             gateways[route.gateway] = sec.path
         routes.append(route)
+    check_unique(top, [(r.name, r.placeholder) for r in routes])
     if not top.has("routes"):
         top.error(None, "`routes` is required (a list of routes)")
+    check_route_refs(routes, top.problems)
     return tuple(routes)
 
 
@@ -49,9 +55,14 @@ def _route(sec: Section, index: int) -> Route | None:
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
+    client_cert = parse_client_cert(sec)
+    if client_cert is not None and not verify:
+        sec.warn("client_cert", "presented to whoever answers: with `verify: false` the upstream is not authenticated")
     allow = parse_allow(sec)
-    auth = _auth(sec)
-    scrub = sec.boolean("scrub", auth is not None and auth.scrubs_by_default())
+    parent = parse_upstream_proxy(sec, allow_direct=True)
+    auth, placeholder = _auth(sec)
+    # On for a standing secret (Grant.scrubs_by_default) and wherever the workload holds a placeholder.
+    scrub = sec.boolean("scrub", auth is not None and (auth.scrubs_by_default() or placeholder is not None))
     sec.finish()
     if name is None or auth is None:
         return None
@@ -67,6 +78,9 @@ def _route(sec: Section, index: int) -> Route | None:
         auth=auth,
         missing=tuple(sec.missing),
         allow=allow,
+        upstream_proxy=parent,
+        client_cert=client_cert or auth.client_cert(),
+        placeholder=placeholder,
         scrub=scrub,
     )
 
@@ -89,6 +103,15 @@ def _match(sec: Section) -> Match | None:
     text = sec.text("match")
     if text is None:
         return None
+    match = parse_match(text)
+    if isinstance(match, str):
+        sec.error("match", match)
+        return None
+    return match
+
+
+def parse_match(text: str) -> Match | str:
+    """``host``, ``*.host``, ``host:port``, ``host:*``, each with an optional path prefix; or why ``text`` is none."""
     raw = text.strip()
     authority, slash, path = raw.partition("/")
     try:
@@ -103,8 +126,7 @@ def _match(sec: Section) -> Match | None:
         port = None if port_text is None or any_port else parse_port(port_text)
         prefix = normalize_path("/" + path) if slash else ""
     except (HostError, ValueError) as exc:
-        sec.error("match", str(exc))
-        return None
+        return str(exc)
     return Match(host, wildcard, port, any_port, prefix.rstrip("/") if prefix != "/" else "", raw)
 
 
@@ -148,18 +170,19 @@ def _upstream(sec: Section, gateway: bool) -> Upstream | None:
     return Upstream(parts.scheme, host, port, path)
 
 
-def _auth(sec: Section) -> Grant | None:
+def _auth(sec: Section) -> tuple[Grant | None, PlaceholderSpec | None]:
     auth = sec.section("auth", required=True)
     if auth is None:
-        return None
+        return None, None
     kind = auth.text("type", required=True)
     if kind is None:
-        return None  # without a type, no key can be judged known or unknown
+        return None, None  # without a type, no key can be judged known or unknown
     cls = REGISTRY.get(kind)
     if cls is None:
         known = ", ".join(sorted(REGISTRY))
         auth.error("type", f"unknown grant type `{kind}` (known: {known})")
-        return None
+        return None, None
     grant = cls.parse(auth)
+    placeholder = parse_placeholder(auth, grant)
     auth.finish()
-    return grant
+    return grant, placeholder

@@ -34,6 +34,7 @@ import json
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ from authproxy.credentials.bwscrypto import (
 )
 from authproxy.credentials.jwtclaims import jwt_claims
 from authproxy.credentials.oautherror import describe
+from authproxy.credentials.tlsclient import Trust, client_context
 from authproxy.net import control
+from authproxy.net.parent import Parent
 from authproxy.secrecy.redact import REDACTOR
 from authproxy.secrecy.secrets import Unresolved
 
@@ -216,7 +219,7 @@ class SyncClient:
     """Fetches secrets while routes.yaml loads (that is synchronous): one login, then one GET per secret.
 
     No proxy from the environment (the proxy itself may be it), no redirects,
-    TLS verified against the platform's roots (plus ``ca_file``).
+    TLS verified against the platform's roots plus ``ca_file`` (``extra_ca_file``; tlsclient.py).
     """
 
     def __init__(
@@ -226,7 +229,9 @@ class SyncClient:
         api_url: str,
         timeout: float,
         ca_file: Path | None = None,
+        via: Callable[[str], Parent | None] | None = None,
     ) -> None:
+        self._via = via  # the parent proxy for a URL (`upstream_proxy`), or None
         self._token = token
         self._identity_url = identity_url
         self._api_url = api_url
@@ -241,18 +246,20 @@ class SyncClient:
 
     def _open(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None) -> tuple[int, bytes]:
         if self._sslctx is None:
-            self._sslctx = ssl.create_default_context()
-            if self._ca_file is not None:
-                self._sslctx.load_verify_locations(cafile=str(self._ca_file))
+            # The rule every outbound connection follows: system roots plus `extra_ca_file`.
+            self._sslctx = client_context(Trust(extra_ca=self._ca_file))
         last = ""
         for attempt in range(2):  # one retry for a 429/5xx or a connection failure
             self.requests += 1
             try:
+                parent = self._via(url) if self._via is not None else None
                 status, body = control.request(
-                    method, url, timeout=self._timeout, headers=headers, data=data, sslctx=self._sslctx
+                    method, url, timeout=self._timeout, headers=headers, data=data, sslctx=self._sslctx, parent=parent
                 )
             except ssl.SSLCertVerificationError as exc:
                 raise BwsError(f"its TLS certificate is not trusted ({exc.verify_message})") from None
+            except control.ParentFailed as exc:
+                raise BwsError(str(exc).rstrip(".")) from None
             except OSError as exc:  # TLS errors and timeouts among them
                 if isinstance(exc, TimeoutError):
                     last = f"it did not answer within {self._timeout:g} s"

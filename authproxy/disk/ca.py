@@ -253,12 +253,20 @@ class LocalCA:
         ctx.sni_callback = check_sni
         return ctx
 
-    def write_bundle(self, path: Path) -> Path | None:
-        """System roots + this CA in one file, for clients that take one bundle. Returns the roots used."""
+    def write_bundle(self, path: Path, extra: Path | None = None) -> Path | None:
+        """System roots + ``extra`` (``extra_ca_file``) + this CA in one file, for clients that take one
+        bundle. Returns the roots used.
+
+        The extra roots go in so that a host tunnelled blind behind a corporate
+        inspection proxy, whose certificates that CA signs, still verifies.
+        """
         roots = system_roots()
         data = roots.read_bytes() if roots else b""
         if data and not data.endswith(b"\n"):
             data += b"\n"
+        if extra is not None:
+            more = extra.read_bytes()
+            data += b"# extra_ca_file " + str(extra).encode() + b"\n" + more + (b"" if more.endswith(b"\n") else b"\n")
         atomic_write(path, data + b"# authproxy local CA\n" + self._ca_pem, 0o644)
         return roots
 

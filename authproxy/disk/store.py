@@ -6,6 +6,10 @@ the last good file. A route's refresh is done under that route's lock file,
 held across the network call: two proxies (or ``authproxy token`` beside a
 running proxy) on one state dir never spend the same refresh token twice.
 A corrupt file is reported and treated as empty, never a crash.
+
+It implements ``disk/tokenstore.py``'s ``TokenStore``; records made by
+``ensure`` live beside the routes' as ``_NAME.json`` (no route name starts
+with ``_``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,11 +32,21 @@ from authproxy.disk.state import atomic_write, ensure_dir
 log = logging.getLogger("authproxy.store")
 
 _VERSION = 1
+_SHARED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 T = TypeVar("T")
 
 
+def shared_name(name: str) -> str:
+    """An ``ensure`` record's name, checked: it becomes part of a file name."""
+    if not _SHARED_NAME.fullmatch(name):
+        raise ValueError(f"a shared record's name is letters, digits and `-_.:`, not {name[:40]!r}")
+    return name
+
+
 class StateStore:
+    kind = "file"
+
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "tokens"
 
@@ -97,6 +112,8 @@ class StateStore:
         name: str,
         adopt: Callable[[dict[str, Any]], T | None],
         fetch: Callable[[dict[str, Any]], Awaitable[T]],
+        *,
+        unlocked_ok: bool = False,  # a local file is always there: the lock is always taken
     ) -> T:
         """The route's record, read under its lock: what ``adopt`` finds in it, else what ``fetch`` gets.
 
@@ -118,3 +135,28 @@ class StateStore:
             finally:
                 if rec != read:
                     await asyncio.to_thread(self.write, name, rec)
+
+    async def replace(self, name: str, record: dict[str, Any]) -> str:
+        async with self.locked(name):
+            await asyncio.to_thread(self.write, name, record)
+        return str(self._path(name))
+
+    async def ensure(self, name: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Create-if-absent under the record's own lock (``disk/tokenstore.py``)."""
+        file = f"_{shared_name(name)}"
+        async with self.locked(file):
+            found = await asyncio.to_thread(self.read, file)
+            if found is not None:
+                return found
+            made = make()
+            await asyncio.to_thread(self.write, file, made)
+            return made
+
+    def health(self) -> dict[str, object]:
+        return {"kind": self.kind, "where": str(self.dir), "state": "ok"}
+
+    async def probe(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -19,6 +19,7 @@ from authproxy.errors import ProxyError, UpstreamError
 
 if TYPE_CHECKING:
     from authproxy.net.egress import Rule
+    from authproxy.net.parent import Parent
 
 # Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
@@ -37,7 +38,8 @@ class NoAnswer(UpstreamError):
 # None once it has all been taken), so that it leaves with the request head.
 Body = bytes | AsyncIterable[bytes] | None
 # Scheme, host, port, TLS context (by identity), and the rule the connection's address was judged by.
-Key = tuple[str, str, int, ssl.SSLContext | None, "Rule"]
+# (scheme, host, port, TLS context, rule, parent proxy or None): what a pooled connection may be reused for.
+Key = tuple[str, str, int, ssl.SSLContext | None, "Rule", "Parent | None"]
 
 
 class BodySource(Protocol):

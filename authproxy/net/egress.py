@@ -18,6 +18,10 @@ egress). Each address a host resolves to is judged:
 The connection is then made to an address that passed, never to the name
 again: a second lookup could answer differently (DNS rebinding). This runs
 at connect time only; a pooled connection is reused without a lookup.
+
+Through a parent proxy (chain.py) the parent's address is dialled here like
+a route's upstream, and the destination is only judged (``judged_name``):
+the parent connects to it by name.
 """
 
 from __future__ import annotations
@@ -189,6 +193,20 @@ class Egress:
             assert refusal is not None
             raise refusal
         return allowed
+
+    async def judged_name(self, host: str, port: int, guard: Guard) -> bool:
+        """For a connection through a parent proxy, which connects to ``host`` by name, choosing its
+        address itself: every address the name resolves to here must pass, since the parent may use
+        any of them. A name that does not resolve here is the parent's to resolve, unjudged
+        (docs/networks.md says so). True when the name was judged."""
+        try:
+            addresses = await _addresses(host, port)
+        except OSError:  # socket.gaierror: no such name, or no answer, here
+            return False
+        refusals = [why for ip in addresses if (why := self._judge(ip, port, guard, host)) is not None]
+        if refusals:
+            raise next((r for r in refusals if isinstance(r, ProxyLoop)), refusals[0])
+        return True
 
     def _judge(self, ip: IP, port: int, guard: Guard, host: str) -> ProxyError | None:
         authority = format_authority(host, port)

@@ -19,6 +19,7 @@ import logging
 import select
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from authproxy.secrecy.redact import redact
@@ -38,10 +39,13 @@ class AccessRecord:
     bytes_out: int = 0
     ms: float = 0.0
     token: str = "none"
-    retry: str | None = None  # "done" or "skipped" when a 401 came back
+    retry: str | None = None  # "done" or "skipped" when a 401 came back; "nonce": a DPoP nonce challenge answered
     error: str | None = None  # our error code, when the answer is ours
     note: str | None = None  # e.g. "unverified-tls" for verify: false routes
     scrubbed: int = 0  # response bytes replaced by the scrubber (secrecy/scrub.py)
+    # The decisions the audit trail records beyond these fields (ops/audit.py); set only when
+    # `audit:` is on, and never in the access line.
+    audit: dict[str, object] | None = None
 
 
 class _Clock:
@@ -79,6 +83,7 @@ def text_line(rec: AccessRecord, ts: str) -> str:
 def json_line(rec: AccessRecord, ts: str) -> str:
     data = {"time": ts, **asdict(rec)}
     data["ms"] = round(rec.ms, 1)
+    del data["audit"]
     return json.dumps(data)
 
 
@@ -145,7 +150,13 @@ class JsonFormatter(logging.Formatter):
 _direct: BatchingStderrHandler | None = None
 
 
+# Set by ops/audit.py while `audit:` is on: every finished record goes there too.
+audit_sink: Callable[[AccessRecord], None] | None = None
+
+
 def emit(rec: AccessRecord) -> None:
+    if audit_sink is not None:
+        audit_sink(rec)
     if not log.isEnabledFor(logging.INFO):
         return
     sink = _direct

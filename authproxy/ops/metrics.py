@@ -103,6 +103,31 @@ class Metrics:
         self.certificates = Gauge(
             "authproxy_certificates_cached", "Leaf certificates in the cache.", registry=r, multiprocess_mode="livesum"
         )
+        # The shared token store (docs/scale-out.md); idle with the file store.
+        self.store_lock_waits = Counter(
+            "authproxy_token_store_lock_waits",
+            "Fetches that waited for another's lease, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.store_lease_losses = Counter(
+            "authproxy_token_store_lease_losses",
+            "Leases lost before their holder's write (that write refused), by route.",
+            ["route"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "authproxy_token_store_errors", "Calls to the token store that failed, by operation.", ["op"], registry=r
+        )
+        self.store_latency = Histogram(
+            "authproxy_token_store_seconds", "Token store calls, by operation.", ["op"], buckets=_BUCKETS, registry=r
+        )
+        self.placeholder_misdirected = Counter(
+            "authproxy_placeholder_misdirected",
+            "Placeholders refused where their route does not go, by the placeholder's route and mode.",
+            ["route", "mode"],
+            registry=r,
+        )
         self.reloads = Counter("authproxy_reloads", "Route table reloads, by outcome.", ["outcome"], registry=r)
         # Every worker loads the same file; the latest value is the table in force.
         self.routes = Gauge(

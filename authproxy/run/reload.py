@@ -14,6 +14,7 @@ from pathlib import Path
 
 from authproxy.config import load
 from authproxy.disk.state import file_signature
+from authproxy.errors import ProxyError
 from authproxy.runtime import ReloadEvent, Runtime
 from authproxy.schema.problems import ConfigError
 
@@ -41,7 +42,15 @@ class Reloader:
                 self.rt.metrics.reloads.labels("error").inc()
                 log.error("reload (%s): the previous route table stays in force", why)
                 return False
-            restart = self.rt.apply(cfg)
+            try:
+                shared = await self.rt.shared_placeholders(cfg)
+            except (ProxyError, ValueError) as exc:
+                # A generated placeholder the replicas would not share is worse than the old table.
+                self.rt.reloads.append(ReloadEvent(time.time(), False, str(exc)))
+                self.rt.metrics.reloads.labels("error").inc()
+                log.error("reload (%s): %s; the previous route table stays in force", why, exc)
+                return False
+            restart = self.rt.apply(cfg, shared)
             for w in cfg.warnings:
                 log.warning("%s", w.located())
             for key in restart:

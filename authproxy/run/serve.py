@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 from authproxy.config import Config
 from authproxy.disk.ca import CAError
+from authproxy.errors import ProxyError
 from authproxy.net.egress import ADMIN_ENV, PSEUDONYM_ENV
 from authproxy.net.hosts import format_authority, parse_port
+from authproxy.ops.audit import AuditLog
 from authproxy.run.reload import Reloader
 from authproxy.run.worker import WorkerLink
 from authproxy.runtime import Runtime
@@ -39,11 +41,23 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     pseudonym = os.environ.pop(PSEUDONYM_ENV, None) if link is not None else None
     fleet_admin = os.environ.pop(ADMIN_ENV, None) if link is not None else None
     rt = Runtime(cfg, worker=link is not None, pseudonym=pseudonym)
+    audit = None
+    if cfg.audit is not None:
+        a = cfg.audit
+        audit = AuditLog(a.path, a.max_bytes, a.keep, link.index if link is not None else None).start()
     try:
         rt.enable_interception()
     except CAError:
         await rt.close()
         raise  # the command says it as the usage error it is
+    try:
+        await rt.share_placeholders()  # generated ones from the shared token store, before any request
+    except (ProxyError, ValueError) as exc:
+        log.error("the generated placeholders cannot be had from the token store: %s", exc)
+        await rt.close()
+        if audit is not None:
+            audit.close()
+        return 1
     if link is None and cfg.admin is not None:
         # The admin listener is aiohttp.web, which a proxy without one never loads; imported
         # before we listen, so that no client's first request waits on the import.
@@ -77,6 +91,8 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
     rt.ready = False
     watcher.cancel()
     await _drain(rt, server, admin, link)
+    if audit is not None:
+        audit.close()
     return 0
 
 

@@ -130,6 +130,7 @@ class WorkerLink:
                 except ValueError:
                     continue
                 if isinstance(ask, dict) and ask.get("ask") == "status":
+                    await rt.store.probe()  # the token store's health as of now
                     self._send({"id": ask.get("id"), "status": worker_status(rt)})
         except OSError:
             pass
@@ -146,4 +147,10 @@ class WorkerLink:
 def worker_status(rt: Runtime) -> dict[str, Any]:
     """What the supervisor's status page needs from this worker: its routes' token states and its reloads."""
     routes, reloads = runtime_view(rt)
-    return {"pid": os.getpid(), "ready": rt.ready, "routes": routes, "reloads": reloads}
+    return {
+        "pid": os.getpid(),
+        "ready": rt.ready,
+        "routes": routes,
+        "reloads": reloads,
+        "token_store": rt.store.health(),
+    }

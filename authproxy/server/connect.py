@@ -15,16 +15,29 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from authproxy.errors import BadRequest, Denied, NotImplementedByProxy, ProxyError, UpstreamError, UpstreamTimeout
+from authproxy.errors import (
+    BadRequest,
+    Denied,
+    NotImplementedByProxy,
+    PlaceholderMisdirected,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from authproxy.http1.h1request import connect_target
 from authproxy.http1.h1response import informational
 from authproxy.messages import Origin, ProxyRequest, Reply
+from authproxy.net.chain import open_through
 from authproxy.net.egress import Guard
 from authproxy.net.hosts import format_authority
 from authproxy.ops.accesslog import AccessRecord
+from authproxy.placeholders.guard import check_connect
+from authproxy.placeholders.index import Placeholders
+from authproxy.placeholders.tunnelscan import ScanningSource
 from authproxy.routes import connect_default
 from authproxy.runtime import Snapshot
 from authproxy.server.sniff import Inside, sniff
+from authproxy.transport.stream import Source
 from authproxy.transport.tunnel import pump_both
 from authproxy.upstream.upgrade import is_upgrade, switch_headers
 
@@ -84,17 +97,26 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     """CONNECT: interception for hosts a route matches, a blind tunnel for the rest."""
     host, port = connect_target(target)
     rec.mode, rec.host, rec.path = "tunnel", format_authority(host, port), "-"
+    ph = snap.placeholders
+    if ph is not None:
+        check_connect(ph, target, rec, conn.rt.metrics)
     matched = snap.table.candidates(host, port, connect_default(port))
     if matched:
         rec.route = matched[0].name if len(matched) == 1 else "*"
         return await _intercept(conn, snap, host, port, rec)
+    if ph is not None and ph.stubs_host(host, port):
+        return await _intercept(conn, snap, host, port, rec)  # a stubbed token endpoint is answered inside
     if snap.config.unmatched == "deny":
         raise Denied(f"{rec.host} matches no route and `unmatched` is deny.")
     t = snap.config.timeouts
+    parent = snap.parents.choose(None, host, port, connect_default(port))
     try:
         # Judged by address (a loop to ourselves, the `destinations` policy) before the 200: the client's
         # bytes sent ahead of it would otherwise go into a tunnel we should never have opened.
-        up_reader, up_writer = await asyncio.wait_for(conn.rt.egress.open(host, port, Guard.UNMATCHED), t.connect)
+        if parent is not None:
+            up_reader, up_writer = await open_through(conn.rt.egress, parent, host, port, Guard.UNMATCHED, t.connect)
+        else:
+            up_reader, up_writer = await asyncio.wait_for(conn.rt.egress.open(host, port, Guard.UNMATCHED), t.connect)
     except TimeoutError:
         raise UpstreamTimeout(f"connecting to {rec.host} took longer than {t.connect:g} s.") from None
     except OSError as exc:
@@ -103,16 +125,33 @@ async def connect(conn: Connection, target: str, snap: Snapshot, rec: AccessReco
     rec.status = 200
     early = bytes(conn.buf)
     conn.buf.clear()
+    source: Source = conn.stream
+    if ph is not None:
+        source = scanned = _scanned(conn, ph, up_writer, rec)
+        early = scanned.feed(early)
     if early:
         up_writer.write(early)
     tunnels = conn.rt.metrics.tunnels.labels("tunnel")
     tunnels.inc()
     try:
-        bytes_in, bytes_out = await pump_both((conn.stream, conn.stream), (up_reader, up_writer), t.idle)
+        bytes_in, bytes_out = await pump_both((source, conn.stream), (up_reader, up_writer), t.idle)
     finally:
         tunnels.dec()
     rec.bytes_in, rec.bytes_out = bytes_in + len(early), bytes_out
     return False
+
+
+def _scanned(conn: Connection, ph: Placeholders, up_writer: asyncio.StreamWriter, rec: AccessRecord) -> ScanningSource:
+    """The client side of a blind tunnel, watched for placeholders; a hit closes both sides (tunnelscan.py)."""
+
+    def on_hit(route: str) -> None:
+        rec.error = PlaceholderMisdirected.code
+        conn.rt.metrics.placeholder_misdirected.labels(route, "tunnel").inc()
+        log.warning("closed a tunnel to %s: it carried the placeholder of route %s", rec.host, route)
+        up_writer.transport.abort()
+        conn.stream.transport.abort()
+
+    return ScanningSource(conn.stream, ph, on_hit)
 
 
 async def _intercept(conn: Connection, snap: Snapshot, host: str, port: int, rec: AccessRecord) -> bool:

@@ -18,6 +18,7 @@ import secrets
 import time
 import webbrowser
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,8 +31,10 @@ from authproxy.credentials.grants.base import GrantContext
 from authproxy.credentials.grants.checks import clear_text, clear_text_reason
 from authproxy.credentials.grants.oauth import request_token
 from authproxy.credentials.oautherror import describe
-from authproxy.disk.store import StateStore
+from authproxy.credentials.tlsclient import Contexts
+from authproxy.disk.tokenstore import TokenStore
 from authproxy.errors import ProxyError, one_line
+from authproxy.net.parent import Parent, aiohttp_args, aiohttp_failure, answered_407
 from authproxy.secrecy.secrets import Value
 from authproxy.tokens.retry import with_retries
 
@@ -48,21 +51,44 @@ class Endpoints:
     iss_supported: bool
 
 
-async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
-    """RFC 8414 §3 first, then OpenID Connect Discovery; the issuer must match (§3.3)."""
+async def discover(
+    session: aiohttp.ClientSession, issuer: str, via: Callable[[str], Parent | None] | None = None
+) -> Endpoints:
+    """RFC 8414 §3 first, then OpenID Connect Discovery; the issuer must match (§3.3).
+
+    ``via``: the parent proxy for a URL (``upstream_proxy``); a parent that fails ends the login.
+    """
     base = issuer.rstrip("/")
     tried = []
+    untrusted = ""
     for url in (
         _rfc8414_url(issuer),
         f"{base}/.well-known/openid-configuration",
     ):
         tried.append(url)
+        parent = via(url) if via is not None else None
+        headers: dict[str, str] = {}
         try:
-            async with session.get(url, allow_redirects=False) as resp:
+            proxy = aiohttp_args(parent, url, headers)
+        except ProxyError as exc:
+            raise LoginError(exc.detail) from None
+        try:
+            async with session.get(url, headers=headers, allow_redirects=False, **proxy) as resp:
+                refused = answered_407(parent, resp) if parent is not None else None
+                if refused is not None:
+                    raise LoginError(refused.detail)
                 if resp.status != 200:
                     continue
                 meta = await resp.json(content_type=None)
-        except (aiohttp.ClientError, ValueError, OSError):
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Behind TLS inspection its CA belongs in `extra_ca_file`: say so rather than "not found".
+            why = getattr(exc.certificate_error, "verify_message", None) or "not trusted"
+            untrusted = f"; its certificate failed TLS verification: {why}"
+            continue
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            failed = aiohttp_failure(parent, exc) if parent is not None else None
+            if failed is not None:
+                raise LoginError(failed.detail) from None
             continue
         if not isinstance(meta, dict):
             continue
@@ -76,7 +102,7 @@ async def discover(session: aiohttp.ClientSession, issuer: str) -> Endpoints:
             raise LoginError("the authorization server does not support PKCE with S256.")
         iss_ok = bool(meta.get("authorization_response_iss_parameter_supported"))
         return Endpoints(meta["issuer"], auth, token, iss_ok)
-    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}).")
+    raise LoginError(f"no discovery document found for {issuer} (tried {', '.join(tried)}{untrusted}).")
 
 
 def refuse_clear_text(ends: Endpoints) -> None:
@@ -113,37 +139,50 @@ _DONE_PAGE = """<!doctype html><meta charset="utf-8"><title>authproxy</title>
 
 async def login(
     route: Route,
-    store: StateStore,
+    store: TokenStore,
     deadline: float,
     *,
     wait: float,
     open_browser: bool,
     say: Callable[[str], None],
+    extra_ca: Path | None = None,
+    via: Callable[[str], Parent | None] | None = None,
 ) -> str:
-    """Run the whole flow; returns where the refresh token was stored."""
+    """Run the whole flow; returns where the refresh token was stored.
+
+    Discovery and the code exchange trust what every outbound connection
+    does (tlsclient.py): the system roots plus ``extra_ca``. ``via``: the
+    parent proxy for a URL (discovery, the code exchange); the browser and
+    the loopback redirect never use one.
+    """
     grant = route.auth
     if not isinstance(grant, AuthorizationCode):
         raise LoginError(f"route {route.name} is not an authorization_code route.")
     if route.missing:
         raise LoginError(f"route {route.name} cannot log in: {route.missing[0]}.")
-    async with aiohttp.ClientSession(trust_env=False, cookie_jar=aiohttp.DummyCookieJar()) as session:
-        ends = await _endpoints(session, grant)
+    tls = Contexts(extra_ca)
+    connector = aiohttp.TCPConnector(ssl=tls.get(tls.trust()))
+    async with aiohttp.ClientSession(
+        trust_env=False, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
+    ) as session:
+        ends = await _endpoints(session, grant, via)
         verifier, challenge = pkce_pair()
         params, redirect_uri = await _authorize(
             route.name, grant, ends, challenge, wait=wait, open_browser=open_browser, say=say
         )
         code = _code(params, ends)
-        ctx = GrantContext(route.name, lambda: session, deadline, store)
+        ctx = GrantContext(route.name, lambda: session, deadline, store, tls=tls, via=via)
         record = await _exchange(grant, ends, ctx, code, redirect_uri, verifier)
-        async with store.locked(route.name):
-            await asyncio.to_thread(store.write, route.name, record)
-    return str(store.dir / f"{route.name}.json")
+    # Under the route's lock (or lease): a running proxy, or a replica, adopts it on its next fetch.
+    return await store.replace(route.name, record)
 
 
-async def _endpoints(session: aiohttp.ClientSession, grant: AuthorizationCode) -> Endpoints:
+async def _endpoints(
+    session: aiohttp.ClientSession, grant: AuthorizationCode, via: Callable[[str], Parent | None] | None
+) -> Endpoints:
     """The issuer's discovered endpoints, overridden by the configured URLs; or the configured URLs alone."""
     if grant.issuer is not None:
-        ends = await discover(session, grant.issuer.reveal())
+        ends = await discover(session, grant.issuer.reveal(), via)
         if grant.authorization_url is not None:
             ends = dataclasses.replace(ends, authorization=grant.authorization_url.reveal())
         if grant.client.token_url.reveal():

@@ -11,8 +11,9 @@ dead token endpoint is not hammered by a storm of retries.
 Each fetch tries a failing token endpoint again within ``timeouts.token_fetch``
 (``tokens/retry.py``); grants make one attempt each.
 
-With several worker processes (``shared``), a fetch goes through the state
-store (``tokens/shared.py``), so that the workers share one token per route.
+With several worker processes, or a shared ``token_store`` (``shared``), a
+fetch goes through the token store (``tokens/shared.py``), so that the
+workers and replicas share one token per route.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import TYPE_CHECKING
 from authproxy.config import Route
 from authproxy.credentials.grants import Credential, GrantContext
 from authproxy.credentials.grants.base import refresh_point
-from authproxy.disk.store import StateStore
-from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError
+from authproxy.disk.tokenstore import TokenStore
+from authproxy.errors import CredentialUnavailable, ProxyError, TokenEndpointError, TokenStoreUnavailable
+from authproxy.net.parent import Parent
 from authproxy.ops.metrics import Metrics
 from authproxy.secrecy.redact import learn_header_values
 from authproxy.tokens.retry import with_retries
@@ -38,6 +40,8 @@ from authproxy.tokens.shared import SharedTokens
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from authproxy.credentials.tlsclient import Contexts
 
 log = logging.getLogger("authproxy.tokens")
 
@@ -117,18 +121,23 @@ class TokenManager:
         self,
         get_session: Callable[[], aiohttp.ClientSession],
         fetch_deadline: float,
-        store: StateStore,
+        store: TokenStore,
         metrics: Metrics,
         shared: bool = False,
+        tls: Contexts | None = None,
+        via: Callable[[Route, str], Parent | None] | None = None,
     ) -> None:
         # Called by a grant that fetches, when it fetches: the session is made on first use.
         self._get_session = get_session
+        self._tls = tls  # the client TLS contexts token endpoints are dialled with
+        self._via = via  # the parent proxy for a URL a route's grant fetches (`upstream_proxy`)
         self._deadline = fetch_deadline
         self._store = store
         self._metrics = metrics
         self._shared = SharedTokens(store) if shared else None
         self._cache = _Fresh()
         self._states: dict[_Key, _RouteState] = {}
+        self._routes: dict[str, Route] = {}  # by name: what a grant's `credential_of` looks up
 
     def _state(self, route: Route) -> _RouteState:
         st = self._states.get(_key(route))
@@ -137,7 +146,9 @@ class TokenManager:
         return st
 
     def retain(self, routes: Iterable[Route]) -> None:
-        """After a reload: forget the tokens of grants no longer in the table."""
+        """The route table in force; after a reload, forget the tokens of grants no longer in it."""
+        routes = tuple(routes)
+        self._routes = {r.name: r for r in routes}
         keep = {_key(r) for r in routes}
         for key in [k for k in self._states if k not in keep]:
             del self._states[key]
@@ -214,6 +225,14 @@ class TokenManager:
             self._cache.pop(_key(route), None)
             self._state(route).stale = used.headers
 
+    async def _credential_of(self, name: str) -> Credential:
+        """Route ``name``'s credential, as a request of that route would get it (``check`` refuses cycles)."""
+        route = self._routes.get(name)
+        if route is None:
+            raise CredentialUnavailable(f"route {name} is not in the route table.")
+        cred, _ = await self.get(route)
+        return cred
+
     def _refresh_in_background(self, route: Route) -> None:
         st = self._state(route)
         if st.task is not None or time.monotonic() < st.retry_at:
@@ -238,12 +257,25 @@ class TokenManager:
         return await asyncio.shield(st.task)
 
     async def _fetch(self, route: Route, st: _RouteState, rejected: tuple[tuple[str, str], ...] | None) -> Credential:
-        ctx = GrantContext(route.name, self._get_session, self._deadline, self._store, rejected)
+        via = self._via
+        ctx = GrantContext(
+            route.name,
+            self._get_session,
+            self._deadline,
+            self._store,
+            rejected,
+            self._tls,
+            self._credential_of,
+            via=None if via is None else lambda url: via(route, url),
+        )
         try:
             if self._shared is not None and route.auth.fetches and not route.auth.uses_store:
                 cred = await self._shared.fetch(route, ctx)
             else:
                 cred = await with_retries(route.auth.fetch, ctx)
+            # Inside the flight: a DPoP key read from the store for the first time must not
+            # leave a gap where another caller starts a second fetch.
+            cred = await route.auth.bind(cred, self._store, route.name)
         except ProxyError as exc:
             exc.with_route(route.name)
             st.fetches += 1
@@ -252,6 +284,8 @@ class TokenManager:
             st.last_error_at = time.time()
             if isinstance(exc, TokenEndpointError) and exc.permanent:
                 st.backoff = _BACKOFF_MAX  # e.g. a refused refresh token: only a new login helps
+            elif isinstance(exc, TokenStoreUnavailable):
+                st.backoff = _BACKOFF_FIRST  # one call to the store says it is back: recover at once
             else:
                 st.backoff = min(_BACKOFF_MAX, st.backoff * 2 or _BACKOFF_FIRST)
             st.retry_at = time.monotonic() + st.backoff * random.uniform(0.5, 1.0)

@@ -1,4 +1,4 @@
-"""Access tokens shared between worker processes through the state store.
+"""Access tokens shared between worker processes (and replicas) through the token store.
 
 With ``run --workers N`` each worker has its own token cache, and without
 this every worker would fetch its own token for every route: N fetches on a
@@ -29,7 +29,7 @@ from typing import Any
 from authproxy.config import Route
 from authproxy.credentials.grants import Credential, Grant, GrantContext
 from authproxy.credentials.grants.base import refresh_point
-from authproxy.disk.store import StateStore
+from authproxy.disk.tokenstore import TokenStore
 from authproxy.tokens.retry import with_retries
 
 _KEY = "shared"  # beside whatever else the route's record holds
@@ -92,7 +92,7 @@ def adoptable(rec: Any, digest: str, rejected: tuple[tuple[str, str], ...] | Non
 class SharedTokens:
     """Fetch through the store: one fetch per route across every process on the state dir."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: TokenStore) -> None:
         self._store = store
 
     async def fetch(self, route: Route, ctx: GrantContext) -> Credential:
@@ -117,4 +117,5 @@ class SharedTokens:
             }
             return cred
 
-        return await self._store.adopt_or_fetch(route.name, adopt, fetch)
+        # Nothing these grants fetch rotates: with the store down, a fetch without its lock is harmless.
+        return await self._store.adopt_or_fetch(route.name, adopt, fetch, unlocked_ok=True)

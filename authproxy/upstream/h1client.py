@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 
-from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, one_line
+from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError, one_line
 from authproxy.http1.h1message import Body, Key, NoAnswer, Response, UpstreamBodyError
 from authproxy.transport import recvbuf
 from authproxy.transport.lost import LOST
@@ -66,6 +67,8 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
         # A streamed body on its way (see _send_body); finished, once the connection is reused.
         self._sender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._tls = False
+        self._exchanges = 0  # requests sent on this connection: the first one's refusal may be TLS's
         self._reset()
 
     def _reset(self) -> None:
@@ -104,6 +107,7 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None and self._phase == IDLE
         self._phase = HEAD
+        self._exchanges += 1
         self._is_head = is_head
         self._head_timeout = head_timeout
         loop = self._loop
@@ -232,6 +236,7 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # asyncio sets it too; other loops and wrapped transports may not.
@@ -248,7 +253,9 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
         self._stop_timer()
         phase = self._phase
         if phase == HEAD:
-            if self._got_bytes:
+            if self._refused_after_handshake(exc):
+                pass
+            elif self._got_bytes:
                 self._fail_head(UpstreamError(f"{self.authority} closed the connection without answering."))
             else:
                 self._fail_head(NoAnswer(f"{self.authority} closed the connection without answering."))
@@ -261,6 +268,31 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
             wake(self._body_waiter)
         wake(self._drain_waiter)
         self._on_lost(self)
+
+    def _refused_after_handshake(self, exc: Exception | None) -> bool:
+        """A TLS connection refused before its first answer: fail the head with ``upstream_tls_error``.
+
+        In TLS 1.3 the client's handshake is over before the server has judged
+        the client's certificate (RFC 8446 §4.4.2.4): a server that wants one it
+        did not get, or refuses the one presented, sends an alert (or, as
+        asyncio's servers do, just closes) after the handshake, so the refusal
+        arrives here rather than at connect time.
+        """
+        if self._exchanges != 1 or not self._tls:
+            return False  # a pooled connection the server let go of: NoAnswer, resent when safe
+        if isinstance(exc, ssl.SSLError):
+            why = str(exc.reason or exc).lower().replace("_", " ")
+            self._fail_head(UpstreamTLSError(f"TLS with {self.authority} failed: {why}."))
+            return True
+        if not self._got_bytes:
+            self._fail_head(
+                UpstreamTLSError(
+                    f"TLS with {self.authority} failed: it closed the connection after the handshake without "
+                    "answering (does it require a client certificate, or refuse the one presented?)."
+                )
+            )
+            return True
+        return False
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -1,7 +1,9 @@
 """The upstream connection pool: HTTP/1.1 keep-alive connections per destination, reused last-in first-out.
 
-Keyed by (scheme, host, port, TLS context): a route with its own ``ca_file``
-never shares a connection verified against other roots. Idle connections are
+Keyed by (scheme, host, port, TLS context, rule, parent proxy): a route with
+its own ``ca_file`` never shares a connection verified against other roots,
+and a connection made through one parent proxy (or none) is never lent to a
+request that must go another way. Idle connections are
 closed after ``timeouts.idle`` (one timer for the whole pool, not one per
 connection), and at most ``MAX_IDLE_PER_KEY`` wait per destination.
 
@@ -19,10 +21,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from authproxy.config import Timeouts
-from authproxy.errors import UpstreamError, UpstreamTimeout, UpstreamTLSError
+from authproxy.errors import UpstreamError, UpstreamProxyAuthFailed, UpstreamTimeout, UpstreamTLSError
 from authproxy.http1.h1message import Body, Key, NoAnswer, Response, serialize_request
 from authproxy.messages import Origin
+from authproxy.net import chain
 from authproxy.net.egress import Egress, Guard
+from authproxy.net.hosts import format_host
+from authproxy.net.parent import Parent, auth_failed
 from authproxy.upstream.h1client import H1Connection
 
 MAX_IDLE_PER_KEY = 256
@@ -49,10 +54,12 @@ class Pool:
         guard: Guard,
         connect_timeout: float,
         on_switch: Callable[[asyncio.Transport, bytes], None],
+        parent: Parent | None = None,
     ) -> H1Connection:
         """A connection outside the pool, for a request that asks to switch protocols: after a 101
-        it is not HTTP any more, and it is closed once its response is, whatever that was."""
-        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
+        it is not HTTP any more, and it is closed once its response is, whatever that was. Through
+        a parent it is a tunnel whatever the scheme (RFC 6455 §4.1), so it is spoken to as a direct one."""
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard), parent)
 
         def factory() -> H1Connection:
             conn = H1Connection(key, dest.authority, self._max_head, self._idle_timeout, _close, _forget)
@@ -60,7 +67,7 @@ class Pool:
             return conn
 
         handshake = self._handshake_timeout if sslctx is not None else None
-        return await dial(self._egress, dest, sslctx, guard, factory, connect_timeout, handshake)
+        return await dial(self._egress, dest, sslctx, guard, factory, connect_timeout, handshake, parent, tunnel=True)
 
     async def request(
         self,
@@ -73,26 +80,43 @@ class Pool:
         length: int | None,
         head_timeout: float,
         guard: Guard = Guard.ROUTE,
+        parent: Parent | None = None,
     ) -> Response:
         """Send a request and return its response once the head is in.
 
         ``headers`` must not frame the body: Content-Length (``length`` for a
         streamed body) or chunked Transfer-Encoding is added here. ``guard``:
-        what a new connection's address is judged by (egress.py).
+        what a new connection's address is judged by (egress.py). ``parent``:
+        the parent proxy to go through (chain.py), None for a direct connection.
         """
         m = method.encode("ascii")
+        forward = parent is not None and sslctx is None
+        if forward:
+            # RFC 9112 §3.2.2: to a proxy, the absolute form; its credentials with the request.
+            assert parent is not None
+            target, headers = _forward(dest, target, headers, parent)
         head = serialize_request(m, target, headers, body, length)
-        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard))
+        key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard), parent)
         conn = self._take(key)
         is_head = m == b"HEAD"
+        resp: Response | None = None
         if conn is not None:
             try:
-                return await conn.exchange(head, body, length, is_head, head_timeout)
+                resp = await conn.exchange(head, body, length, is_head, head_timeout)
             except NoAnswer:
                 if m not in _IDEMPOTENT or not (body is None or isinstance(body, bytes)):
                     raise
-        conn = await self._connect(key, dest, sslctx)
-        return await conn.exchange(head, body, length, is_head, head_timeout)
+        if resp is None:
+            conn = await self._connect(key, dest, sslctx)
+            resp = await conn.exchange(head, body, length, is_head, head_timeout)
+        if forward and resp.status == 407:
+            # Only a proxy answers 407 (RFC 9110 §15.5.8): the parent's, not the upstream's, and never
+            # one to relay, which the client would take for this proxy's own `proxy_auth`.
+            assert parent is not None
+            resp.release()
+            challenges = [v.decode("latin-1") for n, v in resp.headers if n.lower() == b"proxy-authenticate"]
+            raise UpstreamProxyAuthFailed(auth_failed(parent, challenges))
+        return resp
 
     def _take(self, key: Key) -> H1Connection | None:
         idle = self._idle.get(key)
@@ -164,7 +188,9 @@ class Pool:
             return H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost)
 
         handshake = self._handshake_timeout if sslctx is not None else None
-        conn = await dial(self._egress, dest, sslctx, key[4].guard, factory, self._connect_timeout, handshake)
+        conn = await dial(
+            self._egress, dest, sslctx, key[4].guard, factory, self._connect_timeout, handshake, key[5], tunnel=False
+        )
         if self._closed:
             conn.abort()
             raise UpstreamError(f"cannot connect to {authority}: the proxy is shutting down.")
@@ -203,15 +229,34 @@ async def dial(
     factory: Callable[[], _P],
     connect_timeout: float,
     handshake_timeout: float | None,
+    parent: Parent | None = None,
+    *,
+    tunnel: bool = False,
 ) -> _P:
-    """A new upstream connection made by ``egress`` (the one dial that judges addresses).
+    """A new upstream connection made by ``egress`` (the one dial that judges addresses), through
+    ``parent`` when given: a tunnel for TLS (or when ``tunnel``), else the forward connection.
 
     Every way it can fail becomes the ProxyError a client sees, for the
     pool's connections and an upgrade's alike: too slow 504, TLS refused
-    502 ``upstream_tls_error``, anything else 502.
+    502 ``upstream_tls_error``, anything else 502; the parent's failures are
+    its own errors (chain.py).
     """
     authority = dest.authority
     try:
+        if parent is not None:
+            _, conn = await chain.through(
+                egress,
+                parent,
+                dest.host,
+                dest.port,
+                factory,
+                guard,
+                tunnel=tunnel or sslctx is not None,
+                connect_timeout=connect_timeout,
+                sslctx=sslctx,
+                handshake_timeout=handshake_timeout,
+            )
+            return conn
         async with asyncio.timeout(connect_timeout + (handshake_timeout or 0.0)):
             _, conn = await egress.connect(
                 dest.host, dest.port, factory, guard, sslctx=sslctx, handshake_timeout=handshake_timeout
@@ -230,6 +275,15 @@ async def dial(
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {authority}: {exc.strerror or type(exc).__name__}.") from None
     return conn
+
+
+def _forward(
+    dest: Origin, target: str, headers: list[tuple[bytes, bytes]], parent: Parent
+) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """An origin-form request as a proxy is sent it: the absolute URL, and ``Proxy-Authorization``."""
+    absolute = f"{dest.scheme}://{format_host(dest.host, dest.port, dest.default_port)}{target}"
+    header = parent.header
+    return absolute, headers if header is None else [*headers, header]
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:

@@ -16,6 +16,7 @@ import ssl
 from authproxy.http1.h1message import serialize_request
 from authproxy.messages import Origin, Reply, Upgraded
 from authproxy.net.egress import Guard
+from authproxy.net.parent import Parent
 from authproxy.upstream.pool import Pool
 from authproxy.upstream.upstreams import filter_response_headers
 
@@ -47,6 +48,7 @@ async def open_upgrade(
     sslctx: ssl.SSLContext | None,
     connect_timeout: float,
     headers_timeout: float,
+    parent: Parent | None = None,
 ) -> Reply:
     """Send the upgrade request on a connection of its own (judged by ``guard``); a 101 reply carries ``upgraded``."""
     switched: list[Upgraded] = []
@@ -62,7 +64,7 @@ async def open_upgrade(
 
     m = method.encode("ascii")
     head = serialize_request(m, path, [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)], None, None)
-    conn = await pool.connect_alone(dest, sslctx, guard, connect_timeout, on_switch)
+    conn = await pool.connect_alone(dest, sslctx, guard, connect_timeout, on_switch, parent)
     resp = await conn.exchange(head, None, None, m == b"HEAD", headers_timeout)
     if switched:
         return Reply(101, resp.reason, resp.headers, upgraded=switched[0])

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from authproxy.config import Limits, Route, Timeouts
-from authproxy.disk.ca import system_roots
+from authproxy.credentials.tlsclient import ClientCertError, Contexts
+from authproxy.errors import UpstreamTLSError
 from authproxy.net.egress import Egress
 from authproxy.upstream.pool import Pool
 
@@ -76,39 +77,40 @@ def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[by
 
 
 class Upstreams:
-    """The connection pool and one SSL context per (ca_file, verify)."""
+    """The connection pool and the TLS contexts upstream connections are made with (tlsclient.py)."""
 
     def __init__(
         self, limits: Limits, timeouts: Timeouts, extra_ca_file: Path | None = None, egress: Egress | None = None
     ) -> None:
         self._timeouts = timeouts
-        self._extra_ca = extra_ca_file
+        # Shared with the token endpoints' fetches: one rule of trust for every plane.
+        self.tls = Contexts(extra_ca_file)
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
         # No connection limit of its own: the proxy's max_connections bounds the load.
         # An upstream's head is held to the bound a client's is.
         self.pool = Pool(timeouts, limits.max_header_bytes, egress)
 
     def ssl_context(self, route: Route | None) -> ssl.SSLContext:
-        """Contexts are built once: creating one reads the CA store from disk."""
+        """Contexts are built once: creating one reads the CA store from disk.
+
+        A route with a client certificate stats its two files on each request
+        and gets a new context when they changed (a rotation); a new context is
+        a new pool key, so new connections present the new certificate while
+        requests in flight finish on theirs.
+        """
+        if route is not None and route.client_cert is not None:
+            return self._with_cert(route)
         key = (route.ca_file, route.verify) if route is not None else (None, True)
         ctx = self._contexts.get(key)
         if ctx is None:
-            if key[0] is not None:
-                # A route's ca_file is the only trust for that upstream (pinning).
-                ctx = ssl.create_default_context(cafile=str(key[0]))
-            else:
-                # The platform's roots, read from its bundle rather than through
-                # SSL_CERT_FILE, which `authproxy env` points at our own CA.
-                roots = system_roots()
-                ctx = ssl.create_default_context(cafile=str(roots) if roots else None)
-                if self._extra_ca is not None:
-                    ctx.load_verify_locations(cafile=str(self._extra_ca))
-            if not key[1]:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["http/1.1"])
-            self._contexts[key] = ctx
+            ctx = self._contexts[key] = self.tls.get(self.tls.trust(*key))
         return ctx
+
+    def _with_cert(self, route: Route) -> ssl.SSLContext:
+        try:
+            return self.tls.get(self.tls.trust(route.ca_file, route.verify), route.client_cert, f"route {route.name}")
+        except ClientCertError as exc:
+            raise UpstreamTLSError(f"the client certificate of route {route.name} cannot be used: {exc}.") from None
 
     async def close(self) -> None:
         await self.pool.close()

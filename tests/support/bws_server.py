@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -98,6 +99,7 @@ class BwsServer:
     _revoked: set[str] = field(default_factory=set)
     _secrets: dict[str, _Secret] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context (a server behind TLS inspection)
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -114,7 +116,7 @@ class BwsServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def identity_url(self) -> str:
@@ -250,7 +252,7 @@ class BwsServer:
             app.router.add_get("/api/secrets/{id}", self._secret)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
             await site.start()
             self.port = self._runner.addresses[0][1]
 

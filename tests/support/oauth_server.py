@@ -90,6 +90,8 @@ from flask import Flask, Response, redirect
 from flask import request as flask_request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from tests.support import jwt_assertions
+
 __all__ = ["OAuthServer", "oauth_server", "start_oauth_server"]
 
 TOKEN_PATH = "/oauth/token"
@@ -101,7 +103,15 @@ METADATA_PATHS = ("/.well-known/oauth-authorization-server", "/.well-known/openi
 #: name of the login session cookie set by ``POST /login``
 SESSION_COOKIE = "oauth_test_session"
 #: every grant type this server implements (advertised in the metadata)
-GRANT_TYPES_SUPPORTED = ["authorization_code", "refresh_token", "client_credentials", "password"]
+GRANT_TYPES_SUPPORTED = [
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "password",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+]
+#: every token endpoint auth method (RFC 7523's two live in ``jwt_assertions.py``)
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "client_secret_jwt", "none")
 # RFC 8252 7.3: a loopback IP redirect URI matches with any port.
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1"})
 
@@ -128,8 +138,11 @@ class _Client(ClientMixin):
         grant_types: tuple[str, ...],
         scope: str,
         redirect_uris: tuple[str, ...] = (),
+        jwt_key: Any = None,
     ) -> None:
         self.client_id = client_id
+        #: what verifies its RFC 7523 assertions: a joserfc public key, or the secret as an OctKey
+        self.jwt_key = jwt_key
         self.client_secret = client_secret
         self.token_endpoint_auth_method = auth_method
         self.grant_types = tuple(grant_types)
@@ -309,7 +322,7 @@ class _AuthCode(AuthorizationCodeMixin):
 
 # Order matters only for which method Authlib tries first; each client accepts
 # exactly its own ``auth_method`` (see ``_Client.check_endpoint_auth_method``).
-_CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post"]
+_CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "client_secret_jwt"]
 
 
 class _ClientCredentialsGrant(ClientCredentialsGrant):
@@ -466,6 +479,22 @@ def _login_page(next_url: str, message: str = "") -> str:
     )
 
 
+def _jwt_key(public_key: Any, hmac_secret: str | None) -> Any:
+    """A client's RFC 7523 verification key: a public key (cryptography object or joserfc key), or its secret."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+
+    if hmac_secret is not None:
+        return OctKey.import_key(hmac_secret.encode())
+    if public_key is None or hasattr(public_key, "as_dict"):
+        return public_key
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return RSAKey.import_key(public_key)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return ECKey.import_key(public_key)
+    return OKPKey.import_key(public_key)
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -590,6 +619,15 @@ class OAuthServer:
     advertise_iss: bool | None = None
     #: lifetime (seconds) of authorization codes.
     code_expires_in: int = 600
+    #: called in the request's thread around each token request's handling, as
+    #: ``hook("before", params)`` (nothing spent yet) and ``hook("after", params)``
+    #: (a refresh token is spent and its successor issued, the answer not yet sent):
+    #: a test blocks in it to hold a token request at either point.
+    token_hook: Callable[[str, dict[str, str]], None] | None = None
+    #: the one ``aud`` RFC 7523 assertions must name (client auth and the JWT bearer grant); "" -> token_url
+    assertion_audience: str = ""
+    #: RFC 7523 §2.1: assertion issuers that are not client ids (a Kubernetes API server) -> client id
+    assertion_issuers: dict[str, str] = field(default_factory=dict)
 
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _clients: dict[str, _Client] = field(default_factory=dict, init=False, repr=False)
@@ -605,6 +643,8 @@ class OAuthServer:
     _codes: dict[str, _AuthCode] = field(default_factory=dict, init=False, repr=False)
     _sessions: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _authorize_log: list[dict[str, str]] = field(default_factory=list, init=False, repr=False)
+    _jtis: set[str] = field(default_factory=set, init=False, repr=False)
+    _assertions: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _httpd: BaseWSGIServer | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _app: Flask = field(init=False, repr=False)
@@ -627,12 +667,15 @@ class OAuthServer:
         grant_types: tuple[str, ...] = ("client_credentials", "password"),
         scope: str = "read write",
         redirect_uris: tuple[str, ...] = (),
+        public_key: Any = None,
     ) -> None:
         """Register (or replace) a client.
 
         ``auth_method`` is the only token endpoint auth method the client may use:
-        ``client_secret_basic``, ``client_secret_post`` or ``none`` (public client,
-        ``client_secret`` should be None; any grant but client_credentials).
+        ``client_secret_basic``, ``client_secret_post``, ``none`` (public client,
+        ``client_secret`` should be None; any grant but client_credentials),
+        ``private_key_jwt`` (with ``public_key``: a cryptography public key or a
+        joserfc key) or ``client_secret_jwt`` (the secret is the HMAC key).
         ``grant_types`` may contain ``client_credentials``, ``password``,
         ``authorization_code`` and ``refresh_token``; using another one gives
         ``unauthorized_client``.  A refresh token is issued (by the password or
@@ -642,13 +685,16 @@ class OAuthServer:
         exactly, except ``http://127.0.0.1/...`` / ``http://[::1]/...`` which match
         any port (RFC 8252 7.3); ``localhost`` is NOT treated as loopback.
         """
-        if auth_method not in ("client_secret_basic", "client_secret_post", "none"):
+        if auth_method not in AUTH_METHODS:
             raise ValueError(f"unsupported auth_method {auth_method!r}")
-        if auth_method != "none" and not client_secret:
+        if auth_method == "private_key_jwt" and public_key is None:
+            raise ValueError("private_key_jwt needs a public_key")
+        if auth_method not in ("none", "private_key_jwt") and not client_secret:
             raise ValueError(f"auth_method {auth_method!r} needs a client_secret")
         if isinstance(cast(object, redirect_uris), str):
             raise TypeError("redirect_uris must be a tuple of strings, not a string")
-        client = _Client(client_id, client_secret, auth_method, grant_types, scope, redirect_uris)
+        jwt_key = _jwt_key(public_key, client_secret if auth_method == "client_secret_jwt" else None)
+        client = _Client(client_id, client_secret, auth_method, grant_types, scope, redirect_uris, jwt_key)
         with self._lock:
             self._clients[client_id] = client
 
@@ -782,7 +828,8 @@ class OAuthServer:
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": list(GRANT_TYPES_SUPPORTED),
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "token_endpoint_auth_signing_alg_values_supported": list(jwt_assertions.ALGORITHMS),
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": advertise,
         }
@@ -807,6 +854,25 @@ class OAuthServer:
             if not self._requests:
                 raise LookupError("no token request received yet")
             return copy.deepcopy(self._requests[-1])
+
+    def assertions(self) -> list[dict[str, Any]]:
+        """Every RFC 7523 assertion verified: ``{"use": method or grant, "header": {...}, "claims": {...}}``."""
+        with self._lock:
+            return copy.deepcopy(self._assertions)
+
+    def audiences(self) -> list[str]:
+        return [self.assertion_audience or self.token_url]
+
+    def _new_jti(self, key: str) -> bool:
+        with self._lock:
+            if key in self._jtis:
+                return False
+            self._jtis.add(key)
+            return True
+
+    def _record_assertion(self, use: str, header: dict[str, Any], claims: dict[str, Any]) -> None:
+        with self._lock:
+            self._assertions.append({"use": use, "header": dict(header), "claims": dict(claims)})
 
     def stop(self) -> None:
         """Shut the server down (idempotent)."""
@@ -984,6 +1050,7 @@ class OAuthServer:
         authorization.register_grant(_RefreshTokenGrant)
         authorization.register_grant(_AuthorizationCodeGrant, [_S256CodeChallenge(required=True)])
         authorization.register_extension(_IssuerParameter(self))
+        jwt_assertions.register(authorization, self)
 
         def token_endpoint() -> Any:
             return authorization.create_token_response()
@@ -1107,6 +1174,8 @@ class OAuthServer:
                     basic_id = unquote(decoded.split(":", 1)[0])
                 except (ValueError, UnicodeDecodeError):
                     basic_id = None
+            elif "client_assertion" in params:
+                record["auth_method"] = "client_assertion"
             elif "client_secret" in params:
                 record["auth_method"] = "client_secret_post"
             elif "client_id" in params:
@@ -1125,7 +1194,13 @@ class OAuthServer:
 
             if error is not None:
                 return _error_response(recording_start_response, error)
-            return app(environ, recording_start_response)
+            hook = self.token_hook
+            if hook is None:
+                return app(environ, recording_start_response)
+            hook("before", params)
+            body_out = list(app(environ, recording_start_response))  # handled: spent and issued
+            hook("after", params)
+            return body_out
 
         return wsgi
 

@@ -3,13 +3,16 @@
 from authproxy.credentials.grants import (
     api_key,
     authorization_code,
+    aws_sigv4,
     basic,
     bearer,
     bws,
     client_credentials,
     command,
+    jwt_bearer,
     password,
     refresh_token,
+    token_exchange,
 )
 from authproxy.credentials.grants.base import REGISTRY, Credential, Grant, GrantContext
 
@@ -20,11 +23,14 @@ __all__ = [
     "GrantContext",
     "api_key",
     "authorization_code",
+    "aws_sigv4",
     "basic",
     "bearer",
     "bws",
     "client_credentials",
     "command",
+    "jwt_bearer",
     "password",
     "refresh_token",
+    "token_exchange",
 ]

@@ -39,10 +39,11 @@ class ApiKey(Grant):
         return cls(value, header, prefix, query)
 
     async def fetch(self, ctx: GrantContext) -> Credential:
+        value = self.value.reveal()
         if self.query is not None:
-            return Credential(query=((self.query, self.value.reveal()),))
+            return Credential(query=((self.query, value),), secret=value)
         assert self.header is not None
-        return Credential(headers=((self.header, self.prefix + self.value.reveal()),))
+        return Credential(headers=((self.header, self.prefix + value),), secret=value)
 
     def secrets(self) -> list[Secret]:
         return [self.value]

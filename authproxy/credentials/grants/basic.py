@@ -29,8 +29,10 @@ class Basic(Grant):
         return cls(username, password)
 
     async def fetch(self, ctx: GrantContext) -> Credential:
-        raw = f"{self.username.reveal()}:{self.password.reveal()}".encode()
-        return Credential(headers=(("Authorization", "Basic " + base64.b64encode(raw).decode()),))
+        password = self.password.reveal()
+        raw = f"{self.username.reveal()}:{password}".encode()
+        # The password is the secret a placeholder stands for; the user name is not one.
+        return Credential(headers=(("Authorization", "Basic " + base64.b64encode(raw).decode()),), secret=password)
 
     def secrets(self) -> list[Secret]:
         return [self.password]

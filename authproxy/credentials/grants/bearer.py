@@ -42,7 +42,8 @@ class Bearer(Grant):
 
     async def fetch(self, ctx: GrantContext) -> Credential:
         if self.token is not None:
-            return Credential(headers=(("Authorization", "Bearer " + self.token.reveal()),))
+            token = self.token.reveal()
+            return Credential(headers=(("Authorization", "Bearer " + token),), secret=token)
         assert self.token_file is not None
         sig = file_signature(self.token_file)
         try:
@@ -53,7 +54,7 @@ class Bearer(Grant):
             raise CredentialUnavailable(f"the token file {self.token_file} is empty.")
         if "\r" in text or "\n" in text:
             raise CredentialUnavailable(f"the token file {self.token_file} holds more than one line.")
-        return Credential(headers=(("Authorization", "Bearer " + text),), origin=sig)
+        return Credential(headers=(("Authorization", "Bearer " + text),), origin=sig, secret=text)
 
     def is_current(self, cred: Credential) -> bool:
         return self.token_file is None or file_signature(self.token_file) == cred.origin

@@ -164,7 +164,10 @@ class Bws(Grant):
             )
             return Credential(headers=(("Authorization", value),), expires_at=expires_at)
 
-        return await ctx.store.adopt_or_fetch(ctx.route, lambda rec: self._stored(rec, token, ctx), fetch)
+        # A login with the access token rotates nothing: with a shared store down it may run unlocked.
+        return await ctx.store.adopt_or_fetch(
+            ctx.route, lambda rec: self._stored(rec, token, ctx), fetch, unlocked_ok=True
+        )
 
     def _stored(self, rec: dict[str, Any], token: AccessToken, ctx: GrantContext) -> Credential | None:
         """A JWT stored by a previous run (or another process) for this very access token, if still good."""

@@ -46,8 +46,11 @@ class _TooMuchOutput(Exception):
     pass
 
 
-def _read_argv(sec: Section) -> tuple[Value, ...]:
+def read_argv(sec: Section, key: str = "argv") -> tuple[Value, ...]:
     """``argv``: a non-empty list of strings; an item with a ``${...}`` is a ``Secret``.
+
+    A program named by a relative path with a ``/`` (``./bin/get-token``) is
+    relative to the config file, like ``token_file`` and ``${file:}``.
 
     Read here rather than with ``Section.str_list`` so that each item keeps its
     source (``check`` shows it) and an unset variable marks the route as
@@ -55,16 +58,27 @@ def _read_argv(sec: Section) -> tuple[Value, ...]:
     empty argument.
     """
     shape = "must be a list of strings, run without a shell: [gcloud, auth, print-access-token]"
-    items = sec.value_items("argv", required=True, not_a_list=shape)
+    items = sec.value_items(key, required=key == "argv", not_a_list=shape)
     if items is None:
         return ()
     if not items:
-        sec.error("argv", "must name at least the program to run")
+        sec.error(key, "must name at least the program to run")
         return ()
     out = [v if v.is_literal else Secret(v.text, v.source, v.missing) for v in items if v is not None]
     if out and not out[0].missing and not out[0].text:
-        sec.problems.error(f"{sec.sub('argv')}[0]", sec.line_at("argv"), "the program name is empty")
+        sec.problems.error(f"{sec.sub(key)}[0]", sec.line_at(key), "the program name is empty")
+    if out and "/" in out[0].text and not PurePath(out[0].text).is_absolute() and not out[0].missing:
+        first = out[0]
+        out[0] = type(first)(str(sec.base_dir / first.text), first.source, first.missing)
     return tuple(out)
+
+
+def program_name(argv: tuple[Value, ...]) -> str:
+    """How errors name a helper: ``argv[0]``'s base name (its reference if it is one)."""
+    first = argv[0] if argv else Value("", "")
+    if isinstance(first, Secret):
+        return first.shown_source()
+    return PurePath(first.text).name or first.text
 
 
 def _field_path(sec: Section, key: str) -> tuple[str, ...] | None:
@@ -194,12 +208,7 @@ class Command(Grant):
 
     @classmethod
     def parse(cls, sec: Section) -> Command:
-        argv = _read_argv(sec)
-        if argv and "/" in argv[0].text and not PurePath(argv[0].text).is_absolute() and not argv[0].missing:
-            # ./bin/get-token is relative to the config file, like token_file and ${file:}.
-            first = argv[0]
-            path = str(sec.base_dir / first.text)
-            argv = (type(first)(path, first.source, first.missing), *argv[1:])
+        argv = read_argv(sec)
 
         default_ttl = sec.number("default_ttl", 300.0, minimum=1.0)
         ttl = sec.number("ttl", default_ttl, minimum=1.0)
@@ -234,10 +243,7 @@ class Command(Grant):
     @property
     def program(self) -> str:
         """How errors name the helper: ``argv[0]``'s base name (its reference if it is one)."""
-        first = self.argv[0] if self.argv else Value("", "")
-        if isinstance(first, Secret):
-            return first.shown_source()
-        return PurePath(first.text).name or first.text
+        return program_name(self.argv)
 
     def secrets(self) -> list[Secret]:
         return [a for a in self.argv if isinstance(a, Secret)]
@@ -251,65 +257,12 @@ class Command(Grant):
     # -- running it -------------------------------------------------------------
 
     async def fetch(self, ctx: GrantContext) -> Credential:
-        raw = await self._run(ctx.route)
+        raw = await run_helper(self.argv, self.timeout, ctx.route)
         token, expires_at = self._interpret(raw)
         if self.query is not None:
-            return Credential(query=((self.query, token),), expires_at=expires_at)
+            return Credential(query=((self.query, token),), expires_at=expires_at, secret=token)
         assert self.header is not None
-        return Credential(headers=((self.header, self.prefix + token),), expires_at=expires_at)
-
-    async def _run(self, route: str) -> bytes:
-        """The helper's stdout, within ``timeout`` and ``MAX_STDOUT``; the helper never outlives the call."""
-        name = self.program
-        args = [a.reveal() for a in self.argv]
-        start = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *args,
-                env=_helper_env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise CredentialUnavailable(f"the command `{name}` cannot be started ({why}).", route) from None
-        assert proc.stdout is not None and proc.stderr is not None
-        out_task = asyncio.create_task(_read_bounded(proc.stdout, MAX_STDOUT))
-        err_task = asyncio.create_task(_discard(proc.stderr))
-        tasks: list[asyncio.Task[Any]] = [out_task, err_task]
-        try:
-            async with asyncio.timeout(self.timeout):
-                out = await out_task
-                err_size = await err_task
-                status = await proc.wait()
-        except TimeoutError:
-            await _stop(proc, tasks)
-            raise TokenEndpointTimeout(
-                f"the command `{name}` did not finish within {self.timeout:g} s and was killed.", route
-            ) from None
-        except _TooMuchOutput:
-            await _stop(proc, tasks)
-            raise CredentialUnavailable(
-                f"the command `{name}` printed more than {MAX_STDOUT // 1024} KiB; it was killed.", route
-            ) from None
-        except BaseException:
-            # Cancelled (shutdown) or a bug: never leave a helper running.
-            await _stop(proc, tasks)
-            raise
-        ms = (time.monotonic() - start) * 1000
-        log.debug(
-            "route %s: command `%s` exited with status %s in %.0f ms (%d bytes out, %d bytes on stderr, discarded)",
-            route,
-            name,
-            status,
-            ms,
-            len(out),
-            err_size,
-        )
-        _check_status(name, status, route)
-        return out
+        return Credential(headers=((self.header, self.prefix + token),), expires_at=expires_at, secret=token)
 
     def _interpret(self, raw: bytes) -> tuple[str, float]:
         """The credential and its expiry from the helper's stdout; errors never quote the output."""
@@ -355,6 +308,60 @@ class Command(Grant):
         if expires_at is None:
             expires_at = expiry_of(token, None, self.ttl)
         return token, expires_at
+
+
+async def run_helper(argv: tuple[Value, ...], limit: float, route: str) -> bytes:
+    """The helper's stdout, within ``limit`` seconds and ``MAX_STDOUT``; the helper never outlives the call."""
+    name = program_name(argv)
+    args = [a.reveal() for a in argv]
+    start = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            env=_helper_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise CredentialUnavailable(f"the command `{name}` cannot be started ({why}).", route) from None
+    assert proc.stdout is not None and proc.stderr is not None
+    out_task = asyncio.create_task(_read_bounded(proc.stdout, MAX_STDOUT))
+    err_task = asyncio.create_task(_discard(proc.stderr))
+    tasks: list[asyncio.Task[Any]] = [out_task, err_task]
+    try:
+        async with asyncio.timeout(limit):
+            out = await out_task
+            err_size = await err_task
+            status = await proc.wait()
+    except TimeoutError:
+        await _stop(proc, tasks)
+        raise TokenEndpointTimeout(
+            f"the command `{name}` did not finish within {limit:g} s and was killed.", route
+        ) from None
+    except _TooMuchOutput:
+        await _stop(proc, tasks)
+        raise CredentialUnavailable(
+            f"the command `{name}` printed more than {MAX_STDOUT // 1024} KiB; it was killed.", route
+        ) from None
+    except BaseException:
+        # Cancelled (shutdown) or a bug: never leave a helper running.
+        await _stop(proc, tasks)
+        raise
+    ms = (time.monotonic() - start) * 1000
+    log.debug(
+        "route %s: command `%s` exited with status %s in %.0f ms (%d bytes out, %d bytes on stderr, discarded)",
+        route,
+        name,
+        status,
+        ms,
+        len(out),
+        err_size,
+    )
+    _check_status(name, status, route)
+    return out
 
 
 # A helper that is itself a Python program using prometheus_client would write its

@@ -30,6 +30,19 @@ def seed_hash(seed: Secret | None) -> str | None:
     return hashlib.sha256(seed.reveal().encode()).hexdigest()
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _refused(why: str, route: str) -> TokenEndpointError:
+    return TokenEndpointError(
+        f"the refresh token was refused ({why}); this route needs a new refresh token or login.",
+        route,
+        oauth_error="invalid_grant",
+        permanent=True,
+    )
+
+
 def _stored_access(rec: dict[str, Any], ctx: GrantContext, skew: float) -> Credential | None:
     """An access token another process (or a previous run) stored, if still good."""
     value, expires = rec.get("access"), rec.get("expires_at")
@@ -61,6 +74,10 @@ async def refresh(
             raise CredentialUnavailable(no_token_hint, ctx.route)
         # Read from the store (a login, another process, a rotation): known before it is sent anywhere.
         REDACTOR.learn(refresh_token, slot=f"refresh:{ctx.route}")
+        if rec.get("refused") == _digest(refresh_token):
+            # Refused once (by this process or another replica): sending it again only
+            # repeats the refusal, or looks like theft to a server with reuse detection.
+            raise _refused("it was refused before", ctx.route)
         return _stored_access(rec, ctx, client.refresh_skew)
 
     async def fetch(rec: dict[str, Any]) -> Credential:
@@ -88,14 +105,9 @@ async def _spend(ctx: GrantContext, client: OAuthClient, rec: dict[str, Any], no
     except TokenEndpointError as exc:
         if exc.oauth_error == "invalid_grant":
             rec.pop("access", None)
-            rec["refused_at"] = time.time()  # written by the store before this error leaves the lock
-            raise TokenEndpointError(
-                f"the refresh token was refused ({exc.detail.rstrip('.')}); "
-                f"this route needs a new refresh token or login.",
-                ctx.route,
-                oauth_error="invalid_grant",
-                permanent=True,
-            ) from None
+            # Written by the store before this error leaves the lock: no process or replica sends it again.
+            rec["refused_at"], rec["refused"] = time.time(), _digest(rec["refresh_token"])
+            raise _refused(exc.detail.rstrip("."), ctx.route) from None
         raise
     rotated = resp.body.get("refresh_token")
     if isinstance(rotated, str) and rotated:
@@ -105,4 +117,5 @@ async def _spend(ctx: GrantContext, client: OAuthClient, rec: dict[str, Any], no
     rec["expires_at"] = cred.expires_at
     rec["token_url"] = token_url
     rec.pop("refused_at", None)
+    rec.pop("refused", None)
     return cred  # the store writes the record before anyone uses the access token
