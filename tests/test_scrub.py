@@ -242,3 +242,27 @@ async def test_another_switched_protocol_is_scrubbed_as_a_stream(echoes, tmp_pat
     head, _, rest = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
     assert rest == b"raw " + MASKED.encode() + b" end"
+
+
+async def test_a_placeholder_route_hands_back_its_placeholder(echoes, tmp_path, make_proxy, secret_env) -> None:
+    """Scrubbing is on by default with a placeholder; a match as long as it becomes the placeholder."""
+    up = await RawEcho("X-API-Key").start()
+    echoes.append(up)
+    secret_env("SCRUB_KEY", KEY)
+    ph = "ph-" + "x" * (len(KEY) - 3)  # as long as the key
+    p = await make_proxy(
+        f"""
+routes:
+  - name: echo
+    match: {up.authority}
+    auth: {{type: api_key, header: X-API-Key, value: "${{SCRUB_KEY}}", placeholder: "{ph}"}}
+"""
+    )
+    p.secrets.add(KEY)
+    async with httpx.AsyncClient(proxy=p.url, timeout=30) as c:
+        r = await c.get(f"http://{up.authority}/json", headers={"X-API-Key": ph})
+    assert up.seen[-1]["x-api-key"] == KEY  # swapped on the way out
+    info = r.json()
+    assert info["headers"]["x-api-key"] == ph and r.headers["x-echo"] == ph  # and back on the way in
+    assert set(info["b64"]) == {"*"} or "*" * 10 in info["b64"]  # other lengths: `*`
+    assert_no_secrets([r.text, str(r.headers)], [KEY])
