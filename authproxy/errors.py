@@ -28,6 +28,7 @@ The tree::
     ├── TokenEndpointTimeout        504 token_endpoint_timeout
     ├── UpstreamError               502 upstream_error
     ├── UpstreamTLSError            502 upstream_tls_error
+    ├── UnscrubbableEncoding        502 unscrubbable_encoding
     ├── UpstreamTimeout             504 upstream_timeout
     ├── UpstreamProxyError          502 upstream_proxy_error
     │   └── UpstreamProxyTimeout    504 upstream_proxy_error
@@ -202,6 +203,12 @@ class UpstreamError(ProxyError):
 
 class UpstreamTLSError(ProxyError):
     status, code = 502, "upstream_tls_error"
+
+
+class UnscrubbableEncoding(ProxyError):
+    """A scrubbed route's response is in a content coding the proxy cannot read: it fails closed."""
+
+    status, code = 502, "unscrubbable_encoding"
 
 
 class UpstreamTimeout(ProxyError):

@@ -143,11 +143,17 @@ class ProxyRequest:
     user: User | None = None  # the proxy user, when proxy_auth is on
 
 
+class ByteReader(Protocol):
+    """What the upstream side of a switched connection is read through: a StreamReader, or a scrubbing one."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
 @dataclass(slots=True)
 class Upgraded:
     """The upstream side of a switched (101) connection, and bytes it sent past the 101."""
 
-    reader: asyncio.StreamReader
+    reader: ByteReader
     writer: asyncio.StreamWriter
     early: bytes
 

@@ -33,6 +33,7 @@ from authproxy.placeholders.swap import swap_headers, swap_target
 from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
 from authproxy.tokens.manager import TokenState
+from authproxy.upstream.scrubbed import ASK_IDENTITY, NOT_ASKED, scrub_reply
 from authproxy.upstream.upgrade import is_upgrade, open_upgrade
 from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
 
@@ -115,7 +116,13 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
             if retry.proof is not None:
                 reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
             rec.token, rec.retry = TokenState.RETRIED.value, "done"
-    return reply
+            cred = retry
+    if not route.scrub:
+        return reply
+    # Without the credential (upstream/scrubbed.py), a match of the placeholder's length
+    # replaced by the placeholder; a reply it cannot read is let go and refused.
+    sub = ph.raw.get(route.name) if ph is not None else None
+    return scrub_reply(reply, cred, rec, req.method == "HEAD", sub)
 
 
 async def _nonce_retry(
@@ -157,7 +164,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     raw = req.headers
     if target.swap and cred is not None and snap.placeholders is not None:
         raw, target = _swapped(snap.placeholders, target, raw, cred)
-    headers = outbound_headers(raw, target.host_header, cred, rt.via)
+    scrub = target.route is not None and target.route.scrub
+    headers = outbound_headers(raw, target.host_header, cred, rt.via, scrub)
     data, length = _payload(req)
     if cred is not None and cred.signer is not None:
         # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
@@ -407,20 +415,30 @@ def _host_header(o: Origin) -> str:
 
 
 def outbound_headers(
-    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via
+    raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via, scrub: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """Client headers minus hop-by-hop ones, our Via after the client's (RFC 9110 §7.6.3), and the
-    credential injected (never twice). A Via that already names us is a loop (ProxyLoop)."""
+    credential injected (never twice). A Via that already names us is a loop (ProxyLoop).
+    ``scrub``: ask for a response the scrubber can read whole (upstream/scrubbed.py)."""
     drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
+    if scrub:
+        drop = _scrub_drop(drop)
     out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop, via.check), via.header]
     if cred is not None:
         out += cred.wire
+    if scrub:
+        out.append(ASK_IDENTITY)
     return out
 
 
 @lru_cache(maxsize=256)
 def _drop_with(names: frozenset[bytes]) -> frozenset[bytes]:
     return _DROPPED | names
+
+
+@lru_cache(maxsize=256)
+def _scrub_drop(drop: frozenset[bytes]) -> frozenset[bytes]:
+    return drop | NOT_ASKED
 
 
 def _with_query(path: str, cred: Credential | None) -> str:

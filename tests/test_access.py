@@ -48,6 +48,7 @@ async def _proxy(make_proxy, upstream: Upstream, tls_up: Upstream, ca: Path, sec
           - name: secure
             match: {tls_up.authority}
             ca_file: {ca}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{ACC_KEY}}"}}
           - name: reports
             gateway: /reports

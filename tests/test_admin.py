@@ -65,6 +65,7 @@ async def _busy_proxy(make_proxy: Callable[[str], Any], upstream: Upstream, secr
           - name: keyed-api
             match: {upstream.authority}
             upstream: {upstream.url}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-API-Key, value: ${{ADMIN_TEST_KEY}}}}
           - name: no-key
             gateway: /nokey
@@ -73,6 +74,7 @@ async def _busy_proxy(make_proxy: Callable[[str], Any], upstream: Upstream, secr
           - name: basic-gw
             gateway: /gw
             upstream: {upstream.url}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: basic, username: ci, password: ${{ADMIN_TEST_PW}}}}
         """
     )

@@ -54,6 +54,7 @@ async def test_one_line_per_decision_and_no_secret(upstream: Upstream, tmp_path:
             denied = await client.post(f"{upstream.url}/v1/a?k={PH}")
             misdirected = await client.get(f"http://localhost:{upstream.port}/x", headers={"X-K": PH})
             passed = await client.get(f"http://localhost:{upstream.port}/y")
+        assert KEY not in ok.text
         statuses = [r.status_code for r in (ok, required, denied, misdirected, passed)]
         assert statuses == [200, 403, 403, 403, 200]
     finally:
@@ -63,7 +64,8 @@ async def test_one_line_per_decision_and_no_secret(upstream: Upstream, tmp_path:
     a, b, c, d, e = lines
     assert a["route"] == "api" and a["credential"] == "api_key" and a["sources"] == ["${AUDIT_KEY}"]
     assert a["injected"] == ["header:X-API-Key"] and a["placeholder"] == "swapped" and a["allow"] == "allowed"
-    assert a["token"] == "fetched" and a["status"] == 200 and a["error"] is None and a["scrubbed"] is None
+    assert a["token"] == "fetched" and a["status"] == 200 and a["error"] is None
+    assert a["scrubbed"] == len(KEY)  # the echo sent the injected key back; the client got it masked
     assert b["placeholder"] == "refused: required" and b["status"] == 403 and b["injected"] is None
     assert c["allow"] == "denied" and c["error"] == "denied"
     assert d["placeholder"] == "refused: misdirected" and d["route"] is None

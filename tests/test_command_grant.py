@@ -49,6 +49,7 @@ async def _proxy(make_proxy, upstream: Upstream, argv: str, extra: str = "") -> 
         routes:
           - name: cmd
             match: {upstream.authority}
+            scrub: false  # the test reads the injected value back from the echo
             auth:
               type: command
               argv: {argv}

@@ -36,6 +36,7 @@ async def _proxy(make_proxy, secret_env, routes: str, extra: str = "") -> Proxy:
 def _route(name: str, match: str, more: str = "") -> str:
     lines = [f"  - name: {name}", f"    match: {match}"]
     lines += [f"    {x}" for x in more.splitlines() if x.strip()]
+    lines.append("    scrub: false  # the tests read the injected value back from the echo")
     lines.append('    auth: {type: api_key, header: X-Key, value: "${PT_KEY}"}')
     return "\n".join(lines) + "\n"
 

@@ -70,11 +70,12 @@ routes:
     gateway: /query
     upstream: https://query.test
     auth: {{type: api_key, query: key, value: ${{SECRET_A}}}}
-  - {{name: bearer, match: bearer.test, auth: {{type: bearer, token: ${{SECRET_A}}}}}}
+  - {{name: bearer, match: bearer.test, scrub: false, auth: {{type: bearer, token: ${{SECRET_A}}}}}}
   - {{name: file, match: file.test, auth: {{type: bearer, token_file: token.txt}}}}
   - {{name: basic, match: basic.test, auth: {{type: basic, username: u, password: ${{SECRET_A}}}}}}
   - name: cc
     match: cc.test
+    scrub: true
     auth: {{type: client_credentials, token_url: https://id.test/token, client_id: c, client_secret: ${{SECRET_A}},
             client_auth: client_secret_post, body: json, scope: s, audience: a, extra: {{resource: r}},
             refresh_skew: 60, default_ttl: 300, placeholder: generate, stub_token_endpoint: true}}

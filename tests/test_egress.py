@@ -135,6 +135,7 @@ def _config(upstream: Upstream, extra: str = "") -> str:
 routes:
   - name: keyed
     match: {upstream.authority}/keyed
+    scrub: false  # the test reads the injected value back from the echo
     auth: {{type: api_key, header: X-Key, value: "${{EGRESS_KEY}}"}}
 """
     )
@@ -399,6 +400,7 @@ async def test_unmatched_paths_inside_an_intercepted_host_are_unmatched_traffic(
           - name: v1
             match: {up.authority}/v1
             ca_file: {ca_path}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{EGRESS_KEY}}"}}
         """
     )
@@ -451,6 +453,7 @@ async def test_a_localhost_route_in_clear_text_goes_by_the_address_connected_to(
         routes:
           - name: local
             match: localhost:{upstream.port}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{EGRESS_KEY}}"}}
         """
     )
@@ -618,6 +621,7 @@ async def test_bound_to_every_address_the_hosts_own_address_is_a_loop(tmp_path: 
         routes:
           - name: keyed
             match: {upstream.authority}/keyed
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{EGRESS_KEY}}"}}
         """,
     )

@@ -19,6 +19,7 @@ async def test_gateway_strips_prefix_and_injects(make_proxy, upstream: Upstream,
           - name: reports
             gateway: /reports
             upstream: http://{upstream.authority}/api/v1
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: bearer, token: "${{GW_TOKEN}}"}}
         """
     )
@@ -48,6 +49,7 @@ async def test_gateway_over_tls_with_route_ca_file(make_proxy, tls_upstream, sec
             gateway: /secure
             upstream: https://{up.authority}
             ca_file: {ca_path}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: bearer, token: "${{GW_TOKEN}}"}}
         """
     )
@@ -70,6 +72,7 @@ async def test_plain_request_sent_on_over_tls(make_proxy, tls_upstream, secret_e
             match: api.example.com
             upstream: https://{up.authority}
             ca_file: {ca_path}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{K}}"}}
         """
     )

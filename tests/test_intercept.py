@@ -32,6 +32,7 @@ async def _proxy(make_proxy, up: Upstream, ca_path: Path, secret_env, extra: str
           - name: secure
             match: {up.authority}
             ca_file: {ca_path}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{ICPT_KEY}}"}}
         """
     )
@@ -142,6 +143,7 @@ async def test_unmatched_path_inside_intercept_forwarded_without_credential(
           - name: api-only
             match: {up.authority}/api
             ca_file: {ca_path}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{ICPT_KEY}}"}}
         """
     )
@@ -163,6 +165,7 @@ async def test_wrong_upstream_certificate_is_502_with_reason(make_proxy, tls_ups
         routes:
           - name: no-ca
             match: {up.authority}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-Key, value: "${{ICPT_KEY}}"}}
         """
     )

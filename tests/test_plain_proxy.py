@@ -25,6 +25,7 @@ async def _api_key_proxy(make_proxy, upstream: Upstream, secret_env, extra: str 
         routes:
           - name: local
             match: {upstream.authority}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, header: X-API-Key, value: ${{TEST_API_KEY}}}}
         {extra}
         """
@@ -55,6 +56,7 @@ async def test_api_key_query_parameter(make_proxy, upstream: Upstream, secret_en
         routes:
           - name: q
             match: {upstream.authority}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: api_key, query: api_key, value: ${{QKEY}}}}
         """
     )
@@ -73,6 +75,7 @@ async def test_basic_auth_and_existing_authorization_replaced(make_proxy, upstre
         routes:
           - name: basic
             match: {upstream.authority}
+            scrub: false  # the test reads the injected value back from the echo
             auth: {{type: basic, username: alice, password: ${{BASIC_PW}}}}
         """
     )

@@ -50,6 +50,7 @@ def _key_route(upstream: Upstream, header: str = "X-Key") -> str:
     return f"""
     - name: keyed
       match: {upstream.authority}
+      scrub: false  # the test reads the injected value back from the echo
       auth: {{type: api_key, header: {header}, value: "${{WK_KEY}}"}}
     """
 

@@ -114,6 +114,7 @@ class Route:
     # endpoint's (RFC 8705 §3: a certificate-bound token is accepted only with that certificate).
     client_cert: ClientCert | None = None
     placeholder: PlaceholderSpec | None = None  # what the workload holds instead of the secret
+    scrub: bool = False  # responses scrubbed of the injected credential (`scrub:`, secrecy/scrub.py)
 
     @property
     def mode(self) -> str:

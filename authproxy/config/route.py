@@ -61,6 +61,8 @@ def _route(sec: Section, index: int) -> Route | None:
     allow = parse_allow(sec)
     parent = parse_upstream_proxy(sec, allow_direct=True)
     auth, placeholder = _auth(sec)
+    # On for a standing secret (Grant.scrubs_by_default) and wherever the workload holds a placeholder.
+    scrub = sec.boolean("scrub", auth is not None and (auth.scrubs_by_default() or placeholder is not None))
     sec.finish()
     if name is None or auth is None:
         return None
@@ -79,6 +81,7 @@ def _route(sec: Section, index: int) -> Route | None:
         upstream_proxy=parent,
         client_cert=client_cert or auth.client_cert(),
         placeholder=placeholder,
+        scrub=scrub,
     )
 
 

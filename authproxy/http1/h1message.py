@@ -60,10 +60,18 @@ class BodySource(Protocol):
 _Source = TypeVar("_Source", bound=BodySource)
 
 
+class BodyFilter(Protocol):
+    """What a response body may pass through on its way out (secrecy/scrub.py's Scrubber): order kept, a tail held."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
 class Response:
     """Status, reason and raw headers, and the body as an async iterator of chunks."""
 
-    __slots__ = ("_conn", "_release", "headers", "reason", "status")
+    __slots__ = ("_conn", "_filter", "_release", "headers", "reason", "status")
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class Response:
         self.headers = headers
         self._conn: BodySource | None = conn
         self._release: Callable[[Any], None] = release  # called with conn only, so of its type
+        self._filter: BodyFilter | None = None
 
     def __aiter__(self) -> Response:
         return self
@@ -88,10 +97,19 @@ class Response:
             raise StopAsyncIteration
         # What already arrived is taken without a coroutine; read() waits for more.
         chunk = conn.take() if conn.has_data else await conn.read()
+        filt = self._filter
         if not chunk:
             self.release()  # the end: the connection can serve the next request now
-            raise StopAsyncIteration
-        return chunk
+            if filt is None:
+                raise StopAsyncIteration
+            self._filter = None
+            return filt.flush()  # b"" is skipped by the writer; the next call ends
+        # A filter here, not in a wrapping iterator: one coroutine per chunk, not two.
+        return chunk if filt is None else filt.feed(chunk)
+
+    def filter(self, filt: BodyFilter) -> None:
+        """Pass the body through ``filt`` (each chunk as it leaves, what it held at the end)."""
+        self._filter = filt
 
     def release(self) -> None:
         """Hand the connection back; one whose response is unfinished is closed, not reused."""

@@ -42,6 +42,7 @@ class AccessRecord:
     retry: str | None = None  # "done" or "skipped" when a 401 came back; "nonce": a DPoP nonce challenge answered
     error: str | None = None  # our error code, when the answer is ours
     note: str | None = None  # e.g. "unverified-tls" for verify: false routes
+    scrubbed: int = 0  # response bytes replaced by the scrubber (secrecy/scrub.py)
     # The decisions the audit trail records beyond these fields (ops/audit.py); set only when
     # `audit:` is on, and never in the access line.
     audit: dict[str, object] | None = None
@@ -72,6 +73,8 @@ def text_line(rec: AccessRecord, ts: str) -> str:
         line += f" retry={rec.retry}"
     if rec.error:
         line += f" error={rec.error}"
+    if rec.scrubbed:
+        line += f" scrubbed={rec.scrubbed}"
     if rec.note:
         line += f" note={rec.note}"
     return line

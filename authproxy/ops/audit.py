@@ -72,8 +72,8 @@ def line(rec: AccessRecord) -> str:
         "retry": rec.retry,
         "allow": extra.get("allow"),
         "destination": destination,
-        # Filled by response scrubbing where it is on: the bytes it replaced.
-        "scrubbed": getattr(rec, "scrubbed", None),
+        # The bytes response scrubbing replaced (0 where it found nothing, or is off).
+        "scrubbed": rec.scrubbed,
         "status": rec.status,
         "error": rec.error,
         "note": rec.note,

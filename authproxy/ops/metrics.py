@@ -72,6 +72,12 @@ class Metrics:
         )
         self.bytes_in = Counter("authproxy_request_bytes", "Request body bytes, by route.", ["route"], registry=r)
         self.bytes_out = Counter("authproxy_response_bytes", "Response body bytes, by route.", ["route"], registry=r)
+        self.scrubbed = Counter(
+            "authproxy_scrubbed_bytes",
+            "Response bytes the scrubber replaced (an injected credential coming back), by route.",
+            ["route"],
+            registry=r,
+        )
         self.token_fetches = Counter(
             "authproxy_token_fetches",
             "Credential fetches, by route and outcome (ok or an error code).",
@@ -147,6 +153,8 @@ class Metrics:
             self.errors.labels(route, rec.error).inc()
         if rec.retry:
             self.retries.labels(route, rec.retry).inc()
+        if rec.scrubbed:
+            self.scrubbed.labels(route).inc(rec.scrubbed)
         if not self._flush_scheduled:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

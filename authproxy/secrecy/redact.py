@@ -63,6 +63,7 @@ __all__ = [
     "MIN_RAW",
     "REDACTOR",
     "Redactor",
+    "derived_forms",
     "learn_header_values",
     "redact",
     "redact_data",
@@ -147,8 +148,34 @@ def _encodings(value: str) -> list[str]:
     out = [value]
     for enc in (quote(value, safe=""), quote_plus(value), quote(value)):
         out += [enc, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), enc)]
-    out += [json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]]
+    for js in (json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
+        out += [js, js.replace("/", "\\/")]  # some encoders escape `/` (RFC 8259 §7 allows it)
     return list(dict.fromkeys(out))
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+def derived_forms(value: str) -> list[str]:
+    """The literal spellings of ``value`` that an output may carry, longest first.
+
+    What the patterns below find, each spelling as one encoder writes it
+    (rather than their character-by-character mixes): the value, its
+    percent-, form- and JSON-encodings, and the Base64 runs of each, in the
+    standard and URL-safe alphabets (RFC 4648 §4, §5). The response scrubber
+    looks for these with ``bytes.find``. Under ``MIN_ENCODED`` bytes the
+    value as written only, under ``MIN_RAW`` nothing, as for the patterns.
+    """
+    size = len(value.encode())
+    if size < MIN_RAW:
+        return []
+    if size < MIN_ENCODED:
+        return [value]
+    out = _encodings(value)
+    for text in list(out):
+        for run in base64_runs(text.encode()):
+            out += [run, run.translate(_URL_SAFE)]
+    return sorted(dict.fromkeys(out), key=lambda f: -len(f.encode()))
 
 
 def _pattern(value: str) -> re.Pattern[str] | None:

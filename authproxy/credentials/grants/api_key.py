@@ -14,6 +14,7 @@ from authproxy.secrecy.secrets import Secret
 @dataclass(frozen=True, slots=True)
 class ApiKey(Grant):
     type_name = "api_key"
+    injects_standing_secret = True
 
     value: Secret
     header: str | None

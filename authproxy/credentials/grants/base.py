@@ -207,6 +207,9 @@ class Grant(ABC):
     # tokens): tokens/manager.py must not wrap its fetch in that lock again, since a
     # second flock on the route's lock file in one process would wait on itself.
     uses_store: ClassVar[bool] = False
+    # Injects a long-lived value the route's owner chose (a key, a password, a
+    # token, a helper's output): what an echoing upstream must not hand back.
+    injects_standing_secret: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -230,6 +233,10 @@ class Grant(ABC):
 
     def refresh_skew(self) -> float:
         return 60.0
+
+    def scrubs_by_default(self) -> bool:
+        """Whether the route's responses are scrubbed of its credential when it does not say (`scrub:`)."""
+        return self.injects_standing_secret
 
     def client_cert(self) -> ClientCert | None:
         """The certificate presented to the token endpoint, if any (RFC 8705)."""

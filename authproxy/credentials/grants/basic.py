@@ -14,6 +14,7 @@ from authproxy.secrecy.secrets import Secret, Value
 @dataclass(frozen=True, slots=True)
 class Basic(Grant):
     type_name = "basic"
+    injects_standing_secret = True
 
     username: Value
     password: Secret

@@ -21,6 +21,7 @@ from authproxy.secrecy.secrets import Secret
 @dataclass(frozen=True, slots=True)
 class Bearer(Grant):
     type_name = "bearer"
+    injects_standing_secret = True
 
     token: Secret | None
     token_file: Path | None

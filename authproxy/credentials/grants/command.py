@@ -193,6 +193,7 @@ async def _stop(proc: asyncio.subprocess.Process, tasks: list[asyncio.Task[Any]]
 @dataclass(frozen=True, slots=True)
 class Command(Grant):
     type_name = "command"
+    injects_standing_secret = True
     fetches = True
 
     argv: tuple[Value, ...]
