@@ -18,6 +18,7 @@ from authproxy.cli.prepare import cmd_ca, cmd_env, cmd_hash_password, cmd_login
 from authproxy.cli.report import cmd_check, cmd_status, cmd_token
 from authproxy.cli.runcmd import cmd_run
 from authproxy.cli.usage import UsageError
+from authproxy.compiled import describe
 from authproxy.disk.ca import CAError
 from authproxy.schema.problems import ConfigError
 from authproxy.secrecy.redact import redact
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="authproxy",
         description="A forward HTTP(S) proxy that adds credentials to outbound requests.",
     )
-    p.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    p.add_argument("--version", action="version", version=f"authproxy {__version__} ({describe()})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy")
