@@ -27,8 +27,6 @@ COMPILED = (
     "authproxy.upstream.upstreams",
     "authproxy.server.connection",
     "authproxy.server.reading",
-    "authproxy.routes",
-    "authproxy.ops.accesslog",
     "authproxy.net.egress",
 )
 

@@ -75,6 +75,18 @@ def test_ci_compiled_run_is_compiled() -> None:
     assert _expected() == "compiled"
 
 
+def test_compiled_modules_are_not_older_than_their_sources() -> None:
+    """An in-place build shadows the sources: one older than its .py would test stale code."""
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    stale = []
+    for name in COMPILED:
+        source = (ROOT / name.replace(".", "/")).with_suffix(".py")
+        for built in (source.with_suffix(s) for s in suffixes):
+            if built.exists() and built.stat().st_mtime < source.stat().st_mtime:
+                stale.append(str(built.relative_to(ROOT)))
+    assert not stale, f"rebuild with `python3 setup.py build_ext --inplace` (or delete them): {stale}"
+
+
 @pytest.mark.parametrize("pure", [None, True])
 def test_version_and_imports_say_how_it_runs(pure: bool | None) -> None:
     want = "pure Python" if pure else _expected()

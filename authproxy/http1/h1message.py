@@ -15,15 +15,21 @@ from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from authproxy.errors import ProxyError
-from authproxy.http1.h1errors import NoAnswer as NoAnswer
-from authproxy.http1.h1errors import UpstreamBodyError as UpstreamBodyError
+from authproxy.errors import ProxyError, UpstreamError
 
 if TYPE_CHECKING:
     from authproxy.net.egress import Rule
 
 # Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
+
+
+class UpstreamBodyError(ConnectionError):
+    """The upstream broke off, stalled or lied about framing in the middle of a body."""
+
+
+class NoAnswer(UpstreamError):
+    """The connection closed before a single byte of an answer: what a stale pooled connection does."""
 
 
 # A streamed body (an async iterable) may also have ``ready() -> bytes | None``:
