@@ -166,3 +166,26 @@ class Reply:
     body: AsyncIterator[bytes] | None = None
     release: Callable[[], None] = field(default=lambda: None)
     upgraded: Upgraded | None = None
+
+
+class Replayed:
+    """A body whose first chunks were read already (to peek at them): those again, then ``rest``.
+
+    A class, not an async generator, so that the modules mypyc compiles can build one.
+    """
+
+    __slots__ = ("_head", "_rest")
+
+    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes] | None) -> None:
+        self._head = head[::-1]  # popped from the end
+        self._rest = rest
+
+    def __aiter__(self) -> Replayed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._head:
+            return self._head.pop()
+        if self._rest is None:
+            raise StopAsyncIteration
+        return await self._rest.__anext__()

@@ -11,7 +11,6 @@ resolve the target → route (or pass through / deny)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
@@ -21,7 +20,7 @@ from authproxy.config import Route
 from authproxy.credentials.grants import Credential
 from authproxy.errors import BadRequest, Denied, MisdirectedRequest, ProxyError
 from authproxy.http1.h1message import Body, Response
-from authproxy.messages import Origin, ProxyRequest, Reply
+from authproxy.messages import Origin, ProxyRequest, Replayed, Reply
 from authproxy.net.egress import Guard, Via, is_ip_literal
 from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
 from authproxy.net.parent import Parent, clear_text_refusal
@@ -213,15 +212,7 @@ async def _expired(reply: Reply, cred: Credential) -> bool:
         size += len(chunk)
         if size >= _PEEK:
             break
-
-    async def again() -> AsyncIterator[bytes]:
-        for chunk in head:
-            yield chunk
-        if size >= _PEEK:
-            async for chunk in rest:
-                yield chunk
-
-    reply.body = again()
+    reply.body = Replayed(head, rest if size >= _PEEK else None)
     return cred.signer.refused(reply.headers, b"".join(head))
 def _swapped(
     ph: Placeholders, target: Target, raw: list[tuple[bytes, bytes]], cred: Credential

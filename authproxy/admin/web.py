@@ -34,6 +34,7 @@ from authproxy import __version__
 from authproxy.admin.gate import HostRule, TokenRule, challenges, check_host
 from authproxy.admin.page import render_page
 from authproxy.admin.statusview import runtime_view, url_host
+from authproxy.compiled import fully_compiled
 from authproxy.errors import AdminHostRefused, AdminTokenRequired, ProxyError, render
 from authproxy.ops.rates import UNMATCHED, Rates
 from authproxy.secrecy.secrets import Secret
@@ -84,6 +85,7 @@ class AdminBase:
         }
         return {
             "version": __version__,
+            "compiled": fully_compiled(),
             "now": round(now, 3),
             "started_at": round(started_at, 3),
             "uptime": round(now - started_at, 1),

@@ -17,6 +17,7 @@ from authproxy.cli.prepare import cmd_ca, cmd_env, cmd_hash_password, cmd_login
 from authproxy.cli.report import cmd_check, cmd_status, cmd_token
 from authproxy.cli.runcmd import cmd_run
 from authproxy.cli.usage import reported
+from authproxy.compiled import describe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="authproxy",
         description="A forward HTTP(S) proxy that adds credentials to outbound requests.",
     )
-    p.add_argument("--version", action="version", version=f"authproxy {__version__}")
+    p.add_argument("--version", action="version", version=f"authproxy {__version__} ({describe()})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy")

@@ -14,6 +14,7 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
+from authproxy.compiled import describe
 from authproxy.config import Config
 from authproxy.disk.ca import CAError
 from authproxy.errors import ProxyError
@@ -79,7 +80,8 @@ async def serve(cfg: Config, host: str, port: int, link: WorkerLink | None = Non
         raise
     admin = None
     if link is None:
-        log.info("listening on %s:%d with %d routes from %s", bound[0], bound[1], len(cfg.routes), cfg.file)
+        where, n = f"{bound[0]}:{bound[1]}", len(cfg.routes)
+        log.info("listening on %s with %d routes from %s (%s)", where, n, cfg.file, describe())
         if cfg.admin is not None:
             admin = await start_admin(rt, *cfg.admin)
             await rt.egress.listening_on(admin.host, admin.port, proxy=False)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from authproxy.compiled import describe
 from authproxy.config import Config
 from authproxy.disk.ca import LocalCA, ensure_ca
 from authproxy.net.egress import ADMIN_ENV, PSEUDONYM_ENV, Via
@@ -294,7 +295,8 @@ class Supervisor:
         if not self._stop.is_set():
             self.accepting = True
             routes, n = len(self.cfg.routes), len(self.workers)
-            log.info("listening on %s with %d routes from %s (%d workers)", self.listen, routes, self.cfg.file, n)
+            how = f"{n} workers, {describe()}"
+            log.info("listening on %s with %d routes from %s (%s)", self.listen, routes, self.cfg.file, how)
         await stopped
         code = await self._finish(slots)
         if admin is not None:
