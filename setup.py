@@ -26,6 +26,7 @@ HOT = [
     "authproxy/http1/h1request.py",
     "authproxy/http1/h1response.py",
     "authproxy/pipeline.py",
+    "authproxy/targets.py",
     "authproxy/upstream/pool.py",
     "authproxy/upstream/upstreams.py",
     "authproxy/server/connection.py",

@@ -23,6 +23,7 @@ COMPILED = (
     "authproxy.http1.h1request",
     "authproxy.http1.h1response",
     "authproxy.pipeline",
+    "authproxy.targets",
     "authproxy.upstream.pool",
     "authproxy.upstream.upstreams",
     "authproxy.server.connection",

@@ -11,26 +11,23 @@ resolve the target → route (or pass through / deny)
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
 from authproxy.access import check_allowed, check_user_route
-from authproxy.config import Route
 from authproxy.credentials.grants import Credential
-from authproxy.errors import BadRequest, Denied, MisdirectedRequest, ProxyError
+from authproxy.errors import ProxyError
 from authproxy.http1.h1message import Body, Response
-from authproxy.messages import Origin, ProxyRequest, Replayed, Reply
-from authproxy.net.egress import Guard, Via, is_ip_literal
-from authproxy.net.hosts import HostError, format_host, is_loopback, normalize_host, parse_port, split_hostport
+from authproxy.messages import ProxyRequest, Replayed, Reply
+from authproxy.net.egress import Via
 from authproxy.net.parent import Parent, clear_text_refusal
 from authproxy.ops.accesslog import AccessRecord
 from authproxy.placeholders import guard
 from authproxy.placeholders.index import Placeholders
 from authproxy.placeholders.stub import stub_reply
 from authproxy.placeholders.swap import swap_headers, swap_target
-from authproxy.routes import connect_default
 from authproxy.runtime import Runtime, Snapshot
+from authproxy.targets import Target, resolve, url_of
 from authproxy.tokens.manager import TokenState
 from authproxy.upstream.scrubbed import ASK_IDENTITY, NOT_ASKED, scrub_reply
 from authproxy.upstream.upgrade import is_upgrade, open_upgrade
@@ -41,35 +38,51 @@ from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, wi
 # kept, but looked at on the way (``without_hop_by_hop``): ours in it is a loop.
 _REBUILT = frozenset({b"host", b"content-length", b"expect"})
 _DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
-_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 _PEEK = 16 * 1024  # of an answer that may say a signing credential expired: AWS's error bodies are smaller
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    mode: str  # plain | gateway | intercept (as logged)
-    route: Route | None
-    dest: Origin  # where the request is sent
-    path: str  # origin-form path and query sent upstream
-    host_header: str
-    guard: Guard = Guard.ROUTE  # what a new connection's address is judged by (egress.py)
-    swap: bool = False  # the request carries its route's placeholder (placeholders/swap.py)
-
-
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
-    audit = rec.audit = {} if snap.config.audit is not None else None
+    rec.audit = {} if snap.config.audit is not None else None
     ph = snap.placeholders
     if ph is not None and ph.stubs:
         stub = stub_reply(ph, req, rec)  # the route's token_url, answered here: never forwarded
         if stub is not None:
             return stub
-    target = resolve(req, rt, snap, rec)
+    target = _admit(req, rt, snap, resolve(req, snap, rec), rec)
     route = target.route
+    if route is None:
+        # Unmatched and allowed through: forwarded untouched, no credential.
+        return await exchange(rt, snap, target, req, None)
+
+    cred, state = await rt.tokens.get(route)
+    rec.token = state.value
+    if rec.audit is not None:
+        rec.audit["injected"] = [f"header:{n}" for n, _ in cred.headers] + [f"query:{n}" for n, _ in cred.query]
+    replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
+    reply = await exchange(rt, snap, target, req, cred)
+    unanswered = False
+    if cred.proof is not None:
+        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
+    # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
+    refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
+    if refused and route.auth.may_retry() and not unanswered:
+        reply, cred = await _after_unauthorized(rt, snap, target, req, cred, replayable, reply, rec)
+    if not route.scrub:
+        return reply
+    # Without the credential (upstream/scrubbed.py), a match of the placeholder's length
+    # replaced by the placeholder; a reply it cannot read is let go and refused.
+    sub = ph.raw.get(route.name) if ph is not None else None
+    return scrub_reply(reply, cred, rec, req.method == "HEAD", sub)
+
+
+def _admit(req: ProxyRequest, rt: Runtime, snap: Snapshot, target: Target, rec: AccessRecord) -> Target:
+    """What is refused before anything is fetched for the route: a placeholder sent elsewhere
+    or missing, a user the route is not for, a method or path outside its allow list."""
+    audit, route, ph = rec.audit, target.route, snap.placeholders
     if audit is not None and route is not None:
         audit["credential"], audit["sources"] = route.auth.type_name, [s for _, s in route.auth.sources()]
     if ph is not None:
-        # Before anything is fetched for the route: a placeholder elsewhere, or one missing, ends it here.
         placeholder = guard.check(ph, req, route, rec, rt.metrics)
         if placeholder == guard.SWAPPED:
             target = dataclasses.replace(target, swap=True)
@@ -84,44 +97,37 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
         check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
         if audit is not None and route.allow is not None:
             audit["allow"] = "allowed"
-    if route is None:
-        # Unmatched and allowed through: forwarded untouched, no credential.
-        return await exchange(rt, snap, target, req, None)
+    return target
 
-    cred, state = await rt.tokens.get(route)
-    rec.token = state.value
-    if audit is not None:
-        audit["injected"] = [f"header:{n}" for n, _ in cred.headers] + [f"query:{n}" for n, _ in cred.query]
-    replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
-    reply = await exchange(rt, snap, target, req, cred)
-    unanswered = False
-    if cred.proof is not None:
-        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
 
-    # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
-    refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
-    if refused and route.auth.may_retry() and not unanswered:
-        try:
-            retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
-        except BaseException:
-            reply.release()  # its pooled connection goes back (or closes), not left to the upstream's timeout
-            raise
-        if retry is None:
-            rt.tokens.mark_stale(route, cred)
-            rec.retry = "skipped"
-        else:
-            reply.release()
-            reply = await exchange(rt, snap, target, req, retry)
-            if retry.proof is not None:
-                reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
-            rec.token, rec.retry = TokenState.RETRIED.value, "done"
-            cred = retry
-    if not route.scrub:
-        return reply
-    # Without the credential (upstream/scrubbed.py), a match of the placeholder's length
-    # replaced by the placeholder; a reply it cannot read is let go and refused.
-    sub = ph.raw.get(route.name) if ph is not None else None
-    return scrub_reply(reply, cred, rec, req.method == "HEAD", sub)
+async def _after_unauthorized(
+    rt: Runtime,
+    snap: Snapshot,
+    target: Target,
+    req: ProxyRequest,
+    cred: Credential,
+    replayable: bool,
+    reply: Reply,
+    rec: AccessRecord,
+) -> tuple[Reply, Credential]:
+    """The 401 rule: one forced refresh for a burst of 401s, and one retry when the body can be sent again."""
+    assert target.route is not None
+    route = target.route
+    try:
+        retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
+    except BaseException:
+        reply.release()  # its pooled connection goes back (or closes), not left to the upstream's timeout
+        raise
+    if retry is None:
+        rt.tokens.mark_stale(route, cred)
+        rec.retry = "skipped"
+        return reply, cred
+    reply.release()
+    reply = await exchange(rt, snap, target, req, retry)
+    if retry.proof is not None:
+        reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
+    rec.token, rec.retry = TokenState.RETRIED.value, "done"
+    return reply, retry
 
 
 async def _nonce_retry(
@@ -143,7 +149,7 @@ async def _nonce_retry(
     back to the client as it came, and is no reason to drop the token.
     """
     assert cred.proof is not None
-    if not cred.proof.answered(_url(target), reply.status, reply.headers):
+    if not cred.proof.answered(url_of(target), reply.status, reply.headers):
         return reply, False
     if not replayable:
         rec.retry = "skipped"
@@ -171,7 +177,7 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
         path = _with_query(target.path, cred)
         headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
     if cred is not None and cred.proof is not None:
-        headers.append(cred.proof.proof(req.method, _url(target)))
+        headers.append(cred.proof.proof(req.method, url_of(target)))
     upgrade = is_upgrade(req.headers)
     if upgrade is not None:
         dest = target.dest
@@ -214,6 +220,8 @@ async def _expired(reply: Reply, cred: Credential) -> bool:
             break
     reply.body = Replayed(head, rest if size >= _PEEK else None)
     return cred.signer.refused(reply.headers, b"".join(head))
+
+
 def _swapped(
     ph: Placeholders, target: Target, raw: list[tuple[bytes, bytes]], cred: Credential
 ) -> tuple[list[tuple[bytes, bytes]], Target]:
@@ -235,174 +243,6 @@ def _swapped(
 @lru_cache(maxsize=256)
 def _required_drop(names: frozenset[bytes]) -> frozenset[bytes]:
     return names | {b"authorization"}
-
-
-def resolve(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Target:
-    """Which route, which destination, which path: the only place that decides."""
-    cfg = snap.config
-    t = req.target
-    if req.tunnel is not None:
-        return _intercept(req, snap, rec)
-    if t.startswith("/"):
-        return _gateway(req, snap, rec)
-    scheme, _, rest = t.partition("://")
-    # Some WebSocket clients send `GET ws://host/path` to a proxy.
-    scheme = _SCHEMES.get(scheme.lower(), "")
-    if not scheme or not rest:
-        raise BadRequest("the request target must be an absolute http:// URL or a gateway path.")
-    authority, path = _split_authority(rest)
-    origin = _origin(scheme, authority)
-    rec.mode, rec.host, rec.path = "plain", origin.authority, path.partition("?")[0]
-    # A request to this proxy itself is refused where it is dialled, by address (egress.py).
-    route = snap.table.match(origin.host, origin.port, origin.default_port, rec.path)
-    if route is None:
-        if cfg.unmatched == "deny":
-            raise Denied(f"{origin.authority} matches no route and `unmatched` is deny.")
-        return Target("plain", None, origin, path, _host_header(origin), Guard.UNMATCHED)
-    rec.route = route.name
-    dest = _destination(route, origin)
-    guard = Guard.ROUTE
-    if route.upstream is None and origin.scheme == "http":
-        guard = _clear_text_guard(route, origin.host)
-    if not route.verify:
-        rec.note = "unverified-tls"
-    return Target("plain", route, dest, path, _host_header(dest), guard)
-
-
-def _clear_text_guard(route: Route, host: str) -> Guard:
-    """Credentials never travel in clear text unless the route says so, but to this host itself.
-
-    A loopback IP literal passes now; a ``localhost`` name only if the
-    address it is connected to is loopback (its spelling proves nothing);
-    anything else is refused before a credential is fetched.
-    """
-    if is_ip_literal(host) and is_loopback(host):
-        return Guard.ROUTE
-    if host == "localhost" or host.endswith(".localhost"):
-        return Guard.LOOPBACK
-    raise Denied(
-        f"route {route.name} would send its credential in clear text; set "
-        "`upstream: https://...` (or `upstream: http://...` to allow it).",
-        route.name,
-    )
-
-
-def _intercept(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
-    """A request inside an intercepted CONNECT: the tunnel's authority decides.
-
-    Inside a TLS tunnel the origin is ``https://host:port``; inside a plain
-    one ``http://host:port``, under the rules of an absolute-form request
-    (the clear-text rule among them), logged as mode plain.
-    """
-    tun = req.tunnel
-    assert tun is not None
-    t = req.target
-    plain = tun.scheme == "http"
-    rec.mode, rec.host = "plain" if plain else "intercept", tun.authority
-    if t.startswith("/"):
-        path = t
-    else:
-        scheme, sep, rest = t.partition("://")
-        if not sep or _SCHEMES.get(scheme.lower()) != tun.scheme:
-            raise BadRequest("a request inside an intercepted connection must be origin-form (`GET /path`).")
-        authority, path = _split_authority(rest)
-        if _origin(tun.scheme, authority).host != tun.host:
-            raise MisdirectedRequest(f"the request names {authority[:100]}, but the tunnel goes to {tun.host}.")
-    rec.path = path.partition("?")[0]
-    host = _host_of(req.headers)
-    if host is not None and host != tun.host:
-        # RFC 9110 §15.5.20: the connection is bound to the CONNECT authority.
-        raise MisdirectedRequest(f"the Host header names {host[:100]}, but the tunnel goes to {tun.host}.")
-    route = snap.table.match(tun.host, tun.port, connect_default(tun.port), rec.path)
-    if route is None:
-        if snap.config.unmatched == "deny":
-            raise Denied(f"{tun.authority}{rec.path[:100]} matches no route and `unmatched` is deny.")
-        return Target(rec.mode, None, tun, path, _host_header(tun), Guard.UNMATCHED)
-    rec.route = route.name
-    dest = _destination(route, tun)
-    guard = _clear_text_guard(route, tun.host) if plain and route.upstream is None else Guard.ROUTE
-    if not route.verify:
-        rec.note = "unverified-tls"
-    return Target(rec.mode, route, dest, path, _host_header(dest), guard)
-
-
-def _destination(route: Route, origin: Origin) -> Origin:
-    """Where a matched request goes: the route's `upstream` when it names one, else where it was headed."""
-    up = route.upstream
-    return Origin(up.scheme, up.host, up.port) if up is not None else origin
-
-
-def _host_of(headers: list[tuple[bytes, bytes]]) -> str | None:
-    for name, value in headers:
-        if name.lower() == b"host":
-            return _host_value(value)
-    return None
-
-
-@lru_cache(maxsize=4096)
-def _host_value(value: bytes) -> str:
-    """The normalized host of a Host header; a client sends the same one on every request of a tunnel.
-
-    Remembered, because normalizing parses IP literals (ipaddress), which cost
-    ~5% of the CPU of an intercepted request. A refusal is not remembered.
-    """
-    try:
-        host, _ = split_hostport(value.decode("latin-1").strip())
-        return normalize_host(host)
-    except HostError:
-        raise BadRequest("the Host header is not a valid host.") from None
-
-
-def _gateway(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
-    path, q, query = req.target.partition("?")
-    rec.mode, rec.host, rec.path = "gateway", "-", path
-    found = snap.table.gateway(path)
-    if found is None:
-        raise BadRequest(
-            f"no gateway route has a prefix for {path[:100]}; send absolute-form requests to use the proxy."
-        )
-    route, rest = found
-    up = route.upstream
-    assert up is not None
-    dest = Origin(up.scheme, up.host, up.port)
-    rec.route, rec.host = route.name, dest.authority
-    if not route.verify:
-        rec.note = "unverified-tls"
-    return Target("gateway", route, dest, up.path + rest + q + query, _host_header(dest))
-
-
-def _url(target: Target) -> str:
-    """The URL as sent upstream (a DPoP proof's ``htu`` is it, RFC 9449 §4.2)."""
-    return f"{target.dest.scheme}://{target.host_header}{target.path}"
-
-
-def _split_authority(rest: str) -> tuple[str, str]:
-    cut = len(rest)
-    for sep in "/?#":
-        i = rest.find(sep)
-        if 0 <= i < cut:
-            cut = i
-    authority, path = rest[:cut], rest[cut:]
-    path = path.partition("#")[0]
-    if not path.startswith("/"):
-        path = "/" + path
-    return authority, path
-
-
-@lru_cache(maxsize=4096)
-def _origin(scheme: str, authority: str) -> Origin:
-    if "@" in authority:
-        raise BadRequest("user info in the request target is not accepted.")
-    try:
-        host, port_text = split_hostport(authority)
-        port = parse_port(port_text) if port_text else (443 if scheme == "https" else 80)
-        return Origin(scheme, normalize_host(host), port)
-    except HostError as exc:
-        raise BadRequest(f"bad host in the request target: {exc}.") from None
-
-
-def _host_header(o: Origin) -> str:
-    return format_host(o.host, o.port, o.default_port)
 
 
 def outbound_headers(
