@@ -523,7 +523,11 @@ def image(stages: list[Stage], dfp: DockerfileParser) -> Iterator[Image]:
         build_context(context)
         # What `pip install authproxy-*.whl` puts in site-packages: the package and its dependencies.
         site = root / "site-packages"
-        shutil.copytree(context / "authproxy", site / "authproxy", ignore=shutil.ignore_patterns("__pycache__"))
+        # The sources only: an image's build compiles its own (setup.py), and a checkout's
+        # in-place extensions lean on a shared module outside the package.
+        shutil.copytree(
+            context / "authproxy", site / "authproxy", ignore=shutil.ignore_patterns("__pycache__", "*.so")
+        )
         for dist in _runtime_requirements(context / "pyproject.toml"):
             for f in dist.files or []:
                 src = Path(str(dist.locate_file(f)))

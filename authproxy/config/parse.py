@@ -16,11 +16,12 @@ from authproxy.access import parse_proxy_auth
 from authproxy.config.audit import parse_audit
 from authproxy.config.model import DEFAULT_LISTEN, DEFAULT_STATE_DIR, BwsSettings, Config, Limits, Timeouts
 from authproxy.config.parents import Parents, loops_to_listener, parse_parents
-from authproxy.config.route import existing_file, parse_routes
+from authproxy.config.route import parse_routes
 from authproxy.config.storeconf import parse_token_store
 from authproxy.credentials.grants.bws import check_access_token, parse_endpoints
 from authproxy.net.destinations import parse_destinations
 from authproxy.net.hosts import HostError, normalize_host, parse_port, split_hostport
+from authproxy.schema.files import readable_file
 from authproxy.schema.problems import ConfigError, Problems
 from authproxy.schema.yamlreader import Document, Section
 from authproxy.secrecy.redact import REDACTOR
@@ -89,11 +90,11 @@ def _parse(top: Section, file: Path) -> Config:
         lhost, lport = "127.0.0.1", 8080
     state_dir = Path(top.text("state_dir", default=DEFAULT_STATE_DIR) or DEFAULT_STATE_DIR)
     unmatched = top.choice("unmatched", ("tunnel", "deny"), "tunnel")
-    ca_cert = existing_file(top, "ca_cert")
-    ca_key = existing_file(top, "ca_key")
+    ca_cert = readable_file(top, "ca_cert")
+    ca_key = readable_file(top, "ca_key")
     if top.has("ca_cert") != top.has("ca_key"):
         top.error("ca_key" if top.has("ca_cert") else "ca_cert", "give both `ca_cert` and `ca_key`, or neither")
-    extra_ca_file = existing_file(top, "extra_ca_file")
+    extra_ca_file = readable_file(top, "extra_ca_file")
     limits = _limits(top.section("limits"))
     timeouts = _timeouts(top.section("timeouts"))
     parent, no_parent = parse_parents(top)

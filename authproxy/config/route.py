@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from authproxy.access import parse_allow
@@ -13,6 +12,7 @@ from authproxy.credentials.grants import REGISTRY, Grant
 from authproxy.credentials.tlsclient import parse_client_cert
 from authproxy.net.hosts import HostError, normalize_host, normalize_path, parse_port, split_hostport
 from authproxy.net.parent import parse_upstream_proxy
+from authproxy.schema.files import readable_file
 from authproxy.schema.yamlreader import Section
 
 
@@ -51,7 +51,7 @@ def _route(sec: Section, index: int) -> Route | None:
         sec.error(None, "a route needs `match`, `gateway`, or both")
     if gateway is not None and upstream is None and not sec.has("upstream"):
         sec.error("gateway", "a gateway route needs `upstream` (where to send its requests)")
-    ca_file = existing_file(sec, "ca_file")
+    ca_file = readable_file(sec, "ca_file")
     verify = sec.boolean("verify", True)
     if not verify:
         sec.warn("verify", "upstream certificates are NOT verified for this route")
@@ -83,20 +83,6 @@ def _route(sec: Section, index: int) -> Route | None:
         placeholder=placeholder,
         scrub=scrub,
     )
-
-
-def existing_file(sec: Section, key: str) -> Path | None:
-    """A path to an existing file, relative to the config file's folder."""
-    text = sec.text(key)
-    if text is None:
-        return None
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = sec.base_dir / path
-    if not path.is_file():
-        sec.error(key, f"{path} is not a readable file")
-        return None
-    return path
 
 
 def _match(sec: Section) -> Match | None:

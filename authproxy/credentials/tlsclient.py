@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authproxy.disk.ca import system_roots
+from authproxy.schema.files import readable_file
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret
 
@@ -154,8 +155,8 @@ def parse_client_cert(sec: Section) -> ClientCert | None:
     wrong with it (a key that does not match, a wrong password, a file that
     is not PEM) rather than the first request finding out.
     """
-    cert = _pem_file(sec, "client_cert")
-    key = _pem_file(sec, "client_key")
+    cert = readable_file(sec, "client_cert")
+    key = readable_file(sec, "client_key")
     password = sec.secret("client_key_password")
     if sec.has("client_cert") != sec.has("client_key"):
         sec.error("client_key" if sec.has("client_cert") else "client_cert", "give both `client_cert` and `client_key`")
@@ -175,19 +176,6 @@ def parse_client_cert(sec: Section) -> ClientCert | None:
     if "EXPIRED" in describe_cert(out):
         sec.warn("client_cert", f"the certificate in {cert} has expired; servers will refuse it")
     return out
-
-
-def _pem_file(sec: Section, key: str) -> Path | None:
-    text = sec.text(key)
-    if text is None:
-        return None
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = sec.base_dir / path
-    if not path.is_file() or not os.access(path, os.R_OK):
-        sec.error(key, f"{path} is not a readable file")
-        return None
-    return path
 
 
 # --------------------------------------------------------------------------- rotation
