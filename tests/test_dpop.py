@@ -38,8 +38,11 @@ NODE_DIR = Path(__file__).parent / "node"
 SECRET = "dpop-client-s3cret-4Kq9"
 RESOURCE = "https://api.example.test/"
 
+# Outside CI a checkout without `npm ci --prefix tests/node` skips, saying so; CI (.ci/run
+# installs oidc-provider) never skips: there a missing server fails the module instead.
 pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "oidc-provider").is_dir(),
+    not os.environ.get("CI")
+    and (shutil.which("node") is None or not (NODE_DIR / "node_modules" / "oidc-provider").is_dir()),
     reason="node and oidc-provider (npm ci --prefix tests/node) are needed",
 )
 

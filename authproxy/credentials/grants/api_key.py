@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
-from authproxy.credentials.grants.checks import header_name, no_crlf
+from authproxy.credentials.grants.checks import no_crlf, placement
 from authproxy.schema.yamlreader import Section
 from authproxy.secrecy.secrets import Secret
 
@@ -24,18 +24,8 @@ class ApiKey(Grant):
     @classmethod
     def parse(cls, sec: Section) -> ApiKey:
         value = sec.secret("value", required=True) or Secret("", "")
-        query = sec.text("query")
-        header: str | None = header_name(sec, "header", "Authorization")
-        if query is not None:
-            if sec.has("header"):
-                sec.error("query", "give `header` or `query`, not both")
-            header = None
-        prefix = sec.text("prefix", default="") or ""
-        if query is not None and prefix:
-            sec.error("prefix", "`prefix` applies to a header, not to `query`")
+        header, prefix, query = placement(sec, bearer_for_authorization=False)
         no_crlf(sec, "value", value)
-        if "\r" in prefix or "\n" in prefix:
-            sec.error("prefix", "contains a CR or LF character")
         return cls(value, header, prefix, query)
 
     async def fetch(self, ctx: GrantContext) -> Credential:

@@ -19,6 +19,30 @@ def header_name(sec: Section, key: str, default: str) -> str:
     return name
 
 
+def placement(sec: Section, bearer_for_authorization: bool) -> tuple[str | None, str, str | None]:
+    """Where a fixed value goes: (``header``, ``prefix``, ``query``), one of header or query.
+
+    ``bearer_for_authorization``: with no ``prefix`` given, an ``Authorization``
+    header gets ``Bearer `` (a helper prints a bare token); otherwise none.
+    """
+    query = sec.text("query")
+    header: str | None = header_name(sec, "header", "Authorization")
+    if query is not None:
+        if sec.has("header"):
+            sec.error("query", "give `header` or `query`, not both")
+        header = None
+    prefix = sec.text("prefix")
+    if query is not None and prefix:
+        sec.error("prefix", "`prefix` applies to a header, not to `query`")
+    if prefix is None:
+        # `Bearer ` goes with Authorization only: X-API-Key: Bearer ... would be odd.
+        bearer = bearer_for_authorization and header is not None and header.lower() == "authorization"
+        prefix = "Bearer " if bearer else ""
+    if "\r" in prefix or "\n" in prefix:
+        sec.error("prefix", "contains a CR or LF character")
+    return header, prefix, query
+
+
 def no_crlf(sec: Section, key: str, value: Value | None) -> None:
     """CR or LF in a header value would let a config split the request."""
     if value is not None and ("\r" in value.text or "\n" in value.text):

@@ -28,7 +28,7 @@ from pathlib import PurePath
 from typing import Any
 
 from authproxy.credentials.grants.base import Credential, Grant, GrantContext, register
-from authproxy.credentials.grants.checks import header_name
+from authproxy.credentials.grants.checks import placement
 from authproxy.credentials.grants.oauth import expiry_of
 from authproxy.errors import CredentialUnavailable, TokenEndpointTimeout
 from authproxy.schema.yamlreader import Section
@@ -219,20 +219,7 @@ class Command(Grant):
             expiry_field = None
         timeout = sec.number("timeout", 30.0, minimum=0.1)
 
-        query = sec.text("query")
-        header: str | None = header_name(sec, "header", "Authorization")
-        if query is not None:
-            if sec.has("header"):
-                sec.error("query", "give `header` or `query`, not both")
-            header = None
-        prefix = sec.text("prefix")
-        if query is not None and prefix:
-            sec.error("prefix", "`prefix` applies to a header, not to `query`")
-        if prefix is None:
-            # `Bearer ` goes with Authorization only: X-API-Key: Bearer ... would be odd.
-            prefix = "Bearer " if header is not None and header.lower() == "authorization" else ""
-        if "\r" in prefix or "\n" in prefix:
-            sec.error("prefix", "contains a CR or LF character")
+        header, prefix, query = placement(sec, bearer_for_authorization=True)
 
         # Refresh ahead of expiry, but not so early that a short ttl means a run per request.
         skew = sec.number("refresh_skew", min(60.0, ttl / 2))
