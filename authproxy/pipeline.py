@@ -11,6 +11,7 @@ resolve the target → route (or pass through / deny)
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
@@ -63,11 +64,11 @@ async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessReco
     reply = await exchange(rt, snap, target, req, cred)
     unanswered = False
     if cred.proof is not None:
-        reply, unanswered = await _nonce_retry(rt, snap, target, req, cred, replayable, reply, rec)
+        reply, unanswered = await _nonce_retry(_Resend(rt, snap, target, req, replayable, rec), cred, reply)
     # A 401, or a signing credential's "expired" (AWS answers 400/403 ExpiredToken, not 401).
     refused = reply.status == 401 or (cred.signer is not None and await _expired(reply, cred))
     if refused and route.auth.may_retry() and not unanswered:
-        reply, cred = await _after_unauthorized(rt, snap, target, req, cred, replayable, reply, rec)
+        reply, cred = await _after_unauthorized(_Resend(rt, snap, target, req, replayable, rec), cred, reply)
     if not route.scrub:
         return reply
     # Without the credential (upstream/scrubbed.py), a match of the placeholder's length
@@ -100,46 +101,43 @@ def _admit(req: ProxyRequest, rt: Runtime, snap: Snapshot, target: Target, rec: 
     return target
 
 
-async def _after_unauthorized(
-    rt: Runtime,
-    snap: Snapshot,
-    target: Target,
-    req: ProxyRequest,
-    cred: Credential,
-    replayable: bool,
-    reply: Reply,
-    rec: AccessRecord,
-) -> tuple[Reply, Credential]:
+@dataclass(frozen=True, slots=True)
+class _Resend:
+    """What sending the request once more needs (a nonce challenge, the 401 rule): made only then."""
+
+    rt: Runtime
+    snap: Snapshot
+    target: Target
+    req: ProxyRequest
+    replayable: bool  # the body was kept, so it can be sent again
+    rec: AccessRecord
+
+    async def send(self, cred: Credential) -> Reply:
+        return await exchange(self.rt, self.snap, self.target, self.req, cred)
+
+
+async def _after_unauthorized(again: _Resend, cred: Credential, reply: Reply) -> tuple[Reply, Credential]:
     """The 401 rule: one forced refresh for a burst of 401s, and one retry when the body can be sent again."""
-    assert target.route is not None
-    route = target.route
+    route, tokens, rec = again.target.route, again.rt.tokens, again.rec
+    assert route is not None
     try:
-        retry = await rt.tokens.after_unauthorized(route, cred) if replayable else None
+        retry = await tokens.after_unauthorized(route, cred) if again.replayable else None
     except BaseException:
         reply.release()  # its pooled connection goes back (or closes), not left to the upstream's timeout
         raise
     if retry is None:
-        rt.tokens.mark_stale(route, cred)
+        tokens.mark_stale(route, cred)
         rec.retry = "skipped"
         return reply, cred
     reply.release()
-    reply = await exchange(rt, snap, target, req, retry)
+    reply = await again.send(retry)
     if retry.proof is not None:
-        reply, _ = await _nonce_retry(rt, snap, target, req, retry, replayable, reply, rec)
+        reply, _ = await _nonce_retry(again, retry, reply)
     rec.token, rec.retry = TokenState.RETRIED.value, "done"
     return reply, retry
 
 
-async def _nonce_retry(
-    rt: Runtime,
-    snap: Snapshot,
-    target: Target,
-    req: ProxyRequest,
-    cred: Credential,
-    replayable: bool,
-    reply: Reply,
-    rec: AccessRecord,
-) -> tuple[Reply, bool]:
+async def _nonce_retry(again: _Resend, cred: Credential, reply: Reply) -> tuple[Reply, bool]:
     """The reply to a request sent with a per-request proof, a nonce challenge answered once;
     and whether it is a challenge left unanswered (a body too large to replay).
 
@@ -149,13 +147,14 @@ async def _nonce_retry(
     back to the client as it came, and is no reason to drop the token.
     """
     assert cred.proof is not None
-    if not cred.proof.answered(url_of(target), reply.status, reply.headers):
+    rec = again.rec
+    if not cred.proof.answered(url_of(again.target), reply.status, reply.headers):
         return reply, False
-    if not replayable:
+    if not again.replayable:
         rec.retry = "skipped"
         return reply, True
     reply.release()
-    reply = await exchange(rt, snap, target, req, cred)
+    reply = await again.send(cred)
     rec.retry = rec.retry or "nonce"
     return reply, False
 
