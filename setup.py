@@ -32,6 +32,10 @@ HOT = [
     "authproxy/server/connection.py",
     "authproxy/server/reading.py",
     "authproxy/net/egress.py",
+    "authproxy/http1/h1message.py",
+    "authproxy/upstream/h1client.py",
+    "authproxy/upstream/h1parse.py",
+    "authproxy/upstream/h1send.py",
 ]
 
 

@@ -29,6 +29,10 @@ COMPILED = (
     "authproxy.server.connection",
     "authproxy.server.reading",
     "authproxy.net.egress",
+    "authproxy.http1.h1message",
+    "authproxy.upstream.h1client",
+    "authproxy.upstream.h1parse",
+    "authproxy.upstream.h1send",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"

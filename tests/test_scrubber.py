@@ -17,7 +17,7 @@ import pytest
 from authproxy import config
 from authproxy.credentials.grants import Credential
 from authproxy.errors import UnscrubbableEncoding
-from authproxy.http1.h1message import UpstreamBodyError
+from authproxy.http1.h1errors import UpstreamBodyError
 from authproxy.http1.wsframes import FrameError, FrameScrubber
 from authproxy.messages import Reply
 from authproxy.ops.accesslog import AccessRecord

@@ -1,11 +1,8 @@
 """What travels on an upstream HTTP/1.1 connection, apart from the connection itself.
 
 The request head as one bytes object, the response as the pool hands it out
-(status, reason, raw headers, the body as an async iterator), and the two
-errors the rest of the proxy tells apart: ``NoAnswer`` (a stale pooled
-connection; the pool may resend) and ``UpstreamBodyError``, a
-``ConnectionError`` that the server already treats as an upstream breaking
-off mid-body (the client connection is cut, never padded).
+(status, reason, raw headers, the body as an async iterator). The errors
+that go with them are h1errors.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from authproxy.errors import ProxyError, UpstreamError
+from authproxy.errors import ProxyError
 
 if TYPE_CHECKING:
     from authproxy.net.egress import Rule
@@ -23,14 +20,6 @@ if TYPE_CHECKING:
 
 # Methods whose requests carry no Content-Length when they have no body (RFC 9110 §8.6).
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
-
-
-class UpstreamBodyError(ConnectionError):
-    """The upstream broke off, stalled or lied about framing in the middle of a body."""
-
-
-class NoAnswer(UpstreamError):
-    """The connection closed before a single byte of an answer: what a stale pooled connection does."""
 
 
 # A streamed body (an async iterable) may also have ``ready() -> bytes | None``:

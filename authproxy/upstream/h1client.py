@@ -12,7 +12,7 @@ exchange and its timers.
 
 Errors before the response head are ``ProxyError``s naming the upstream (the
 pool decides whether a ``NoAnswer`` on a reused connection is resent). Errors
-after it end the body with ``UpstreamBodyError`` (see h1message.py).
+after it end the body with ``UpstreamBodyError`` (see h1errors.py).
 """
 
 from __future__ import annotations
@@ -27,15 +27,22 @@ from typing import cast
 import httptools
 
 from authproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamTLSError, one_line
-from authproxy.http1.h1message import Body, Key, NoAnswer, Response, UpstreamBodyError
+from authproxy.http1.h1errors import NoAnswer, UpstreamBodyError
+from authproxy.http1.h1message import Body, Key, Response
 from authproxy.transport import recvbuf
 from authproxy.transport.lost import LOST
-from authproxy.upstream.h1parse import BODY, DONE, HEAD, IDLE, ResponseParsing, new_parser, wake
+from authproxy.upstream.h1parse import BODY, DONE, HEAD, IDLE, new_parser, wake
 from authproxy.upstream.h1send import RequestSending
 
 
-class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
-    """One upstream connection; the pool's, reused for one exchange after another."""
+class H1Connection(RequestSending):
+    """One upstream connection; the pool's, reused for one exchange after another.
+
+    Not an asyncio protocol itself: ``wire()`` is its protocol. With no interpreted
+    base class, mypyc compiles it as a native class (its fields are slots, its calls
+    direct); a native class under an interpreted subclass is what mypyc cannot free
+    safely once something holds a weak reference to it.
+    """
 
     # Set on a connection of its own that asks to switch protocols (upgrade.py): called, on
     # the 101, with the transport and the bytes that came after the 101's head.
@@ -304,13 +311,6 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost decides what the EOF meant
 
-    # Bytes arrive in the process's shared buffer (recvbuf.py): the parser copies
-    # what it hands on (head fields, body chunks) before buffer_updated returns.
-    get_buffer = staticmethod(recvbuf.get_buffer)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(recvbuf.VIEW[:nbytes])
-
     def data_received(self, data: bytes | memoryview) -> None:
         phase = self._phase
         if phase == HEAD:
@@ -382,3 +382,37 @@ class H1Connection(RequestSending, ResponseParsing, asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class Wire(asyncio.BufferedProtocol):
+    """The asyncio protocol of one ``H1Connection``: each callback handed to it.
+
+    Bytes arrive in the process's shared buffer (recvbuf.py): the parser copies
+    what it hands on (head fields, body chunks) before ``buffer_updated`` returns.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: H1Connection) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def eof_received(self) -> bool:
+        return self.conn.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return recvbuf.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.data_received(recvbuf.VIEW[:nbytes])

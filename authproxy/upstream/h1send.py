@@ -12,23 +12,24 @@ import asyncio
 from collections.abc import AsyncIterable
 
 from authproxy.errors import ProxyError, UpstreamError
-from authproxy.upstream.h1parse import DONE, HEAD
+from authproxy.upstream.h1parse import DONE, HEAD, ResponseParsing
 
 # What of a streamed body is already at hand leaves with the head up to this much (and the chunk crossing it).
 _WITH_HEAD = 256 * 1024
 
 
-class RequestSending:
-    """The request-body half of ``H1Connection``: the first write, the sender task, the drain."""
+class RequestSending(ResponseParsing):
+    """The request-body half of ``H1Connection``: the first write, the sender task, the drain.
+
+    It extends the response half, not beside it: mypyc compiles single inheritance
+    (and one interpreted base, asyncio's protocol, which ``H1Connection`` adds).
+    """
 
     authority: str
-    transport: asyncio.Transport | None
     closed: bool
     sent: bool
     _loop: asyncio.AbstractEventLoop
-    _phase: int
     _write_paused: bool
-    _drain_waiter: asyncio.Future[None] | None
     _sender: asyncio.Task[None] | None
 
     def abort(self) -> None:

@@ -22,13 +22,14 @@ from typing import TypeVar
 
 from authproxy.config import Timeouts
 from authproxy.errors import UpstreamError, UpstreamProxyAuthFailed, UpstreamTimeout, UpstreamTLSError
-from authproxy.http1.h1message import Body, Key, NoAnswer, Response, serialize_request
+from authproxy.http1.h1errors import NoAnswer
+from authproxy.http1.h1message import Body, Key, Response, serialize_request
 from authproxy.messages import Origin
 from authproxy.net import chain
 from authproxy.net.egress import Egress, Guard
 from authproxy.net.hosts import format_host
 from authproxy.net.parent import Parent, auth_failed
-from authproxy.upstream.h1client import H1Connection
+from authproxy.upstream.h1client import H1Connection, Wire
 
 MAX_IDLE_PER_KEY = 256
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -61,13 +62,14 @@ class Pool:
         a parent it is a tunnel whatever the scheme (RFC 6455 §4.1), so it is spoken to as a direct one."""
         key = (dest.scheme, dest.host, dest.port, sslctx, self._egress.rule(guard), parent)
 
-        def factory() -> H1Connection:
+        def factory() -> Wire:
             conn = H1Connection(key, dest.authority, self._max_head, self._idle_timeout, _close, _forget)
             conn.on_switch = on_switch
-            return conn
+            return Wire(conn)
 
         handshake = self._handshake_timeout if sslctx is not None else None
-        return await dial(self._egress, dest, sslctx, guard, factory, connect_timeout, handshake, parent, tunnel=True)
+        wire = await dial(self._egress, dest, sslctx, guard, factory, connect_timeout, handshake, parent, tunnel=True)
+        return wire.conn
 
     async def request(
         self,
@@ -184,13 +186,14 @@ class Pool:
         """A new connection, made by the one dial that judges addresses (loop check, destination policy)."""
         authority = dest.authority
 
-        def factory() -> H1Connection:
-            return H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost)
+        def factory() -> Wire:
+            return Wire(H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost))
 
         handshake = self._handshake_timeout if sslctx is not None else None
-        conn = await dial(
+        wire = await dial(
             self._egress, dest, sslctx, key[4].guard, factory, self._connect_timeout, handshake, key[5], tunnel=False
         )
+        conn = wire.conn
         if self._closed:
             conn.abort()
             raise UpstreamError(f"cannot connect to {authority}: the proxy is shutting down.")

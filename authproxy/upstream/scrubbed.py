@@ -29,7 +29,8 @@ from typing import Protocol
 
 from authproxy.credentials.grants import Credential
 from authproxy.errors import UnscrubbableEncoding
-from authproxy.http1.h1message import Response, UpstreamBodyError
+from authproxy.http1.h1errors import UpstreamBodyError
+from authproxy.http1.h1message import Response
 from authproxy.http1.wsframes import FrameError, FrameScrubber
 from authproxy.messages import ByteReader, Reply, Upgraded
 from authproxy.ops.accesslog import AccessRecord
