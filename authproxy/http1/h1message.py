@@ -113,7 +113,10 @@ def serialize_request(
     """The request head in one bytes object, framing header included."""
     parts = [method, b" ", _target_bytes(target), b" HTTP/1.1\r\n"]
     for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if body is None:
         if method not in _NO_BODY_METHODS:
             parts.append(b"Content-Length: 0\r\n")

@@ -115,10 +115,28 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[byte
     return te, cl, connection
 
 
+# Status lines already made, by (status, reason): formatting one costs more than the rest of the head.
+# Bounded, as an upstream chooses its reasons: past the bound a line is made each time.
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[key] = line
+    return line
+
+
 def _head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+    parts = [_status_line(status, reason)]
     for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     parts.append(b"\r\n")
     head = b"".join(parts)
     # One line per field: a CR or LF inside a value would split the response.
