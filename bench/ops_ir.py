@@ -37,7 +37,7 @@ async def serve(n: int) -> None:
     parts = os.environ.get("PARTS", "emit,metrics")
     for i in range(n):
         started = time.perf_counter()
-        rec = AccessRecord(method="GET", mode="plain", host="-", path="")
+        rec = AccessRecord("GET", "plain", "-", "")
         rec.host, rec.path, rec.route = "127.0.0.1:8080", "/x", "bench"
         rec.token = "fresh"
         rec.status = 200

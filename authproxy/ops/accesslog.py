@@ -137,9 +137,6 @@ class TextFormatter(logging.Formatter):
             return f"{ts} {record.levelname.lower()} {self.tag}{redact(text)}"
         return text_line(rec, ts)
 
-    def access(self, rec: AccessRecord) -> str:
-        return text_line(rec, self.clock.stamp(time.time()))
-
 
 class JsonFormatter(logging.Formatter):
     tag = ""
@@ -159,9 +156,6 @@ class JsonFormatter(logging.Formatter):
                 data["exception"] = redact(trace)
             return json.dumps(data)
         return json_line(rec, ts)
-
-    def access(self, rec: AccessRecord) -> str:
-        return json_line(rec, self.clock.stamp(time.time()))
 
 
 # Set by setup() when our own stderr handler is the only one: access lines then
@@ -227,7 +221,7 @@ class BatchingStderrHandler(logging.Handler):
         self._schedule()
 
     def access(self, rec: AccessRecord) -> None:
-        """An access line without a LogRecord (see ``_direct``): what ``fmt.access`` writes, inlined."""
+        """An access line without a LogRecord (see ``_direct``), stamped as ``format`` stamps one."""
         fmt = self._access
         assert fmt is not None  # setup() gives this handler one of ours
         clock, now = fmt.clock, time.time()
@@ -252,8 +246,13 @@ class BatchingStderrHandler(logging.Handler):
             return
         lines, self._lines = self._lines, []
         stream = sys.stderr
+        if self._shared:
+            pieces = _pieces(lines)
+        else:
+            lines.append("")  # the last line's end
+            pieces = ["\n".join(lines)]
         try:
-            for text in _pieces(lines) if self._shared else ["\n".join(lines) + "\n"]:
+            for text in pieces:
                 stream.write(text)
                 stream.flush()
         except (OSError, ValueError):
