@@ -82,7 +82,8 @@ def text_line(rec: AccessRecord, ts: str) -> str:
 
 def json_line(rec: AccessRecord, ts: str) -> str:
     # The record's fields in their order, but ``audit``; built by hand: dataclasses.asdict
-    # deep-copies every value, ~7x the cost of the rest of the line.
+    # deep-copies every value, three times the cost of the rest of the line
+    # (bench/ops_ir.py json: ~210,000 -> ~55,000 instructions a line).
     return json.dumps(
         {
             "time": ts,
