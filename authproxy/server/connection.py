@@ -222,7 +222,7 @@ class Connection(RequestReading):
         method = req.method.decode("ascii", "replace")
         target = req.target.decode("latin-1")
         # The path is the pipeline's to log once it understood the target; log_path only if it never did.
-        rec = AccessRecord(method=method, mode="plain", host="-", path="")
+        rec = AccessRecord(method, "plain", "-", "")  # positional: a class call with keywords builds a dict
         body: RequestBody | None = None
         try:
             check_framing(req)
