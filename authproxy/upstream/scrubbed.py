@@ -99,9 +99,10 @@ def scrub_reply(
     """
     hit = _NEEDLES.get(id(cred))
     needles = hit[1] if hit is not None and hit[0] is cred else needles_of(cred)
-    if not needles:
+    if not needles.forms:  # not `not needles`: Needles.__bool__ is a Python call
         return reply
-    # The status line and every name and value in one buffer, searched once per form.
+    # The status line and every name and value in one buffer, searched once per form. Cheaper than
+    # skipping fields shorter than every form: any per-field look (their lengths, sorted) costs more.
     head = b"\n".join([reply.reason, *chain.from_iterable(reply.headers)])
     if needles.found(head):
         _scrub_head(reply, needles, substitute, rec)
