@@ -17,11 +17,12 @@ spelling less one byte), and releases everything before it at once. A tail
 that cannot begin a spelling is not kept: a Server-Sent Event ends in
 ``\\n\\n``, which no spelling holds, so every event leaves the moment it arrives.
 
-Cost: one ``bytes.find`` pass per spelling over the data (a handful per
-value: a key of letters and digits has four), plus, per chunk, a look at
-its last byte (one that occurs in no spelling settles it) or else a few
-``find`` calls among its last bytes. A chunk with nothing to
-replace and no tail to keep is passed on as the same object.
+Cost: one search per spelling over the data (a handful per value: a key of
+letters and digits has four; ``findany.py``: glibc's ``memmem`` over a large
+chunk, ``bytes.partition`` over a small one), plus, per chunk, a look at its
+last byte (one that occurs in no spelling settles it) or else a few ``find``
+calls among its last bytes. A chunk with nothing to replace and no tail to
+keep is passed on as the same object.
 """
 
 from __future__ import annotations
