@@ -6,13 +6,15 @@ processes from this checkout whose configs differ only in the route's `scrub:`, 
 rounds: in each, for each proxy (the order alternating), small GETs with wrk (absolute-form,
 keep-alive) and a 100 MB download with curl. Reports medians of req/s, the proxy's CPU ms per
 1,000 requests (from /proc/PID/stat) and the download's seconds and proxy CPU seconds; then, in
-this process, what bounds the download's cost: one `bytes.find` pass over the 100 MB against
-the scrubber's pass over it in 256 KiB chunks (the proxy's read size).
+this process, what bounds the download's cost: one `bytes.find` and one `memmem` pass over the
+100 MB against the scrubber's pass over it in 256 KiB chunks (the proxy's read size).
 
     python3 bench/scrub.py                 # 3 rounds of 5 s small GETs and one download each
     python3 bench/scrub.py --rounds 5 --seconds 10 --connections 64
     python3 bench/scrub.py --instructions  # instructions per small GET under callgrind (valgrind):
                                            # steady on a shared machine, where wall-clock is not
+    python3 bench/scrub.py --scan          # only the in-process passes over the 100 MB file
+    python3 bench/scrub.py --token test-token --instructions   # another token (the peer harness's)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ TOKEN = "bench-scrub-token-0123456789abcdef"
 BIG_MB = 100
 
 
-def _nginx(work: Path, port: int) -> subprocess.Popen[bytes]:
+def _files(work: Path) -> Path:
+    """The 100-byte file and the 100 MB one of random bytes, made once."""
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "small.txt").write_bytes(b"x" * 99 + b"\n")
@@ -50,6 +53,11 @@ def _nginx(work: Path, port: int) -> subprocess.Popen[bytes]:
         d.chmod(0o755)
     for f in www.iterdir():
         f.chmod(0o644)
+    return www
+
+
+def _nginx(work: Path, port: int) -> subprocess.Popen[bytes]:
+    www = _files(work)
     conf = work / "nginx.conf"
     conf.write_text(
         f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
@@ -66,7 +74,7 @@ http {{ access_log off; sendfile on; keepalive_requests 1000000;
     return p
 
 
-def _proxy(work: Path, name: str, up: int, scrub: bool, loop: str) -> tuple[subprocess.Popen[bytes], int]:
+def _proxy(work: Path, name: str, up: int, scrub: bool, loop: str, token: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     routes = work / f"routes-{name}.yaml"
     routes.write_text(
@@ -77,7 +85,7 @@ def _proxy(work: Path, name: str, up: int, scrub: bool, loop: str) -> tuple[subp
     )
     cmd = [sys.executable, "-m", "authproxy", "run", "-c", str(routes), "--loop", loop]
     log = work / f"{name}.log"
-    p = spawn(cmd, log, env={"BENCH_TOKEN": TOKEN, "PYTHONPATH": project_pythonpath()}, cwd=BENCH.parent)
+    p = spawn(cmd, log, env={"BENCH_TOKEN": token, "PYTHONPATH": project_pythonpath()}, cwd=BENCH.parent)
     wait_port(port, p, log)
     return p, port
 
@@ -111,14 +119,21 @@ def _download(proxy: subprocess.Popen[bytes], port: int, up: int) -> dict[str, f
     return {"seconds": float(seconds), "cpu_s": _cpu(proxy.pid) - before}
 
 
-def _in_process(work: Path) -> dict[str, float]:
-    """The download's floor: one bytes.find pass over 100 MB, and the scrubber's pass, best of 3."""
-    sys.path.insert(0, str(BENCH.parent))
-    from authproxy.secrecy.scrub import Scrubber, needles_for
+def _in_process(work: Path, token: str) -> dict[str, float]:
+    """The download's floor: one search pass over 100 MB, and the scrubber's passes, best of 3 each.
 
-    data = (work / "www" / "big.bin").read_bytes()
+    One ``bytes.find`` and one glibc ``memmem`` pass for the longest form; the scrubber over the
+    file in 256 KiB chunks (the proxy's read size) with ``memmem`` (where the C library has it)
+    and with ``bytes`` methods only (what runs elsewhere).
+    """
+    sys.path.insert(0, str(BENCH.parent))
+    from authproxy.secrecy.findany import NATIVE
+    from authproxy.secrecy.scrub import Needles, Scrubber, needles_for
+
+    data = (_files(work) / "big.bin").read_bytes()
     chunks = [data[i : i + 262144] for i in range(0, len(data), 262144)]
-    needles = needles_for([TOKEN])
+    needles = needles_for([token])
+    form = needles.forms[0]
 
     def best(fn: object) -> float:
         times = []
@@ -126,16 +141,20 @@ def _in_process(work: Path) -> dict[str, float]:
             t0 = time.perf_counter()
             fn()  # type: ignore[operator]
             times.append(time.perf_counter() - t0)
-        return min(times)
+        return round(min(times), 4)
 
-    def scrub() -> None:
-        s = Scrubber(needles)
+    def scrub(native: bool) -> None:
+        s = Scrubber(Needles(needles.forms, native))
         for c in chunks:
             s.feed(c)
         s.flush()
 
-    one = best(lambda: [c.find(needles.forms[0]) for c in chunks])
-    return {"forms": len(needles.forms), "find_pass_s": one, "scrubber_s": best(scrub)}
+    out = {"forms": len(needles.forms), "find_pass_s": best(lambda: [c.find(form) for c in chunks])}
+    if NATIVE is not None:
+        out["memmem_pass_s"] = best(lambda: [NATIVE(c, len(c), form, len(form)) for c in chunks])
+        out["scrubber_memmem_s"] = best(lambda: scrub(True))
+    out["scrubber_python_s"] = best(lambda: scrub(False))
+    return out
 
 
 def _keepalive_gets(port: int, up: int, n: int) -> None:
@@ -155,7 +174,7 @@ def _keepalive_gets(port: int, up: int, n: int) -> None:
         c.close()
 
 
-def _instructions(work: Path, up: int, name: str, n: int) -> int:
+def _instructions(work: Path, up: int, name: str, n: int, token: str) -> int:
     """Instructions the proxy runs, from start to stop, serving ``n`` small GETs (callgrind)."""
     routes = work / f"routes-{name}.yaml"
     port = int(routes.read_text().split("listen: ")[1].split()[0].rsplit(":", 1)[1])
@@ -163,7 +182,7 @@ def _instructions(work: Path, up: int, name: str, n: int) -> int:
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", os.path.realpath(sys.executable)]
     cmd += ["-m", "authproxy", "run", "-c", str(routes), "--loop", "asyncio"]
     log = work / f"callgrind-{name}.log"
-    p = spawn(cmd, log, env={"BENCH_TOKEN": TOKEN, "PYTHONPATH": project_pythonpath()}, cwd=BENCH.parent)
+    p = spawn(cmd, log, env={"BENCH_TOKEN": token, "PYTHONPATH": project_pythonpath()}, cwd=BENCH.parent)
     wait_port(port, p, log, timeout=300)
     _keepalive_gets(port, up, n)
     os.kill(p.pid, signal.SIGINT)
@@ -171,11 +190,11 @@ def _instructions(work: Path, up: int, name: str, n: int) -> int:
     return int(re.search(r"^summary: (\d+)", out.read_text(), re.M).group(1))  # type: ignore[union-attr]
 
 
-def _per_request(work: Path, up: int) -> None:
+def _per_request(work: Path, up: int, token: str) -> None:
     """The difference between 2,000 and 400 requests, per request: start-up and shutdown cancel out."""
     per = {}
     for name in ("off", "on"):
-        per[name] = (_instructions(work, up, name, 2000) - _instructions(work, up, name, 400)) / 1600
+        per[name] = (_instructions(work, up, name, 2000, token) - _instructions(work, up, name, 400, token)) / 1600
     print(f"instructions per small GET (asyncio loop): off {per['off']:,.0f}, on {per['on']:,.0f}")
     print(f"scrubbing adds {per['on'] - per['off']:,.0f} ({100 * (per['on'] / per['off'] - 1):+.1f} %)")
 
@@ -187,18 +206,23 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("--instructions", action="store_true", help="count instructions per small GET instead")
+    ap.add_argument("--scan", action="store_true", help="only the in-process passes over the 100 MB file")
+    ap.add_argument("--token", default=TOKEN, help="the route's token (its forms are what is searched for)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/authproxy-bench-scrub"))
     args = ap.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     atexit.register(stop_all)
+    if args.scan:
+        print(f"in process, 100 MB: {_in_process(work, args.token)}")
+        return 0
     up = free_port()
     _nginx(work, up)
-    proxies = {name: _proxy(work, name, up, name == "on", args.loop) for name in ("off", "on")}
+    proxies = {name: _proxy(work, name, up, name == "on", args.loop, args.token) for name in ("off", "on")}
     if args.instructions:
         for proc, _ in proxies.values():
             stop(proc)
-        _per_request(work, up)
+        _per_request(work, up, args.token)
         return 0
     runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     for r in range(args.rounds):
@@ -219,7 +243,7 @@ def main() -> int:
     print(f"small GET CPU per request: {100 * (on['cpu_ms_per_1k'] / off['cpu_ms_per_1k'] - 1):+.1f} %")
     print(f"small GET req/s: {100 * (on['rps'] / off['rps'] - 1):+.1f} %")
     print(f"download proxy CPU: +{on['cpu_s'] - off['cpu_s']:.3f} s")
-    print(f"in process, 100 MB: {_in_process(work)}")
+    print(f"in process, 100 MB: {_in_process(work, args.token)}")
     return 0
 
 

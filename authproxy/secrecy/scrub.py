@@ -17,18 +17,20 @@ spelling less one byte), and releases everything before it at once. A tail
 that cannot begin a spelling is not kept: a Server-Sent Event ends in
 ``\\n\\n``, which no spelling holds, so every event leaves the moment it arrives.
 
-Cost: one ``bytes.find`` pass per spelling over the data (a handful per
-value: a key of letters and digits has four), plus, per chunk, a look at
-its last byte (one that occurs in no spelling settles it) or else a few
-``find`` calls among its last bytes. A chunk with nothing to
-replace and no tail to keep is passed on as the same object.
+Cost: one search per spelling over the data (a handful per value: a key of
+letters and digits has four; ``findany.py``: glibc's ``memmem`` over a large
+chunk, ``bytes.partition`` over a small one), plus, per chunk, a look at its
+last byte (one that occurs in no spelling settles it) or else a few ``find``
+calls among its last bytes. A chunk with nothing to replace and no tail to
+keep is passed on as the same object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from authproxy.secrecy.findany import AnyOf
 from authproxy.secrecy.redact import derived_forms
 
 __all__ = ["Needles", "Scrubber", "needles_for"]
@@ -37,31 +39,23 @@ __all__ = ["Needles", "Scrubber", "needles_for"]
 class Needles:
     """The byte strings to replace, longest first; computed once per set of values."""
 
-    __slots__ = ("_firsts", "alphabet", "forms", "longest", "shortest")
+    __slots__ = ("_firsts", "alphabet", "forms", "found", "longest", "shortest", "spans")
 
-    def __init__(self, forms: Iterable[bytes]) -> None:
+    def __init__(self, forms: Iterable[bytes], native: bool = True) -> None:
         self.forms: tuple[bytes, ...] = tuple(sorted({f for f in forms if f}, key=lambda f: (-len(f), f)))
         self.longest = len(self.forms[0]) if self.forms else 0
         self.shortest = len(self.forms[-1]) if self.forms else 0
         # Bytes that occur in some form: data ending in any other byte has no tail to keep.
         self.alphabet = frozenset(b for f in self.forms for b in f)
         self._firsts = tuple((f, f[:1]) for f in self.forms)
+        search = AnyOf(self.forms, native)
+        # Whether any form occurs in some data; and every occurrence of every form in it, as
+        # (start, end), overlaps included. Bound methods kept: one attribute load per call.
+        self.found: Callable[[bytes], bool] = search.found
+        self.spans: Callable[[bytes], list[tuple[int, int]]] = search.spans
 
     def __bool__(self) -> bool:
         return bool(self.forms)
-
-    def found(self, data: bytes) -> bool:
-        return _found(self.forms, data)
-
-    def spans(self, data: bytes) -> list[tuple[int, int]]:
-        """Every occurrence of every form in ``data``, as (start, end), overlaps included."""
-        found: list[tuple[int, int]] = []
-        for form in self.forms:
-            i = data.find(form)
-            while i >= 0:
-                found.append((i, i + len(form)))
-                i = data.find(form, i + 1)
-        return found
 
     def partial_start(self, data: bytes) -> int:
         """Where the longest tail of ``data`` that is a proper prefix of some form starts (its length if none).
@@ -108,8 +102,8 @@ class Scrubber:
     def feed(self, data: bytes) -> bytes:
         """What of the stream so far can leave now, scrubbed."""
         needles = self._needles
-        if not self._tail and data and not _found(needles.forms, data):
-            # The common case, one ``find`` pass per form: nothing to replace; keep the tail that
+        if not self._tail and data and not needles.found(data):
+            # The common case, one search per form: nothing to replace; keep the tail that
             # may begin a form, if the last byte can be part of one at all.
             if data[-1] not in needles.alphabet:
                 return data
@@ -151,15 +145,6 @@ class Scrubber:
         if self._tally is not None:
             self._tally.scrubbed += n
         return bytes(out)
-
-
-def _found(forms: tuple[bytes, ...], data: bytes) -> bool:
-    # find, not `in`: bytes.__contains__ first tries the needle as an integer, and
-    # raises and clears a formatted TypeError for each (~700 instructions a call).
-    for form in forms:  # noqa: SIM110 - any() over a generator costs a frame on every reply
-        if data.find(form) >= 0:
-            return True
-    return False
 
 
 def _before_straddling(spans: list[tuple[int, int]], cut: int) -> int:
