@@ -36,6 +36,8 @@ HOT = [
     "authproxy/upstream/h1client.py",
     "authproxy/upstream/h1parse.py",
     "authproxy/upstream/h1send.py",
+    "authproxy/secrecy/scrub.py",
+    "authproxy/upstream/scrubbed.py",
 ]
 
 

@@ -33,6 +33,8 @@ COMPILED = (
     "authproxy.upstream.h1client",
     "authproxy.upstream.h1parse",
     "authproxy.upstream.h1send",
+    "authproxy.secrecy.scrub",
+    "authproxy.upstream.scrubbed",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"

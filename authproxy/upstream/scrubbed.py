@@ -127,7 +127,7 @@ def scrub_reply(
             raise
         if wbits is not None:
             reply.headers = [h for h in reply.headers if h[0].lower() not in _DECODED]
-            reply.body = ScrubbedBody(_decompressed(body, wbits), scrubber)
+            reply.body = ScrubbedBody(_Inflated(body, wbits), scrubber)
             return reply
     if isinstance(body, Response):
         body.filter(scrubber)  # no wrapping iterator: the hot path of a small reply
@@ -177,30 +177,56 @@ class ScrubbedBody:
             return scrubber.flush()
 
 
-async def _decompressed(body: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
-    """``body`` inflated in steps of at most ``_STEP`` bytes; gzip members one after another (RFC 1952 §2.2)."""
-    d = zlib.decompressobj(wbits)
-    first = True
-    async for chunk in body:
-        data = chunk
-        while data:
+class _Inflated:
+    """``body`` inflated in steps of at most ``_STEP`` bytes; gzip members one after another (RFC 1952 §2.2).
+
+    An iterator class rather than an async generator, which mypyc cannot compile.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], wbits: int) -> None:
+        self._body = body
+        self._d = zlib.decompressobj(wbits)
+        self._wbits = wbits
+        self._first = True
+        self._data = b""  # compressed bytes not inflated yet
+        self._ended = False
+
+    def __aiter__(self) -> _Inflated:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            while self._data:
+                out = self._step()
+                if out:
+                    return out
+            if self._ended:
+                raise StopAsyncIteration
             try:
-                out = d.decompress(data, _STEP)
-            except zlib.error:
-                if not (first and wbits == 15):
-                    raise UpstreamBodyError("the compressed response body is corrupt") from None
-                d, wbits = zlib.decompressobj(-15), -15  # "deflate" sent as raw deflate
-                continue
-            first = False
-            if out:
-                yield out
-            data = d.unconsumed_tail
-            if d.eof:
-                data = d.unused_data
-                if data:
-                    d = zlib.decompressobj(wbits)
-    if not d.eof and not first:
-        raise UpstreamBodyError("the compressed response body ends before its stream does")
+                self._data = await self._body.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                if not self._d.eof and not self._first:
+                    raise UpstreamBodyError("the compressed response body ends before its stream does") from None
+                raise
+
+    def _step(self) -> bytes:
+        d = self._d
+        try:
+            out = d.decompress(self._data, _STEP)
+        except zlib.error:
+            if not (self._first and self._wbits == 15):
+                raise UpstreamBodyError("the compressed response body is corrupt") from None
+            self._d, self._wbits = zlib.decompressobj(-15), -15  # "deflate" sent as raw deflate
+            return b""
+        self._first = False
+        data = d.unconsumed_tail
+        if d.eof:
+            data = d.unused_data
+            if data:
+                self._d = zlib.decompressobj(self._wbits)
+        self._data = data
+        return out
 
 
 class _Stream(Protocol):
