@@ -104,7 +104,8 @@ class Connection(RequestReading):
                     await self._drain()
         if pending is not None:
             self.stream.write(pending + framer.end())
-        await self._drain()
+        if not self.stream.writable:
+            await self._drain()
 
     async def _drain(self) -> None:
         """Wait for the client to take what was written; its reset is the client's going, not the upstream's."""
@@ -250,7 +251,10 @@ class Connection(RequestReading):
                 reply.release()  # a body still on its way upstream stops here (h1client)
                 rec.bytes_in = body.bytes_in  # counted once the response is done: it goes on meanwhile
             if not self.req_done:
-                return await self._finish_body(body)
+                if length == 0 and not self.waiting_100:
+                    self.req_done = True  # a request without a body: nothing left to read (_finish_body's answer)
+                else:
+                    return await self._finish_body(body)
         except ProxyError as err:
             err.with_route(rec.route)
             await self._send_error(err, rec)

@@ -92,7 +92,12 @@ class ClientStream(asyncio.BufferedProtocol):
         if len(buf) > HIGH_WATER and not self._read_paused and self._transport is not None:
             self._read_paused = True
             self._transport.pause_reading()
-        self._wake()
+        # _wake, inline: this runs for every read.
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -139,18 +144,31 @@ class ClientStream(asyncio.BufferedProtocol):
 
         A cancelled wait loses nothing: what arrived meanwhile is in ``buf``.
         """
-        if self._read_paused:
-            self._read_paused = False
-            self.transport.resume_reading()
-        if not self.eof:
-            waiter = self._waiter = self._loop.create_future()
+        waiter = self.arm()
+        if waiter is not None:
             try:
                 await waiter
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        if self._error is not None and not self.buf:
-            raise self._error if isinstance(self._error, OSError) else ConnectionResetError(str(self._error))
+        self.check()
+
+    def arm(self) -> asyncio.Future[None] | None:
+        """``more`` in two halves, for a caller that awaits the future itself (one coroutine fewer
+        per read): the future the next read, the EOF or the loss completes; None at EOF. ``check`` after."""
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self.eof:
+            return None
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
+    def check(self) -> None:
+        """After a wait: OSError when the connection broke and nothing it brought is left to read."""
+        error = self._error
+        if error is not None and not self.buf:
+            raise error if isinstance(error, OSError) else ConnectionResetError(str(error))
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all there are when negative), b"" at EOF: what a tunnel pumps."""
@@ -172,7 +190,15 @@ class ClientStream(asyncio.BufferedProtocol):
     # -- writing ---------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        transport = self._transport
+        assert transport is not None
+        transport.write(data)
+
+    @property
+    def writable(self) -> bool:
+        """May the caller write on without ``drain``: connected, open, and the client taking what it is sent."""
+        transport = self._transport
+        return not self._write_paused and transport is not None and not transport.is_closing()
 
     async def drain(self) -> None:
         """Wait while the client is not taking what was written; ConnectionResetError once it is gone."""
