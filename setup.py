@@ -36,6 +36,7 @@ HOT = [
     "authproxy/upstream/h1client.py",
     "authproxy/upstream/h1parse.py",
     "authproxy/upstream/h1send.py",
+    "authproxy/transport/stream.py",
 ]
 
 

@@ -33,6 +33,7 @@ COMPILED = (
     "authproxy.upstream.h1client",
     "authproxy.upstream.h1parse",
     "authproxy.upstream.h1send",
+    "authproxy.transport.stream",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"

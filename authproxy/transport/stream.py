@@ -84,7 +84,8 @@ class ClientStream(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)
         self.task = self._loop.create_task(self._on_connected(self))
 
-    get_buffer = staticmethod(recvbuf.get_buffer)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return recvbuf.VIEW  # the process's one receive buffer, whatever the hint (recvbuf.py)
 
     def buffer_updated(self, nbytes: int) -> None:
         buf = self.buf
