@@ -101,7 +101,8 @@ class Connection(RequestReading):
                         break
                     self.stream.write(data)
                     pending = b""
-                    await self._drain()
+                    if not self.stream.writable:
+                        await self._drain()
         if pending is not None:
             self.stream.write(pending + framer.end())
         if not self.stream.writable:

@@ -149,7 +149,8 @@ class RequestReading:
             deadline = time.monotonic() + t.client_header if self.buf else None
         scanned = 0
         while True:
-            end = head_end(self.buf, max(scanned - 3, 0))
+            # An empty buffer (a keep-alive connection between requests, mostly) holds no head to look for.
+            end = head_end(self.buf, max(scanned - 3, 0)) if self.buf else -1
             if end >= 0:
                 raw = bytes(self.buf[:end])
                 del self.buf[:end]
