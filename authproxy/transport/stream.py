@@ -56,8 +56,13 @@ class Sink(Protocol):
 class ClientStream(asyncio.BufferedProtocol):
     """One accepted connection; ``on_connected`` runs as its task once the transport is there."""
 
-    def __init__(self, on_connected: Callable[[ClientStream], Coroutine[Any, Any, None]]) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        on_connected: Callable[[ClientStream], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # The listener passes its loop: asking for the running loop is a getpid() system call.
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self._on_connected = on_connected
         self._transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
@@ -69,7 +74,7 @@ class ClientStream(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._lost = False
-        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
         self._over_tls = False
 
     @property
@@ -82,7 +87,7 @@ class ClientStream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self.task = self._loop.create_task(self._on_connected(self))
+        self.task = self.loop.create_task(self._on_connected(self))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return recvbuf.VIEW  # the process's one receive buffer, whatever the hint (recvbuf.py)
@@ -162,7 +167,7 @@ class ClientStream(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         if self.eof:
             return None
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
         return waiter
 
     def check(self) -> None:
@@ -210,7 +215,7 @@ class ClientStream(asyncio.BufferedProtocol):
             raise ConnectionResetError("Connection lost")
         if not self._write_paused:
             return
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
 
@@ -232,7 +237,7 @@ class ClientStream(asyncio.BufferedProtocol):
     async def start_tls(self, ctx: ssl.SSLContext, handshake_timeout: float) -> None:
         """Become the server side of TLS on this connection; raises what the handshake raised."""
         try:
-            tls = await self._loop.start_tls(
+            tls = await self.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=handshake_timeout
             )
         except BaseException:
