@@ -163,7 +163,8 @@ class ProxyServer:
                 loop.remove_reader(sock)
                 loop.call_later(_ACCEPT_RETRY, self._watch, sock)
                 return
-            client.setblocking(False)
+            # Not made non-blocking here: uvloop's libuv does it as it adopts the socket (uv_tcp_open),
+            # and one ioctl() per connection is enough.
             task = loop.create_task(self._adopt(client))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
