@@ -38,6 +38,7 @@ HOT = [
     "authproxy/upstream/h1send.py",
     "authproxy/secrecy/scrub.py",
     "authproxy/upstream/scrubbed.py",
+    "authproxy/transport/stream.py",
 ]
 
 

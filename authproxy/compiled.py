@@ -35,6 +35,7 @@ COMPILED = (
     "authproxy.upstream.h1send",
     "authproxy.secrecy.scrub",
     "authproxy.upstream.scrubbed",
+    "authproxy.transport.stream",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"

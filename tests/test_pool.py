@@ -15,6 +15,7 @@ import gc
 import hashlib
 import json
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -751,3 +752,24 @@ async def test_proxy_shutdown_closes_pooled_connections(make_proxy, secret_env) 
         await p.server.drain(1.0)
         await p.runtime.close()
         await asyncio.wait_for(up.closed.wait(), 10)
+
+
+async def test_a_reused_connection_asks_nothing_of_the_running_loop(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's get_running_loop() makes a getpid() system call each time (it checks the loop
+    belongs to this process): the pool asks once per new connection, never per request."""
+    real = asyncio.get_running_loop
+    callers: list[str] = []
+
+    def counting() -> asyncio.AbstractEventLoop:
+        callers.append(sys._getframe(1).f_code.co_filename)
+        return real()
+
+    async with counted() as up:
+        await fetch(pool, up.port, "/small")  # the connection is made, and learns its loop
+        monkeypatch.setattr(asyncio, "get_running_loop", counting)
+        for _ in range(20):
+            resp, data = await fetch(pool, up.port, "/small")
+            assert (resp.status, data) == (200, b"hello")
+        monkeypatch.undo()
+        assert up.accepted == 1
+    assert callers == []

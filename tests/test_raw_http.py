@@ -274,3 +274,27 @@ async def test_connection_limit_gives_503(make_proxy, upstream) -> None:
     assert _json(resp)["error"] == "unavailable"
     for _, w in held:
         w.close()
+
+
+async def test_a_client_that_never_closes_is_let_go_after_the_linger(make_proxy, upstream) -> None:
+    """After its last answer the proxy half-closes and reads what the client still sends, but only
+    for a while: a client that keeps talking and never closes is cut off (the proxy's close turns its
+    next bytes into a reset), rather than holding the connection for ever."""
+    p = await _proxy(make_proxy, upstream)
+    reader, writer = await _open(p)
+    writer.write(f"GET {upstream.url}/x HTTP/1.1\r\nHost: {upstream.authority}\r\nConnection: close\r\n\r\n".encode())
+    got = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), 10):  # the half-close ends the answer
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    cut = False
+    try:
+        for _ in range(400):  # ~40 s at most: far past the linger, so a bug fails rather than hangs
+            writer.write(b"still here\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except (ConnectionResetError, BrokenPipeError):
+        cut = True
+    finally:
+        writer.close()
+    assert cut, "the proxy still held the connection of a client that never closed"

@@ -60,8 +60,9 @@ class Connection(RequestReading):
         # The snapshot of the request in progress (the one in force when it started), for its body's reads.
         self.snap = self.rt.snapshot
         # The read deadline (see _fill): one timer, checked when it fires.
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        # The stream's, rather than asked for again (each ask is a getpid() system call).
+        self._loop = stream.loop
+        self._task = stream.task
         self._deadline: float | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._expired = False
@@ -101,10 +102,12 @@ class Connection(RequestReading):
                         break
                     self.stream.write(data)
                     pending = b""
-                    await self._drain()
+                    if not self.stream.writable:
+                        await self._drain()
         if pending is not None:
             self.stream.write(pending + framer.end())
-        await self._drain()
+        if not self.stream.writable:
+            await self._drain()
 
     async def _drain(self) -> None:
         """Wait for the client to take what was written; its reset is the client's going, not the upstream's."""
@@ -158,22 +161,29 @@ class Connection(RequestReading):
         the EOF that clients recognise and retry (RFC 9112 §9.3.1).
         """
         w = self.stream
+        loop = self._loop
+        # Bounded by timers of the loop's, not asyncio.timeout: that asks for the running loop
+        # and the current task (a getpid() system call each) twice per bound, per connection.
         if not w.is_closing():
             if w.can_write_eof():
-                with contextlib.suppress(OSError, TimeoutError, ConnectionError):
-                    w.write_eof()
-                    async with asyncio.timeout(_LINGER):
+                # Past the linger, closing ends the read: the loss wakes it as an EOF.
+                linger = loop.call_later(_LINGER, w.close)
+                try:
+                    with contextlib.suppress(OSError, ConnectionError):
+                        w.write_eof()
                         while await w.read():
                             pass
+                finally:
+                    linger.cancel()
             w.close()
+        # A TLS peer that never answers our close_notify would hold this for
+        # the loop's TLS shutdown timeout (30 s): cut it after the linger.
+        cut = loop.call_later(_LINGER, w.transport.abort)
         try:
-            # A TLS peer that never answers our close_notify would hold this for
-            # the loop's TLS shutdown timeout (30 s): cut it after the linger.
-            async with asyncio.timeout(_LINGER):
-                with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
-                    await w.wait_closed()
-        except TimeoutError:
-            w.transport.abort()
+            with contextlib.suppress(OSError, ConnectionError, ssl.SSLError):
+                await w.wait_closed()
+        finally:
+            cut.cancel()
 
     async def serve_requests(self, opened: float | None = None) -> None:
         """Requests one after another on this connection (or TLS layer, or tunnel) until it ends.
@@ -250,7 +260,10 @@ class Connection(RequestReading):
                 reply.release()  # a body still on its way upstream stops here (h1client)
                 rec.bytes_in = body.bytes_in  # counted once the response is done: it goes on meanwhile
             if not self.req_done:
-                return await self._finish_body(body)
+                if length == 0 and not self.waiting_100:
+                    self.req_done = True  # a request without a body: nothing left to read (_finish_body's answer)
+                else:
+                    return await self._finish_body(body)
         except ProxyError as err:
             err.with_route(rec.route)
             await self._send_error(err, rec)

@@ -43,13 +43,16 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._listeners: list[socket.socket] = []  # our own accept path (uvloop), duplicates of the server's sockets
         self._adopting: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one start() ran on
         self.trimmer = Trimmer()
         self.per_client: dict[str, int] = {}  # connections held, by client address (absent: none)
         self._at_limit: set[str] = set()  # addresses refused since they last held fewer: warned once
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.get_running_loop().create_server(self._protocol, host, port, backlog=_BACKLOG)
-        if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        # Kept: asking for the running loop (a getpid() system call) per connection adds up.
+        loop = self._loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port, backlog=_BACKLOG)
+        if not isinstance(loop, asyncio.BaseEventLoop):
             # uvloop: its libuv takes one connection per loop iteration (see _accept_greedily).
             self._accept_greedily()
         self.trimmer.start()
@@ -81,7 +84,7 @@ class ProxyServer:
         conn = Connection(self, stream)
         self.connections.add(conn)
         self.rt.metrics.connections.inc()
-        task = asyncio.current_task()
+        task = stream.task  # this coroutine's task (ClientStream.connection_made)
         if task is not None:
             self._tasks.add(task)
         try:
@@ -145,7 +148,8 @@ class ProxyServer:
             asyncio.get_running_loop().add_reader(sock, self._take, sock)
 
     def _take(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by start, which watches the sockets
         for _ in range(_BACKLOG):
             try:
                 client, _addr = sock.accept()
@@ -159,7 +163,8 @@ class ProxyServer:
                 loop.remove_reader(sock)
                 loop.call_later(_ACCEPT_RETRY, self._watch, sock)
                 return
-            client.setblocking(False)
+            # Not made non-blocking here: uvloop's libuv does it as it adopts the socket (uv_tcp_open),
+            # and one ioctl() per connection is enough.
             task = loop.create_task(self._adopt(client))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
@@ -167,12 +172,13 @@ class ProxyServer:
     async def _adopt(self, client: socket.socket) -> None:
         """The accepted socket as start_server would have made it: streams, then ``_accept``."""
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._protocol, client)
+            assert self._loop is not None
+            await self._loop.connect_accepted_socket(self._protocol, client)
         except OSError:
             client.close()
 
     def _protocol(self) -> ClientStream:
-        return ClientStream(self._accept)
+        return ClientStream(self._accept, self._loop)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting; let requests in flight finish within ``grace``; close the rest."""

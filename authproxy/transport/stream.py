@@ -56,8 +56,13 @@ class Sink(Protocol):
 class ClientStream(asyncio.BufferedProtocol):
     """One accepted connection; ``on_connected`` runs as its task once the transport is there."""
 
-    def __init__(self, on_connected: Callable[[ClientStream], Coroutine[Any, Any, None]]) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        on_connected: Callable[[ClientStream], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # The listener passes its loop: asking for the running loop is a getpid() system call.
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self._on_connected = on_connected
         self._transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
@@ -69,7 +74,7 @@ class ClientStream(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._lost = False
-        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
         self._over_tls = False
 
     @property
@@ -82,9 +87,10 @@ class ClientStream(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self.task = self._loop.create_task(self._on_connected(self))
+        self.task = self.loop.create_task(self._on_connected(self))
 
-    get_buffer = staticmethod(recvbuf.get_buffer)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return recvbuf.VIEW  # the process's one receive buffer, whatever the hint (recvbuf.py)
 
     def buffer_updated(self, nbytes: int) -> None:
         buf = self.buf
@@ -92,7 +98,12 @@ class ClientStream(asyncio.BufferedProtocol):
         if len(buf) > HIGH_WATER and not self._read_paused and self._transport is not None:
             self._read_paused = True
             self._transport.pause_reading()
-        self._wake()
+        # _wake, inline: this runs for every read.
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -139,18 +150,31 @@ class ClientStream(asyncio.BufferedProtocol):
 
         A cancelled wait loses nothing: what arrived meanwhile is in ``buf``.
         """
-        if self._read_paused:
-            self._read_paused = False
-            self.transport.resume_reading()
-        if not self.eof:
-            waiter = self._waiter = self._loop.create_future()
+        waiter = self.arm()
+        if waiter is not None:
             try:
                 await waiter
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        if self._error is not None and not self.buf:
-            raise self._error if isinstance(self._error, OSError) else ConnectionResetError(str(self._error))
+        self.check()
+
+    def arm(self) -> asyncio.Future[None] | None:
+        """``more`` in two halves, for a caller that awaits the future itself (one coroutine fewer
+        per read): the future the next read, the EOF or the loss completes; None at EOF. ``check`` after."""
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self.eof:
+            return None
+        waiter = self._waiter = self.loop.create_future()
+        return waiter
+
+    def check(self) -> None:
+        """After a wait: OSError when the connection broke and nothing it brought is left to read."""
+        error = self._error
+        if error is not None and not self.buf:
+            raise error if isinstance(error, OSError) else ConnectionResetError(str(error))
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all there are when negative), b"" at EOF: what a tunnel pumps."""
@@ -172,7 +196,15 @@ class ClientStream(asyncio.BufferedProtocol):
     # -- writing ---------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        transport = self._transport
+        assert transport is not None
+        transport.write(data)
+
+    @property
+    def writable(self) -> bool:
+        """May the caller write on without ``drain``: connected, open, and the client taking what it is sent."""
+        transport = self._transport
+        return not self._write_paused and transport is not None and not transport.is_closing()
 
     async def drain(self) -> None:
         """Wait while the client is not taking what was written; ConnectionResetError once it is gone."""
@@ -183,7 +215,7 @@ class ClientStream(asyncio.BufferedProtocol):
             raise ConnectionResetError("Connection lost")
         if not self._write_paused:
             return
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
 
@@ -205,7 +237,7 @@ class ClientStream(asyncio.BufferedProtocol):
     async def start_tls(self, ctx: ssl.SSLContext, handshake_timeout: float) -> None:
         """Become the server side of TLS on this connection; raises what the handshake raised."""
         try:
-            tls = await self._loop.start_tls(
+            tls = await self.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=handshake_timeout
             )
         except BaseException:

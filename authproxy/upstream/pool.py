@@ -47,6 +47,10 @@ class Pool:
         self._all: set[H1Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        # The loop the pooled connections were made on, kept when one is: asking for the
+        # running loop per request costs a getpid() system call each time (CPython checks
+        # the loop belongs to this process), and every request takes and releases.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect_alone(
         self,
@@ -124,7 +128,9 @@ class Pool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        loop = self._loop
+        assert loop is not None  # a connection was made, so the loop is known
+        now = loop.time()
         while idle:
             conn = idle.pop()
             if conn.closed or not conn.reusable:
@@ -148,7 +154,8 @@ class Pool:
         elif len(idle) >= MAX_IDLE_PER_KEY:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by _connect, which made this connection
         conn.idle_since = loop.time()
         idle.append(conn)
         if self._sweeper is None:
@@ -163,7 +170,8 @@ class Pool:
     def _sweep(self) -> None:
         """Close connections idle for ``timeouts.idle``; the oldest sit first in each list."""
         self._sweeper = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # armed by _release
         now = loop.time()
         due: float | None = None
         for key in list(self._idle):
@@ -185,6 +193,7 @@ class Pool:
     async def _connect(self, key: Key, dest: Origin, sslctx: ssl.SSLContext | None) -> H1Connection:
         """A new connection, made by the one dial that judges addresses (loop check, destination policy)."""
         authority = dest.authority
+        self._loop = asyncio.get_running_loop()
 
         def factory() -> Wire:
             return Wire(H1Connection(key, authority, self._max_head, self._idle_timeout, self._release, self._lost))
