@@ -24,7 +24,6 @@ import logging
 import random
 import shutil
 import ssl
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,9 @@ from aiohttp import web
 
 from authproxy.config import Timeouts
 from authproxy.messages import Origin
+from authproxy.upstream.h1client import H1Connection
 from authproxy.upstream.pool import Pool
+from tests.support.liveness import alive
 from tests.support.proc import start_proxy
 
 from .conftest import Proxy, assert_no_secrets
@@ -663,14 +664,15 @@ async def test_a_body_still_coming_when_the_answer_ends_stops_and_frees_the_conn
         headers = [(b"Host", f"127.0.0.1:{port}".encode())]
         async with asyncio.timeout(10):  # the answer must not wait for the body
             resp = await pool.request(Origin("http", "127.0.0.1", port), None, "POST", "/", headers, body(), None, 5)
-        ref = weakref.ref(next(iter(pool._all)))
+        conn_id = id(next(iter(pool._all)))
+        assert alive(conn_id, H1Connection)
         assert resp.status == 200 and b"".join([chunk async for chunk in resp]) == b"ok"
         del resp
         for _ in range(100):  # loop turns, until the cancelled sender and connection_lost have run
-            if ref() is None:
+            if not alive(conn_id, H1Connection):
                 break
             await asyncio.sleep(0)
-        assert ref() is None, "the connection outlived its exchange (a cycle through the sender?)"
+        assert not alive(conn_id, H1Connection), "the connection outlived its exchange (a cycle through the sender?)"
         never.set()
         await asyncio.sleep(0)
         assert pulled == [1]

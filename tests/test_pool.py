@@ -33,6 +33,7 @@ from authproxy.messages import Origin
 from authproxy.upstream.h1client import H1Connection
 from authproxy.upstream.h1parse import HIGH_WATER
 from authproxy.upstream.pool import Pool
+from tests.support.liveness import alive
 
 KEY = "pool-key-3c1d5e7f9a"
 BIG = 64 * 1024 * 1024
@@ -549,20 +550,15 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(pool: Po
         try:
             headers = [(b"Host", up.authority.encode())]
             resp = await pool.request(_origin(up.port), None, "GET", "/close", headers, None, None, 5)
-            # By identity among the objects the collector tracks (a compiled H1Connection takes no weak reference).
             conn_id = id(next(iter(pool._all)))
-
-            def alive() -> bool:
-                return any(id(o) == conn_id and isinstance(o, H1Connection) for o in gc.get_objects())
-
-            assert alive()
+            assert alive(conn_id, H1Connection)
             assert b"".join([chunk async for chunk in resp]) == b"bye"
             del resp
             for _ in range(100):  # loop turns, until connection_lost has run
-                if not alive():
+                if not alive(conn_id, H1Connection):
                     break
                 await asyncio.sleep(0)
-            assert not alive()
+            assert not alive(conn_id, H1Connection)
         finally:
             gc.enable()
 
