@@ -39,6 +39,7 @@ HOT = [
     "authproxy/secrecy/scrub.py",
     "authproxy/upstream/scrubbed.py",
     "authproxy/transport/stream.py",
+    "authproxy/ops/metrics.py",
 ]
 
 

@@ -36,6 +36,7 @@ COMPILED = (
     "authproxy.secrecy.scrub",
     "authproxy.upstream.scrubbed",
     "authproxy.transport.stream",
+    "authproxy.ops.metrics",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"
