@@ -47,6 +47,8 @@ class RequestBody:
     possible; a larger body streams through with memory bounded by one chunk.
     """
 
+    __slots__ = ("_done", "_prefix", "_source", "buffered", "bytes_in", "error", "length")
+
     def __init__(self, source: BodySource, length: int | None) -> None:
         self._source = source
         self.length = length  # Content-Length, or None when chunked

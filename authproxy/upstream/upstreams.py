@@ -56,24 +56,62 @@ def without_hop_by_hop(
     raise) and kept, so that looking at Via costs the common header nothing.
     """
     out: list[tuple[bytes, bytes]] = []
-    listed: set[bytes] | None = None
-    for name, value in raw:
-        low = name.lower()
-        if low in drop:
-            if low == b"connection":
-                listed = (listed or set()) | connection_tokens([(name, value)])
-            elif low == b"via" and via is not None:
-                via(value)
-                out.append((name, value))
-            continue
-        out.append((name, value))
-    if listed and not listed <= OWN_TOKENS:
-        out = [(n, v) for n, v in out if n.lower() not in listed]
+    forward_into(out, raw, drop, via)
     return out
 
 
+def forward_into(
+    out: list[tuple[bytes, bytes]],
+    raw: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes],
+    via: Callable[[bytes], None] | None = None,
+) -> bytes | None:
+    """Append to ``out`` what ``without_hop_by_hop`` keeps of ``raw``; return the Upgrade asked for, if any.
+
+    The same pass reads the upgrade a client asks for (RFC 9110 §7.8: an
+    ``Upgrade`` header, and ``upgrade`` among the Connection options), as
+    ``upgrade.is_upgrade`` does, when ``drop`` names both headers (hop-by-hop
+    ones always do). What ``out`` held before is left as it was.
+    """
+    start = len(out)
+    listed: set[bytes] | None = None
+    upgrade: bytes | None = None
+    for pair in raw:
+        low = pair[0].lower()
+        if low in drop:
+            if low == b"connection":
+                if listed is None:
+                    listed = set()
+                listed.update(t.strip().lower() for t in pair[1].split(b",") if t.strip())
+            elif low == b"upgrade":
+                upgrade = pair[1].strip()
+            elif low == b"via" and via is not None:
+                via(pair[1])
+                out.append(pair)
+            continue
+        out.append(pair)
+    if listed is None:
+        return None
+    if not listed <= OWN_TOKENS:
+        out[start:] = [p for p in out[start:] if p[0].lower() not in listed]
+    return upgrade if upgrade and b"upgrade" in listed else None
+
+
 def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return without_hop_by_hop(raw)
+    """A response's headers minus the hop-by-hop ones (RFC 9110 §7.6.1)."""
+    out: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] | None = None
+    for pair in raw:
+        low = pair[0].lower()
+        if low not in HOP_BY_HOP:
+            out.append(pair)
+        elif low == b"connection":
+            if listed is None:
+                listed = set()
+            listed.update(t.strip().lower() for t in pair[1].split(b",") if t.strip())
+    if listed and not listed <= OWN_TOKENS:
+        out = [p for p in out if p[0].lower() not in listed]
+    return out
 
 
 class Upstreams:
