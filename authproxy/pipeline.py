@@ -183,7 +183,8 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     headers, upgrade = outbound_headers(raw, target.host_header, cred, rt.via, route is not None and route.scrub)
     if raw is not req.headers:
         upgrade = is_upgrade(req.headers)  # the client's, as it asked (a swap changes values)
-    data, length = _payload(req)
+    # A bodiless GET (the common request) has nothing to send; else _payload says what.
+    data, length = (None, None) if req.body.length == 0 and req.method in _NO_BODY else _payload(req)
     path = target.path if cred is None or not cred.query else _with_query(target.path, cred)
     if cred is not None:
         if cred.signer is not None:

@@ -124,6 +124,7 @@ class Upstreams:
         # Shared with the token endpoints' fetches: one rule of trust for every plane.
         self.tls = Contexts(extra_ca_file)
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+        self._by_route: dict[int, tuple[Route, ssl.SSLContext]] = {}
         # No connection limit of its own: the proxy's max_connections bounds the load.
         # An upstream's head is held to the bound a client's is.
         self.pool = Pool(timeouts, limits.max_header_bytes, egress)
@@ -136,12 +137,25 @@ class Upstreams:
         a new pool key, so new connections present the new certificate while
         requests in flight finish on theirs.
         """
-        if route is not None and route.client_cert is not None:
+        if route is None:
+            return self._context(None, True)
+        if route.client_cert is not None:
             return self._with_cert(route)
-        key = (route.ca_file, route.verify) if route is not None else (None, True)
-        ctx = self._contexts.get(key)
+        # By the route object (kept, so its id is not reused): hashing its ``ca_file``, a Path,
+        # is a Python call on every request.
+        known = self._by_route.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]
+        ctx = self._context(route.ca_file, route.verify)
+        if len(self._by_route) >= 1024:
+            self._by_route.clear()  # routes of reloads long gone
+        self._by_route[id(route)] = (route, ctx)
+        return ctx
+
+    def _context(self, ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+        ctx = self._contexts.get((ca_file, verify))
         if ctx is None:
-            ctx = self._contexts[key] = self.tls.get(self.tls.trust(*key))
+            ctx = self._contexts[(ca_file, verify)] = self.tls.get(self.tls.trust(ca_file, verify))
         return ctx
 
     def _with_cert(self, route: Route) -> ssl.SSLContext:
