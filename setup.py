@@ -36,6 +36,8 @@ HOT = [
     "authproxy/upstream/h1client.py",
     "authproxy/upstream/h1parse.py",
     "authproxy/upstream/h1send.py",
+    "authproxy/messages.py",
+    "authproxy/tokens/manager.py",
 ]
 
 

@@ -33,6 +33,8 @@ COMPILED = (
     "authproxy.upstream.h1client",
     "authproxy.upstream.h1parse",
     "authproxy.upstream.h1send",
+    "authproxy.messages",
+    "authproxy.tokens.manager",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"
