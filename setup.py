@@ -40,6 +40,8 @@ HOT = [
     "authproxy/upstream/scrubbed.py",
     "authproxy/transport/stream.py",
     "authproxy/ops/metrics.py",
+    "authproxy/messages.py",
+    "authproxy/tokens/manager.py",
 ]
 
 

@@ -37,6 +37,8 @@ COMPILED = (
     "authproxy.upstream.scrubbed",
     "authproxy.transport.stream",
     "authproxy.ops.metrics",
+    "authproxy.messages",
+    "authproxy.tokens.manager",
 )
 
 PURE_ENV = "AUTHPROXY_PURE_PYTHON"

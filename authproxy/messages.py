@@ -47,6 +47,8 @@ class RequestBody:
     possible; a larger body streams through with memory bounded by one chunk.
     """
 
+    __slots__ = ("_done", "_prefix", "_source", "buffered", "bytes_in", "error", "length")
+
     def __init__(self, source: BodySource, length: int | None) -> None:
         self._source = source
         self.length = length  # Content-Length, or None when chunked
@@ -113,16 +115,17 @@ class RequestBody:
         return self._took(chunk)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.stream()
+        return _Chunks(self)
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """What was read so far, then the rest as it arrives."""
-        while self._prefix:
-            yield self._prefix.pop(0)
+    async def next_chunk(self) -> bytes | None:
+        """What was read so far, then the rest as it arrives, a chunk at a time; None at the end."""
+        if self._prefix:
+            return self._prefix.pop(0)
         while not self._done:
             chunk = await self._next()
             if chunk:
-                yield chunk
+                return chunk
+        return None
 
     async def drain(self) -> None:
         """Read and drop what is left, so the connection can carry the next request."""
@@ -166,6 +169,27 @@ class Reply:
     body: AsyncIterator[bytes] | None = None
     release: Callable[[], None] = field(default=lambda: None)
     upgraded: Upgraded | None = None
+
+
+class _Chunks:
+    """A request body's chunks, iterated once (``async for``).
+
+    A class, not an async generator, so that this module can be compiled (mypyc).
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._body.next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
 
 class Replayed:

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 from authproxy.access import check_allowed, check_user_route
 from authproxy.credentials.grants import Credential
 from authproxy.errors import ProxyError
-from authproxy.http1.h1message import Body, Response
+from authproxy.http1.h1message import Body
 from authproxy.messages import ProxyRequest, Replayed, Reply
 from authproxy.net.egress import Via
 from authproxy.net.parent import Parent, clear_text_refusal
@@ -32,7 +32,7 @@ from authproxy.targets import Target, resolve, url_of
 from authproxy.tokens.manager import TokenState
 from authproxy.upstream.scrubbed import ASK_IDENTITY, NOT_ASKED, scrub_reply
 from authproxy.upstream.upgrade import is_upgrade, open_upgrade
-from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, without_hop_by_hop
+from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, forward_into
 
 # Framing is ours to set (RFC 9112 §6.3: never forward the client's CL/TE as
 # is), Host is rebuilt for the destination, Expect was answered by us. Via is
@@ -40,24 +40,34 @@ from authproxy.upstream.upstreams import HOP_BY_HOP, filter_response_headers, wi
 _REBUILT = frozenset({b"host", b"content-length", b"expect"})
 _DROPPED = HOP_BY_HOP | _REBUILT | {b"via"}
 _NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_CACHED = TokenState.CACHED.value  # what almost every request's credential was: read once
 _PEEK = 16 * 1024  # of an answer that may say a signing credential expired: AWS's error bodies are smaller
 
 
 async def handle(req: ProxyRequest, rt: Runtime, snap: Snapshot, rec: AccessRecord) -> Reply:
-    rec.audit = {} if snap.config.audit is not None else None
+    audit = rec.audit = {} if snap.config.audit is not None else None
     ph = snap.placeholders
     if ph is not None and ph.stubs:
         stub = stub_reply(ph, req, rec)  # the route's token_url, answered here: never forwarded
         if stub is not None:
             return stub
-    target = _admit(req, rt, snap, resolve(req, snap, rec), rec)
+    target = resolve(req, snap, rec)
     route = target.route
+    # What _admit looks at, when there is any (else it would only find nothing to refuse).
+    if ph is not None or (
+        route is not None and (audit is not None or req.user is not None or route.allow is not None)
+    ):
+        target = _admit(req, rt, snap, target, rec)
     if route is None:
         # Unmatched and allowed through: forwarded untouched, no credential.
         return await exchange(rt, snap, target, req, None)
 
-    cred, state = await rt.tokens.get(route)
-    rec.token = state.value
+    cred = rt.tokens.ready(route)
+    if cred is not None:
+        rec.token = _CACHED
+    else:
+        cred, state = await rt.tokens.get(route)
+        rec.token = state.value
     if rec.audit is not None:
         rec.audit["injected"] = [f"header:{n}" for n, _ in cred.headers] + [f"query:{n}" for n, _ in cred.query]
     replayable = route.auth.may_retry() and await req.body.buffer(snap.config.limits.replay_body)
@@ -91,13 +101,14 @@ def _admit(req: ProxyRequest, rt: Runtime, snap: Snapshot, target: Target, rec: 
             audit["placeholder"] = placeholder
     if route is not None:
         check_user_route(req.user, route.name)
-        # Rules speak of the upstream's paths: what is sent, without the query; and of
-        # the method the upstream acts on, which an override header may name.
-        if audit is not None and route.allow is not None:
-            audit["allow"] = "denied"
-        check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
-        if audit is not None and route.allow is not None:
-            audit["allow"] = "allowed"
+        if route.allow is not None:
+            # Rules speak of the upstream's paths: what is sent, without the query; and of
+            # the method the upstream acts on, which an override header may name.
+            if audit is not None:
+                audit["allow"] = "denied"
+            check_allowed(route.allow, route.name, req.method, target.path.partition("?")[0], req.headers)
+            if audit is not None:
+                audit["allow"] = "allowed"
     return target
 
 
@@ -166,42 +177,49 @@ async def exchange(rt: Runtime, snap: Snapshot, target: Target, req: ProxyReques
     a reload while it waits for a token or its body does not change them.
     """
     raw = req.headers
+    route = target.route
     if target.swap and cred is not None and snap.placeholders is not None:
         raw, target = _swapped(snap.placeholders, target, raw, cred)
-    scrub = target.route is not None and target.route.scrub
-    headers = outbound_headers(raw, target.host_header, cred, rt.via, scrub)
-    data, length = _payload(req)
-    if cred is not None and cred.signer is not None:
-        # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
-        path = _with_query(target.path, cred)
-        headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
-    if cred is not None and cred.proof is not None:
-        headers.append(cred.proof.proof(req.method, url_of(target)))
-    upgrade = is_upgrade(req.headers)
+    headers, upgrade = outbound_headers(raw, target.host_header, cred, rt.via, route is not None and route.scrub)
+    if raw is not req.headers:
+        upgrade = is_upgrade(req.headers)  # the client's, as it asked (a swap changes values)
+    # A bodiless GET (the common request) has nothing to send; else _payload says what.
+    data, length = (None, None) if req.body.length == 0 and req.method in _NO_BODY else _payload(req)
+    path = target.path if cred is None or not cred.query else _with_query(target.path, cred)
+    if cred is not None:
+        if cred.signer is not None:
+            # Signed over the request as sent (SigV4): after the headers are built, again for a retry.
+            headers, data, length = cred.signer.sign(req.method, target.host_header, path, headers, data, length)
+        if cred.proof is not None:
+            headers.append(cred.proof.proof(req.method, url_of(target)))
+    dest = target.dest
+    sslctx = rt.upstreams.ssl_context(route) if dest.scheme == "https" else None
+    parent = None if snap.parents.off else _parent(snap, target)
+    timeouts = snap.config.timeouts
     if upgrade is not None:
-        dest = target.dest
-        t = snap.config.timeouts
-        sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
         return await open_upgrade(
             rt.upstreams.pool,
             target.guard,
             dest,
             req.method,
-            _with_query(target.path, cred),
+            path,
             headers,
             upgrade,
             sslctx,
-            t.connect,
-            t.upstream_headers,
-            _parent(snap, target),
+            timeouts.connect,
+            timeouts.upstream_headers,
+            parent,
         )
     try:
-        resp = await send(rt, snap, target, req.method, headers, data, length, cred)
+        # The pool maps every failure to the ProxyError a client sees (502, 504), naming the upstream.
+        resp = await rt.upstreams.pool.request(
+            dest, sslctx, req.method, path, headers, data, length, timeouts.upstream_headers, target.guard, parent
+        )
     except ProxyError:
         if req.body.error is not None:
             raise req.body.error from None  # the client's body broke, not the upstream
         raise
-    return _reply(resp)
+    return Reply(resp.status, resp.reason, filter_response_headers(resp.headers), resp, resp.release)
 
 
 async def _expired(reply: Reply, cred: Credential) -> bool:
@@ -246,29 +264,39 @@ def _required_drop(names: frozenset[bytes]) -> frozenset[bytes]:
 
 def outbound_headers(
     raw: list[tuple[bytes, bytes]], host: str, cred: Credential | None, via: Via, scrub: bool = False
-) -> list[tuple[bytes, bytes]]:
+) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
     """Client headers minus hop-by-hop ones, our Via after the client's (RFC 9110 §7.6.3), and the
-    credential injected (never twice). A Via that already names us is a loop (ProxyLoop).
+    credential injected (never twice); and the upgrade the client asks for, read on the same pass
+    (``upgrade.is_upgrade``). A Via that already names us is a loop (ProxyLoop).
     ``scrub``: ask for a response the scrubber can read whole (upstream/scrubbed.py)."""
-    drop = _DROPPED if cred is None or not cred.wire_names else _drop_with(cred.wire_names)
-    if scrub:
-        drop = _scrub_drop(drop)
-    out = [(b"Host", host.encode("ascii")), *without_hop_by_hop(raw, drop, via.check), via.header]
+    names = _NO_NAMES if cred is None else cred.wire_names
+    drop = (_SCRUB_DROPS if scrub else _DROPS).get(names)
+    if drop is None:
+        drop = _drop_set(names, scrub)
+    out = [(b"Host", host.encode("ascii"))]
+    upgrade = forward_into(out, raw, drop, via.check)
+    out.append(via.header)
     if cred is not None:
         out += cred.wire
     if scrub:
         out.append(ASK_IDENTITY)
-    return out
+    return out, upgrade
 
 
-@lru_cache(maxsize=256)
-def _drop_with(names: frozenset[bytes]) -> frozenset[bytes]:
-    return _DROPPED | names
+# The headers dropped from a client's head, by the credential's header names (and with the
+# scrubber's asks): a few sets in all, made once each.
+_NO_NAMES: frozenset[bytes] = frozenset()
+_DROPS: dict[frozenset[bytes], frozenset[bytes]] = {}
+_SCRUB_DROPS: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
-@lru_cache(maxsize=256)
-def _scrub_drop(drop: frozenset[bytes]) -> frozenset[bytes]:
-    return drop | NOT_ASKED
+def _drop_set(names: frozenset[bytes], scrub: bool) -> frozenset[bytes]:
+    drops = _SCRUB_DROPS if scrub else _DROPS
+    if len(drops) >= 256:
+        drops.clear()
+    drop = _DROPPED | names | (NOT_ASKED if scrub else _NO_NAMES)
+    drops[names] = drop
+    return drop
 
 
 def _with_query(path: str, cred: Credential | None) -> str:
@@ -291,33 +319,6 @@ def _payload(req: ProxyRequest) -> tuple[Body, int | None]:
     return body, body.length
 
 
-async def send(
-    rt: Runtime,
-    snap: Snapshot,
-    target: Target,
-    method: str,
-    headers: list[tuple[bytes, bytes]],
-    data: Body,
-    length: int | None = None,
-    cred: Credential | None = None,
-) -> Response:
-    """The pool maps every failure to the ProxyError a client sees (502, 504), naming the upstream."""
-    dest = target.dest
-    sslctx = rt.upstreams.ssl_context(target.route) if dest.scheme == "https" else None
-    return await rt.upstreams.pool.request(
-        dest,
-        sslctx,
-        method,
-        _with_query(target.path, cred),
-        headers,
-        data,
-        length,
-        snap.config.timeouts.upstream_headers,
-        target.guard,
-        _parent(snap, target),
-    )
-
-
 def _parent(snap: Snapshot, target: Target) -> Parent | None:
     """The parent proxy to go through (config/parents.py), None for direct.
 
@@ -335,13 +336,3 @@ def _parent(snap: Snapshot, target: Target) -> Parent | None:
         assert route is not None
         raise clear_text_refusal(parent, f"route {route.name}'s credential").with_route(route.name)
     return parent
-
-
-def _reply(resp: Response) -> Reply:
-    return Reply(
-        status=resp.status,
-        reason=resp.reason,
-        headers=filter_response_headers(resp.headers),
-        body=resp,
-        release=resp.release,
-    )

@@ -22,6 +22,10 @@ from authproxy.routes import connect_default
 from authproxy.runtime import Snapshot
 
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+# Decisions remembered per snapshot: a plain dict read on every request, emptied when full (targets
+# beyond these come from a scan or a hostile client, and deciding them anew is cheap).
+_MEMO_MAX = 1024
+_MEMO_TARGET = 512  # longer request targets are decided each time, not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +39,97 @@ class Target:
     swap: bool = False  # the request carries its route's placeholder (placeholders/swap.py)
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A target as decided once, and what the access record says of it."""
+
+    target: Target
+    host: str
+    path: str
+
+
+class _Memo:
+    """The decisions of one snapshot, by request target (and tunnel): all ``resolve`` reads.
+
+    Everything it decides is a function of the snapshot (route table,
+    ``unmatched``) and the target alone; a refusal is decided anew each time.
+    The Host header of an intercepted request is judged on every request.
+    """
+
+    __slots__ = ("plain", "snap", "tunneled")
+
+    def __init__(self) -> None:
+        self.snap: Snapshot | None = None
+        self.plain: dict[str, _Decided] = {}
+        self.tunneled: dict[tuple[str, str, int, str], _Decided] = {}
+
+    def reset(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.plain = {}
+        self.tunneled = {}
+
+
+_MEMO = _Memo()
+
+
 def resolve(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
     """Which route, which destination, which path: the only place that decides."""
+    memo = _MEMO
+    if memo.snap is not snap:
+        memo.reset(snap)
+    tun = req.tunnel
+    t = req.target
+    if tun is not None:
+        key = (tun.scheme, tun.host, tun.port, t)
+        known = memo.tunneled.get(key)
+        if known is None:
+            return _remember_tunneled(memo, key, req, snap, rec)
+        rec.mode, rec.host, rec.path = known.target.mode, known.host, known.path
+        host = _host_of(req.headers)
+        if host is not None and host != tun.host:
+            raise MisdirectedRequest(f"the Host header names {host[:100]}, but the tunnel goes to {tun.host}.")
+    else:
+        known = memo.plain.get(t)
+        if known is None:
+            return _remember_plain(memo, req, snap, rec)
+        rec.mode, rec.host, rec.path = known.target.mode, known.host, known.path
+    target = known.target
+    route = target.route
+    if route is not None:
+        rec.route = route.name
+        if not route.verify:
+            rec.note = "unverified-tls"
+    return target
+
+
+def _decided(target: Target, rec: AccessRecord) -> _Decided:
+    return _Decided(target, rec.host, rec.path)
+
+
+def _remember_plain(memo: _Memo, req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
+    target = _plain(req, snap, rec)
+    if len(req.target) <= _MEMO_TARGET:
+        if len(memo.plain) >= _MEMO_MAX:
+            memo.plain.clear()
+        memo.plain[req.target] = _decided(target, rec)
+    return target
+
+
+def _remember_tunneled(
+    memo: _Memo, key: tuple[str, str, int, str], req: ProxyRequest, snap: Snapshot, rec: AccessRecord
+) -> Target:
+    target = _intercept(req, snap, rec)
+    if len(req.target) <= _MEMO_TARGET:
+        if len(memo.tunneled) >= _MEMO_MAX:
+            memo.tunneled.clear()
+        memo.tunneled[key] = _decided(target, rec)
+    return target
+
+
+def _plain(req: ProxyRequest, snap: Snapshot, rec: AccessRecord) -> Target:
+    """An absolute-form or gateway request, decided (not remembered)."""
     cfg = snap.config
     t = req.target
-    if req.tunnel is not None:
-        return _intercept(req, snap, rec)
     if t.startswith("/"):
         return _gateway(req, snap, rec)
     scheme, _, rest = t.partition("://")

@@ -59,6 +59,10 @@ class Guard(enum.Enum):
     UNMATCHED = "unmatched"  # the `destinations` policy
     LOOPBACK = "loopback"  # a credential in clear text: loopback addresses only
 
+    # Looked up (``Egress.rule``) on every request: members are singletons, so identity is
+    # their hash, in C, where ``Enum.__hash__`` is a Python call hashing the name.
+    __hash__ = object.__hash__
+
 
 class Rule:
     """A guard as it judges now. The pool keys its connections by it, so a connection made

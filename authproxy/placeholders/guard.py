@@ -42,9 +42,10 @@ def check(ph: Placeholders, req: ProxyRequest, route: Route | None, rec: AccessR
     """Refuse a misdirected or missing placeholder; else say what the route's request carries (or None)."""
     hits = ph.found(req.target, req.headers)
     own = route.name if route is not None and route.name in ph.values else None
-    stray = hits - {own} if own is not None else hits
-    if stray:
-        _refuse(min(stray), rec, metrics)
+    if hits:
+        stray = hits - {own} if own is not None else hits
+        if stray:
+            _refuse(min(stray), rec, metrics)
     if own is None:
         return None
     assert route is not None and route.placeholder is not None

@@ -183,16 +183,29 @@ class TokenManager:
             "last_error_at": st.last_error_at if st else None,
         }
 
+    def ready(self, route: Route) -> Credential | None:
+        """The cached credential when it can be injected now, else None (then ``get`` it).
+
+        The common case of every request, without a coroutine: a dict read and
+        the expiry check (its state is ``TokenState.CACHED``).
+        """
+        if route.missing:
+            return None
+        cred = self._cache.get((route.name, id(route.auth)))
+        if cred is None or not route.auth.is_current(cred):
+            return None
+        if cred.refresh_at is not None and time.time() >= cred.refresh_at:
+            # Due for refresh but still valid: refresh in the background
+            # and keep serving, rather than make this request wait.
+            self._refresh_in_background(route)
+        return cred
+
     async def get(self, route: Route) -> tuple[Credential, TokenState]:
         """The credential to inject now; raises a ``ProxyError`` when there is none."""
         if route.missing:
             raise CredentialUnavailable(f"{route.missing[0]}, so this route has no credential.", route.name)
-        cred = self._cache.get(_key(route))
-        if cred is not None and route.auth.is_current(cred):
-            if cred.refresh_at is not None and time.time() >= cred.refresh_at:
-                # Due for refresh but still valid: refresh in the background
-                # and keep serving, rather than make this request wait.
-                self._refresh_in_background(route)
+        cred = self.ready(route)
+        if cred is not None:
             return cred, TokenState.CACHED
         first = self._state(route).generation == 0
         fresh = await self._single_flight(route)

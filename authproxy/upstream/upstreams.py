@@ -56,24 +56,62 @@ def without_hop_by_hop(
     raise) and kept, so that looking at Via costs the common header nothing.
     """
     out: list[tuple[bytes, bytes]] = []
-    listed: set[bytes] | None = None
-    for name, value in raw:
-        low = name.lower()
-        if low in drop:
-            if low == b"connection":
-                listed = (listed or set()) | connection_tokens([(name, value)])
-            elif low == b"via" and via is not None:
-                via(value)
-                out.append((name, value))
-            continue
-        out.append((name, value))
-    if listed and not listed <= OWN_TOKENS:
-        out = [(n, v) for n, v in out if n.lower() not in listed]
+    forward_into(out, raw, drop, via)
     return out
 
 
+def forward_into(
+    out: list[tuple[bytes, bytes]],
+    raw: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes],
+    via: Callable[[bytes], None] | None = None,
+) -> bytes | None:
+    """Append to ``out`` what ``without_hop_by_hop`` keeps of ``raw``; return the Upgrade asked for, if any.
+
+    The same pass reads the upgrade a client asks for (RFC 9110 §7.8: an
+    ``Upgrade`` header, and ``upgrade`` among the Connection options), as
+    ``upgrade.is_upgrade`` does, when ``drop`` names both headers (hop-by-hop
+    ones always do). What ``out`` held before is left as it was.
+    """
+    start = len(out)
+    listed: set[bytes] | None = None
+    upgrade: bytes | None = None
+    for pair in raw:
+        low = pair[0].lower()
+        if low in drop:
+            if low == b"connection":
+                if listed is None:
+                    listed = set()
+                listed.update(t.strip().lower() for t in pair[1].split(b",") if t.strip())
+            elif low == b"upgrade":
+                upgrade = pair[1].strip()
+            elif low == b"via" and via is not None:
+                via(pair[1])
+                out.append(pair)
+            continue
+        out.append(pair)
+    if listed is None:
+        return None
+    if not listed <= OWN_TOKENS:
+        out[start:] = [p for p in out[start:] if p[0].lower() not in listed]
+    return upgrade if upgrade and b"upgrade" in listed else None
+
+
 def filter_response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return without_hop_by_hop(raw)
+    """A response's headers minus the hop-by-hop ones (RFC 9110 §7.6.1)."""
+    out: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] | None = None
+    for pair in raw:
+        low = pair[0].lower()
+        if low not in HOP_BY_HOP:
+            out.append(pair)
+        elif low == b"connection":
+            if listed is None:
+                listed = set()
+            listed.update(t.strip().lower() for t in pair[1].split(b",") if t.strip())
+    if listed and not listed <= OWN_TOKENS:
+        out = [p for p in out if p[0].lower() not in listed]
+    return out
 
 
 class Upstreams:
@@ -86,6 +124,7 @@ class Upstreams:
         # Shared with the token endpoints' fetches: one rule of trust for every plane.
         self.tls = Contexts(extra_ca_file)
         self._contexts: dict[tuple[Path | None, bool], ssl.SSLContext] = {}
+        self._by_route: dict[int, tuple[Route, ssl.SSLContext]] = {}
         # No connection limit of its own: the proxy's max_connections bounds the load.
         # An upstream's head is held to the bound a client's is.
         self.pool = Pool(timeouts, limits.max_header_bytes, egress)
@@ -98,12 +137,25 @@ class Upstreams:
         a new pool key, so new connections present the new certificate while
         requests in flight finish on theirs.
         """
-        if route is not None and route.client_cert is not None:
+        if route is None:
+            return self._context(None, True)
+        if route.client_cert is not None:
             return self._with_cert(route)
-        key = (route.ca_file, route.verify) if route is not None else (None, True)
-        ctx = self._contexts.get(key)
+        # By the route object (kept, so its id is not reused): hashing its ``ca_file``, a Path,
+        # is a Python call on every request.
+        known = self._by_route.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]
+        ctx = self._context(route.ca_file, route.verify)
+        if len(self._by_route) >= 1024:
+            self._by_route.clear()  # routes of reloads long gone
+        self._by_route[id(route)] = (route, ctx)
+        return ctx
+
+    def _context(self, ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+        ctx = self._contexts.get((ca_file, verify))
         if ctx is None:
-            ctx = self._contexts[key] = self.tls.get(self.tls.trust(*key))
+            ctx = self._contexts[(ca_file, verify)] = self.tls.get(self.tls.trust(ca_file, verify))
         return ctx
 
     def _with_cert(self, route: Route) -> ssl.SSLContext:
