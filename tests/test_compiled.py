@@ -130,6 +130,8 @@ def _copy_sources(dest: Path) -> Path:
     return dest
 
 
+# mypyc type-checks and translates every hot module before the missing compiler stops it: minutes on a busy machine.
+@pytest.mark.timeout(480)
 @pytest.mark.parametrize("why", ["no C compiler", "AUTHPROXY_PURE_PYTHON=1"])
 def test_a_build_that_cannot_compile_installs_pure_python(tmp_path: Path, why: str) -> None:
     src = _copy_sources(tmp_path)
