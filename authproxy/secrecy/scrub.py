@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from authproxy.secrecy.findany import AnyOf
+from authproxy.secrecy.findany import NATIVE_MIN, AnyOf
 from authproxy.secrecy.redact import derived_forms
 
 __all__ = ["Needles", "Scrubber", "needles_for"]
@@ -39,7 +39,7 @@ __all__ = ["Needles", "Scrubber", "needles_for"]
 class Needles:
     """The byte strings to replace, longest first; computed once per set of values."""
 
-    __slots__ = ("_firsts", "alphabet", "forms", "found", "longest", "shortest", "spans")
+    __slots__ = ("_firsts", "_search", "alphabet", "forms", "longest", "shortest", "spans")
 
     def __init__(self, forms: Iterable[bytes], native: bool = True) -> None:
         self.forms: tuple[bytes, ...] = tuple(sorted({f for f in forms if f}, key=lambda f: (-len(f), f)))
@@ -48,14 +48,25 @@ class Needles:
         # Bytes that occur in some form: data ending in any other byte has no tail to keep.
         self.alphabet = frozenset(b for f in self.forms for b in f)
         self._firsts = tuple((f, f[:1]) for f in self.forms)
-        search = AnyOf(self.forms, native)
-        # Whether any form occurs in some data; and every occurrence of every form in it, as
-        # (start, end), overlaps included. Bound methods kept: one attribute load per call.
-        self.found: Callable[[bytes], bool] = search.found
-        self.spans: Callable[[bytes], list[tuple[int, int]]] = search.spans
+        self._search = AnyOf(self.forms, native)
+        # Every occurrence of every form in some data, as (start, end), overlaps included.
+        self.spans: Callable[[bytes], list[tuple[int, int]]] = self._search.spans
 
     def __bool__(self) -> bool:
         return bool(self.forms)
+
+    def found(self, data: bytes) -> bool:
+        """Whether any form occurs in ``data``: a large buffer is findany.py's, a small one searched here.
+
+        Here, because this module is compiled and findany.py (ctypes) is not: a reply's head and
+        a small body are searched without a call into interpreted code.
+        """
+        if len(data) >= NATIVE_MIN:
+            return self._search.found(data)
+        for form in self.forms:  # noqa: SIM110 - any() over a generator costs an object per call
+            if data.partition(form)[1]:  # one argument: cheaper than find's argument parsing
+                return True
+        return False
 
     def partial_start(self, data: bytes) -> int:
         """Where the longest tail of ``data`` that is a proper prefix of some form starts (its length if none).
